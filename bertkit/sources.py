@@ -106,7 +106,8 @@ def fetch(name: str, quiet: bool = False) -> Path:
         raise KeyError(f"unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
     source = SOURCES[name]
     target = cache_dir() / name
-    result = target / source.member.rpartition("/")[2] if source.member.rpartition("/")[2] else target
+    file_name = source.member.rpartition("/")[2]  # empty for a folder member
+    result = target / file_name if file_name else target
     if (target / ".complete").exists():
         return result
     if not quiet:

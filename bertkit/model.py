@@ -1,0 +1,593 @@
+"""BERT (Devlin et al. 2018): the encoder, its pre-training and fine-tuning heads, and checkpoints.
+
+Module and parameter names follow the HuggingFace layout (``embeddings.word_embeddings``,
+``encoder.layer.0.attention.self.query``, ``cls.predictions``, ...), so a state dict moves between
+bertkit and every tool of that ecosystem as it is. Shapes: B batch, T tokens, H hidden size,
+A attention heads, C choices, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import BertConfig
+from .sources import resolve_pretrained
+
+logger = logging.getLogger("bertkit")
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class Output(dict):
+    """Named model outputs, read as ``out.logits`` or ``out["logits"]``."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# --------------------------------------------------------------------------------------------
+# The encoder
+
+
+class BertEmbeddings(nn.Module):
+    """Token + segment + position embeddings, then LayerNorm and dropout (paper, figure 2)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):  # [B, T], [B, T] -> [B, T, H]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(positions)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, x, mask, output_attentions=False):
+        # x [B, T, H]; mask [B, 1, 1, T], True where a key may be attended to (None: no padding)
+        B, T, H = x.shape
+        q, k, v = (proj(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # [B, A, T, H/A]
+                   for proj in (self.query, self.key, self.value))
+        dropout = self.dropout_prob if self.training else 0.0
+        probs = None
+        if output_attentions:  # the fused kernel does not expose the probabilities
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, A, T, T]
+            if mask is not None:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            context = F.dropout(probs, dropout, self.training) @ v
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return context.transpose(1, 2).reshape(B, T, H), probs
+
+
+class BertResidualOutput(nn.Module):
+    """Projection, dropout, residual add, then LayerNorm: the post-LN step after each sublayer."""
+
+    def __init__(self, in_size: int, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x, residual):
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)  # "self" is the name checkpoints use
+        self.output = BertResidualOutput(config.hidden_size, config)
+
+    def forward(self, x, mask, output_attentions=False):
+        context, probs = self.self(x, mask, output_attentions)
+        return self.output(context, x), probs
+
+
+class BertIntermediate(nn.Module):
+    """The feed-forward expansion to the intermediate size (4H) with the GELU activation."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x):
+        return self.activation(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    """One Transformer encoder block: self-attention then feed-forward, each with add & norm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertResidualOutput(config.intermediate_size, config)
+
+    def forward(self, x, mask, output_attentions=False):
+        x, probs = self.attention(x, mask, output_attentions)
+        return self.output(self.intermediate(x), x), probs
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class BertPooler(nn.Module):
+    """tanh(W h_[CLS] + b): the sentence-level representation that NSP and classifiers read."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden):  # [B, T, H] -> [B, H]
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+# --------------------------------------------------------------------------------------------
+# Shared machinery: initialisation and HuggingFace-layout checkpoints
+
+WEIGHTS_NAME = "model.safetensors"
+LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+
+class BertPreTrainedModel(nn.Module):
+    """Initialisation, ``from_pretrained`` and ``save_pretrained``, shared by every model below."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self):
+        """The paper's initialisation: truncated normal (std 0.02), zero biases, unit LayerNorm."""
+        std = self.config.initializer_range
+        seen = set()  # the MLM decoder shares the word embeddings: initialise them once
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, BertLMPredictionHead):
+                nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, ignore_mismatched_sizes=False, **config_overrides):
+        """Load a checkpoint folder in the HuggingFace layout (or a model name bertkit can fetch).
+
+        Any config field can be overridden, e.g. ``num_labels=3`` or ``id2label={0: "neg", ...}``
+        for a fresh task head. A bare ``BertModel`` checkpoint loads into every head model: the
+        new head weights are initialised and listed in one log line. With
+        ``ignore_mismatched_sizes=True`` a head whose shape differs from the checkpoint's (another
+        number of labels) is re-initialised instead of raising.
+        """
+        directory = resolve_pretrained(name_or_path)
+        config = BertConfig.from_json_file(directory / "config.json")
+        if config_overrides:
+            num_labels = config_overrides.pop("num_labels", None)
+            config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
+            if num_labels is not None and num_labels != config.num_labels:
+                config = config.with_labels(num_labels)
+        _check_vocab_file(directory, config)
+        model = cls(config)
+        state = _read_weights(directory)
+        _load_checkpoint_state(model, state, directory, ignore_mismatched_sizes)
+        return model
+
+    def save_pretrained(self, directory) -> None:
+        """Write ``config.json`` and ``model.safetensors`` the way HuggingFace does."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        self.config.save(directory)
+        # The decoder shares its weight with the word embeddings; safetensors stores one copy and
+        # loaders (ours and HuggingFace's) tie them again.
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+                 if k not in TIED_KEYS}
+        save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+
+    def _head_output(self, out: Output, **values) -> Output:
+        extras = {k: out[k] for k in ("hidden_states", "attentions") if k in out}
+        return Output(**values, **extras)
+
+
+def _check_vocab_file(directory: Path, config: BertConfig) -> None:
+    vocab = directory / "vocab.txt"
+    if vocab.is_file():
+        size = sum(1 for _ in vocab.open(encoding="utf-8", errors="replace"))
+        if size > config.vocab_size:
+            raise ValueError(
+                f"{vocab} has {size} entries but config.json says vocab_size "
+                f"{config.vocab_size}: ids from {config.vocab_size} on would fall outside the "
+                "embedding table. Use the vocab the model was trained with, or fix vocab_size."
+            )
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    if (directory / WEIGHTS_NAME).is_file():
+        return load_file(directory / WEIGHTS_NAME)
+    if (directory / LEGACY_WEIGHTS_NAME).is_file():
+        # weights_only: a pickled checkpoint may carry code; never run it.
+        return torch.load(directory / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+    present = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
+    raise FileNotFoundError(
+        f"{directory} has no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} (it holds: {present})."
+    )
+
+
+def _normalise_key(key: str) -> str:
+    """Old TF-converted checkpoints name LayerNorm parameters gamma/beta."""
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def _load_checkpoint_state(model: BertPreTrainedModel, state: dict, source: Path,
+                           ignore_mismatched_sizes: bool) -> None:
+    state = {_normalise_key(k): v for k, v in state.items()
+             if not k.endswith("position_ids") and k not in TIED_KEYS}
+    is_head_model = hasattr(model, "bert")
+    has_prefix = any(k.startswith("bert.") for k in state)
+    if is_head_model and not has_prefix:  # a bare BertModel checkpoint under a head model
+        state = {f"bert.{k}": v for k, v in state.items()}
+    elif not is_head_model and has_prefix:  # a head checkpoint under a bare BertModel
+        state = {k.removeprefix("bert."): v for k, v in state.items()}
+
+    expected = {k: v for k, v in model.state_dict().items() if k not in TIED_KEYS}
+    body_prefix = "bert." if is_head_model else ""
+
+    def is_body(key):
+        return key.startswith(body_prefix) and ".pooler." not in f".{key}"
+
+    mismatched = []
+    for key in state.keys() & expected.keys():
+        if state[key].shape != expected[key].shape:
+            if is_body(key) or not ignore_mismatched_sizes:
+                hint = ("pass ignore_mismatched_sizes=True to re-initialise this head"
+                        if not is_body(key) else "config.json does not match these weights")
+                raise ValueError(
+                    f"{source}: tensor {key} has shape {tuple(state[key].shape)} in the "
+                    f"checkpoint but {tuple(expected[key].shape)} in the model built from "
+                    f"config.json; {hint}."
+                )
+            mismatched.append(key)
+    for key in mismatched:
+        del state[key]
+
+    missing = sorted(expected.keys() - state.keys())
+    unused = sorted(state.keys() - expected.keys())
+    body_missing = [k for k in missing if is_body(k)]
+    body_unused = [k for k in unused if is_body(k)]
+    if body_missing or body_unused:
+        raise ValueError(
+            f"{source}: the weights do not match config.json ("
+            f"{len(body_missing)} encoder tensors missing, e.g. {body_missing[:3]}; "
+            f"{len(body_unused)} unexpected, e.g. {body_unused[:3]}). Check num_hidden_layers, "
+            "hidden_size and the other sizes in config.json."
+        )
+    model.load_state_dict(state, strict=False)
+    new = [k for k in missing if k not in mismatched] + mismatched
+    report = []
+    if new:
+        report.append(f"initialised new weights {_summarise(new)} (train them before use)")
+    if unused:
+        report.append(f"ignored checkpoint weights {_summarise(unused)}")
+    if report:
+        logger.warning("%s from %s: %s", type(model).__name__, source, "; ".join(report))
+
+
+def _summarise(keys: list[str]) -> str:
+    """``cls.predictions.*`` for whole modules, to keep the report on one line."""
+    groups = sorted({".".join(k.split(".")[:2]) if k.count(".") > 1 else k for k in keys})
+    return ", ".join(f"{g}*" if g not in keys else g for g in groups)
+
+
+# --------------------------------------------------------------------------------------------
+# BertModel
+
+
+class BertModel(BertPreTrainedModel):
+    """The bare encoder: per-token states ``last_hidden_state`` [B, T, H] and ``pooler_output``."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None,
+                output_hidden_states=False, output_attentions=False) -> Output:
+        self._check_inputs(input_ids, token_type_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        # SDPA takes a boolean mask of the keys each query may see; without padding we pass none,
+        # which lets it pick its fastest kernel.
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
+
+        x = self.embeddings(input_ids, token_type_ids)
+        hidden_states, attentions = [x], []
+        for layer in self.encoder.layer:
+            x, probs = layer(x, mask, output_attentions)
+            hidden_states.append(x)
+            attentions.append(probs)
+
+        out = Output(last_hidden_state=x)
+        if self.pooler is not None:
+            out["pooler_output"] = self.pooler(x)
+        if output_hidden_states:
+            out["hidden_states"] = tuple(hidden_states)  # embeddings, then each layer: L + 1
+        if output_attentions:
+            out["attentions"] = tuple(attentions)  # L x [B, A, T, T]
+        return out
+
+    def _check_inputs(self, input_ids, token_type_ids):
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must have shape [batch, tokens], got {tuple(input_ids.shape)}; for one "
+                "text use input_ids[None] or the tokenizer with return_tensors='pt'."
+            )
+        length, limit = input_ids.shape[1], self.config.max_position_embeddings
+        if length > limit:
+            raise ValueError(
+                f"sequence of {length} tokens is longer than max_position_embeddings ({limit}); "
+                f"truncate it, e.g. tokenizer(..., truncation=True, max_length={limit})."
+            )
+        for name, ids, size in (("input_ids", input_ids, self.config.vocab_size),
+                                ("token_type_ids", token_type_ids, self.config.type_vocab_size)):
+            if ids is not None and ids.numel() and (ids.min() < 0 or ids.max() >= size):
+                bad = ids[(ids < 0) | (ids >= size)][0].item()
+                raise ValueError(
+                    f"{name} contains {bad}, outside [0, {size}) for this model; the tokenizer's "
+                    "vocabulary (or the segment ids) does not match the model's config."
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-training heads: masked LM and next sentence prediction
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACTIVATIONS[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        return self.LayerNorm(self.activation(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Masked-LM decoder: transform, then the word-embedding matrix (tied) plus an output bias."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder.weight = word_embeddings.weight
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x):  # [..., H] -> [..., V]
+        return self.decoder(self.transform(x)) + self.bias
+
+
+class BertPreTrainingHeads(nn.Module):
+    """The ``cls`` module: MLM predictions and/or the NSP classifier (0 = IsNext, 1 = random)."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding | None, nsp: bool):
+        super().__init__()
+        if word_embeddings is not None:
+            self.predictions = BertLMPredictionHead(config, word_embeddings)
+        if nsp:
+            self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+def _cross_entropy(logits, labels):
+    """Mean cross-entropy over the positions whose label is not -100."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=-100)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """The paper's pre-training model: loss = mean MLM cross-entropy + mean NSP cross-entropy."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings, nsp=True)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                next_sentence_label=None, **options) -> Output:
+        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+        prediction_logits = self.cls.predictions(out.last_hidden_state)  # [B, T, V]
+        seq_relationship_logits = self.cls.seq_relationship(out.pooler_output)  # [B, 2]
+        loss = None
+        if labels is not None and next_sentence_label is not None:
+            loss = (_cross_entropy(prediction_logits, labels)
+                    + _cross_entropy(seq_relationship_logits, next_sentence_label))
+        return self._head_output(out, loss=loss, prediction_logits=prediction_logits,
+                                 seq_relationship_logits=seq_relationship_logits)
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings, nsp=False)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                **options) -> Output:
+        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+        logits = self.cls.predictions(out.last_hidden_state)  # [B, T, V]
+        loss = _cross_entropy(logits, labels) if labels is not None else None
+        return self._head_output(out, loss=loss, logits=logits)
+
+
+class BertForNextSentencePrediction(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config, None, nsp=True)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                **options) -> Output:
+        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+        logits = self.cls.seq_relationship(out.pooler_output)  # [B, 2]
+        loss = _cross_entropy(logits, labels) if labels is not None else None
+        return self._head_output(out, loss=loss, logits=logits)
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tuning heads: one fresh output layer on top, every weight trained
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """Classification (or, with one label, regression) from the pooled [CLS] vector."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                **options) -> Output:
+        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+        logits = self.classifier(self.dropout(out.pooler_output))  # [B, num_labels]
+        loss = None
+        if labels is not None:
+            problem = self.config.problem_type or (
+                "regression" if self.config.num_labels == 1
+                else "single_label_classification" if not labels.is_floating_point()
+                else "multi_label_classification")
+            if problem == "regression":
+                loss = F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            elif problem == "single_label_classification":
+                loss = _cross_entropy(logits, labels)
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return self._head_output(out, loss=loss, logits=logits)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    """A label for every token (NER, POS) from its final hidden state."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                **options) -> Output:
+        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # [B, T, num_labels]
+        loss = _cross_entropy(logits, labels) if labels is not None else None
+        return self._head_output(out, loss=loss, logits=logits)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Extractive QA: a start vector and an end vector dotted with every token's final state."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None, **options) -> Output:
+        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+        start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)  # [B, T]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # An answer outside this window (clamped to T) is ignored, as in the reference.
+            length = start_logits.shape[1]
+            start = start_positions.reshape(-1).clamp(0, length)
+            end = end_positions.reshape(-1).clamp(0, length)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=length)
+                    + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
+        return self._head_output(out, loss=loss, start_logits=start_logits.contiguous(),
+                                 end_logits=end_logits.contiguous())
+
+
+class BertForMultipleChoice(BertPreTrainedModel):
+    """One score per (context, choice) pair from its pooled vector; softmax across choices."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                **options) -> Output:
+        batch, choices, length = input_ids.shape  # [B, C, T]
+
+        def flat(t):
+            return None if t is None else t.reshape(batch * choices, length)
+
+        out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), **options)
+        logits = self.classifier(self.dropout(out.pooler_output)).view(batch, choices)  # [B, C]
+        loss = _cross_entropy(logits, labels) if labels is not None else None
+        return self._head_output(out, loss=loss, logits=logits)
+
+
+def _classifier_dropout(config: BertConfig) -> float:
+    if config.classifier_dropout is not None:
+        return config.classifier_dropout
+    return config.hidden_dropout_prob
