@@ -279,13 +279,13 @@ def _load_checkpoint_state(model: BertPreTrainedModel, state: dict, source: Path
         state = {k.removeprefix("bert."): v for k, v in state.items()}
 
     expected = {k: v for k, v in model.state_dict().items() if k not in TIED_KEYS}
-    body_prefix = "bert." if is_head_model else ""
+    body = ("bert.embeddings.", "bert.encoder.") if is_head_model else ("embeddings.", "encoder.")
 
-    def is_body(key):
-        return key.startswith(body_prefix) and ".pooler." not in f".{key}"
+    def is_body(key):  # the encoder proper; the pooler and heads may be new or left out
+        return key.startswith(body)
 
     mismatched = []
-    for key in state.keys() & expected.keys():
+    for key in sorted(state.keys() & expected.keys()):
         if state[key].shape != expected[key].shape:
             if is_body(key) or not ignore_mismatched_sizes:
                 hint = ("pass ignore_mismatched_sizes=True to re-initialise this head"

@@ -1,0 +1,326 @@
+"""bertkit's model against transformers' BERT: real weights, every head, both directions."""
+
+import json
+import logging
+
+import pytest
+import torch
+import transformers
+
+import bertkit.model as bk
+from bertkit.config import BertConfig
+
+HEADS = [
+    "BertModel",
+    "BertForPreTraining",
+    "BertForMaskedLM",
+    "BertForNextSentencePrediction",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertForQuestionAnswering",
+    "BertForMultipleChoice",
+]
+SMALL = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=128, max_position_embeddings=40)
+
+
+def hf_config(**overrides):
+    return transformers.BertConfig(**{**SMALL, **overrides})
+
+
+def random_batch(name, vocab_size=SMALL["vocab_size"], num_labels=2, seed=0):
+    """Inputs with padding (one row at full length, others shorter) and labels for every head."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([20, 13, 7, 16])
+    shape = (4, 3, 20) if name == "BertForMultipleChoice" else (4, 20)
+    input_ids = torch.randint(1, vocab_size, shape, generator=g)
+    attention_mask = (torch.arange(20) < lengths.view(4, *[1] * (len(shape) - 1))).long()
+    attention_mask = attention_mask.expand(shape).contiguous()
+    input_ids = input_ids * attention_mask
+    token_type_ids = (torch.arange(20) >= 6).long().expand(shape) * attention_mask
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    if name in ("BertForPreTraining", "BertForMaskedLM"):
+        labels = torch.full((4, 20), -100)
+        picked = torch.rand((4, 20), generator=g) < 0.3
+        labels[picked & attention_mask.bool()] = input_ids[picked & attention_mask.bool()]
+        batch["labels"] = labels
+    if name == "BertForPreTraining":
+        batch["next_sentence_label"] = torch.randint(0, 2, (4,), generator=g)
+    if name in ("BertForNextSentencePrediction", "BertForMultipleChoice"):
+        batch["labels"] = torch.randint(0, 2 if name.endswith("Prediction") else 3, (4,),
+                                        generator=g)
+    if name == "BertForSequenceClassification":
+        batch["labels"] = (torch.randn(4, generator=g) if num_labels == 1
+                           else torch.randint(0, num_labels, (4,), generator=g))
+    if name == "BertForTokenClassification":
+        batch["labels"] = torch.randint(0, num_labels, (4, 20), generator=g).masked_fill(
+            attention_mask == 0, -100)
+    if name == "BertForQuestionAnswering":
+        batch["start_positions"] = torch.tensor([3, 5, 1, 25])  # 25: outside, ignored
+        batch["end_positions"] = torch.tensor([4, 9, 2, 30])
+    return batch
+
+
+def compare(ours, theirs, mask=None, atol=1e-5):
+    """Every output the reference gives (logits, loss, states) matches to ``atol``."""
+    for key, expected in theirs.items():
+        if expected is None or key not in ours:
+            continue
+        if isinstance(expected, tuple):
+            for a, b in zip(ours[key], expected, strict=True):
+                torch.testing.assert_close(a, b, atol=atol, rtol=0)
+            continue
+        actual = ours[key]
+        if mask is not None and key == "last_hidden_state":
+            actual, expected = actual[mask], expected[mask]
+        torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=key)
+
+
+# --- real weights -------------------------------------------------------------------------
+
+
+def test_minilm_real_weights_match_transformers(minilm_dir, wiki_sentences):
+    ours = bk.BertModel.from_pretrained(minilm_dir).eval()
+    theirs = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    sentences = wiki_sentences[::150][:240]  # spread over the corpus, short and long mixed
+    assert len(sentences) >= 200
+    for start in range(0, len(sentences), 16):
+        batch = tokenizer(sentences[start:start + 16], padding=True, truncation=True,
+                          max_length=128, return_tensors="pt", return_token_type_ids=True)
+        assert batch["attention_mask"].float().mean() < 1  # padding is really exercised
+        with torch.no_grad():
+            a = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            b = theirs(**batch)
+        mask = batch["attention_mask"].bool()
+        compare(a, b, mask)
+        pooled = [(o.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+                  for o in (a, b)]
+        torch.testing.assert_close(pooled[0], pooled[1], atol=1e-5, rtol=0)
+
+
+def test_all_hidden_states_and_attentions_match(minilm_dir):
+    ours = bk.BertModel.from_pretrained(minilm_dir).eval()
+    theirs = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    batch = tokenizer(["The cat sat on the mat.", "Paris is the capital and most populous city "
+                       "of France."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = ours(**batch, output_hidden_states=True, output_attentions=True)
+        b = theirs(**batch, output_hidden_states=True, output_attentions=True)
+    assert len(a.hidden_states) == 7 and len(a.attentions) == 6
+    mask = batch["attention_mask"].bool()
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+        torch.testing.assert_close(x[mask], y[mask], atol=1e-5, rtol=0)
+    for x, y in zip(a.attentions, b.attentions, strict=True):  # rows of real query tokens
+        torch.testing.assert_close(x.transpose(1, 2)[mask], y.transpose(1, 2)[mask],
+                                   atol=1e-5, rtol=0)
+
+
+# --- every head, both directions ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
+@pytest.mark.parametrize("name", HEADS)
+def test_transformers_checkpoint_loads_with_identical_outputs(tmp_path, name, hidden_act):
+    torch.manual_seed(0)
+    reference = getattr(transformers, name)(hf_config(hidden_act=hidden_act)).eval()
+    reference.save_pretrained(tmp_path)
+    ours = getattr(bk, name).from_pretrained(tmp_path).eval()
+    batch = random_batch(name)
+    with torch.no_grad():
+        compare(ours(**batch), reference(**batch), batch["attention_mask"].bool())
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_bertkit_checkpoint_loads_into_transformers(tmp_path, name):
+    torch.manual_seed(1)
+    ours = getattr(bk, name)(BertConfig(**SMALL)).eval()
+    ours.save_pretrained(tmp_path)
+    theirs = getattr(transformers, name).from_pretrained(tmp_path).eval()
+    batch = random_batch(name)
+    with torch.no_grad():
+        compare(ours(**batch), theirs(**batch), batch["attention_mask"].bool())
+    if name in ("BertForPreTraining", "BertForMaskedLM"):  # HF ties the decoder as we do
+        assert (theirs.cls.predictions.decoder.weight.data_ptr()
+                == theirs.bert.embeddings.word_embeddings.weight.data_ptr())
+
+
+@pytest.mark.parametrize("num_labels,problem_type", [(1, None), (3, None),
+                                                      (3, "multi_label_classification")])
+def test_sequence_classification_losses(tmp_path, num_labels, problem_type):
+    torch.manual_seed(2)
+    reference = transformers.BertForSequenceClassification(
+        hf_config(num_labels=num_labels, problem_type=problem_type)).eval()
+    reference.save_pretrained(tmp_path)
+    ours = bk.BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    batch = random_batch("BertForSequenceClassification", num_labels=num_labels)
+    if problem_type:
+        batch["labels"] = (torch.rand(4, num_labels) > 0.5).float()
+    with torch.no_grad():
+        a, b = ours(**batch), reference(**batch)
+    torch.testing.assert_close(a.loss, b.loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=0)
+
+
+def test_pretraining_gradients_match_transformers(tmp_path):
+    torch.manual_seed(3)
+    reference = transformers.BertForPreTraining(hf_config())
+    reference.save_pretrained(tmp_path)
+    ours = bk.BertForPreTraining.from_pretrained(tmp_path)
+    ours.eval(), reference.eval()  # no dropout: both sides see the same function
+    batch = random_batch("BertForPreTraining")
+    ours(**batch).loss.backward()
+    reference(**batch).loss.backward()
+    theirs = dict(reference.named_parameters())
+    checked = 0
+    for name, param in ours.named_parameters():
+        expected = theirs[name].grad
+        scale = expected.abs().max().clamp_min(1e-12)
+        assert (param.grad - expected).abs().max() / scale <= 1e-4, name
+        checked += 1
+    assert checked == len(theirs)
+
+
+def test_training_keeps_decoder_tied_to_embeddings():
+    model = bk.BertForPreTraining(BertConfig(**SMALL))
+    # the padding row starts at zero (as the reference initialises it), the rest does not
+    embeddings = model.bert.embeddings.word_embeddings.weight
+    assert embeddings[0].abs().sum() == 0 and embeddings[1:].abs().sum(1).min() > 0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(**random_batch("BertForPreTraining")).loss.backward()
+    optimizer.step()
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+# --- checkpoint variants ------------------------------------------------------------------
+
+
+def test_legacy_pickle_with_gamma_beta_and_position_ids(tmp_path):
+    torch.manual_seed(4)
+    reference = transformers.BertForMaskedLM(hf_config()).eval()
+    state = {}
+    for key, value in reference.state_dict().items():
+        key = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
+                                                                          "LayerNorm.beta")
+        state[key] = value
+    state["bert.embeddings.position_ids"] = torch.arange(40)[None]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    reference.config.save_pretrained(tmp_path)
+    ours = bk.BertForMaskedLM.from_pretrained(tmp_path).eval()
+    batch = random_batch("BertForMaskedLM")
+    with torch.no_grad():
+        compare(ours(**batch), reference(**batch))
+
+
+def test_bare_encoder_checkpoint_loads_under_a_head_and_reports_it(minilm_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="bertkit"):
+        model = bk.BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=3)
+    assert model.classifier.out_features == 3
+    report = [r.getMessage() for r in caplog.records]
+    assert len(report) == 1 and "initialised new weights classifier" in report[0]
+    encoder = bk.BertModel.from_pretrained(minilm_dir)
+    torch.testing.assert_close(model.bert.encoder.layer[5].output.dense.weight,
+                               encoder.encoder.layer[5].output.dense.weight)
+
+
+def test_head_checkpoint_loads_into_bare_model(tmp_path):
+    torch.manual_seed(5)
+    reference = transformers.BertForPreTraining(hf_config()).eval()
+    reference.save_pretrained(tmp_path)
+    ours = bk.BertModel.from_pretrained(tmp_path).eval()
+    batch = random_batch("BertModel")
+    with torch.no_grad():
+        compare(ours(**batch), reference.bert(**batch), batch["attention_mask"].bool())
+
+
+def test_config_round_trip_keeps_unknown_keys(tmp_path, minilm_dir):
+    config = BertConfig.from_json_file(minilm_dir / "config.json")
+    config.save(tmp_path)
+    original = json.loads((minilm_dir / "config.json").read_text())
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key, value in original.items():
+        if key not in ("id2label", "label2id"):
+            assert saved[key] == value, key
+    assert transformers.BertConfig.from_pretrained(tmp_path).hidden_size == 384
+
+
+@pytest.mark.parametrize("preset,layers,hidden", [("tiny", 2, 128), ("mini", 4, 256),
+                                                  ("small", 4, 512), ("medium", 8, 512),
+                                                  ("base", 12, 768), ("large", 24, 1024)])
+def test_presets_match_the_reference_parameter_count(preset, layers, hidden):
+    config = BertConfig.from_preset(preset)
+    reference = transformers.BertConfig(num_hidden_layers=layers, hidden_size=hidden,
+                                        num_attention_heads=hidden // 64,
+                                        intermediate_size=4 * hidden)
+    with torch.device("meta"):
+        ours = sum(p.numel() for p in bk.BertModel(config).parameters())
+        theirs = sum(p.numel() for p in transformers.BertModel(reference).parameters())
+    assert ours == theirs
+    if preset == "base":
+        assert 109e6 < ours < 111e6  # the paper's 110M
+
+
+# --- bad input: clear messages ------------------------------------------------------------
+
+
+def test_missing_directory_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        bk.BertModel.from_pretrained(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="needs a config.json"):
+        bk.BertModel.from_pretrained(tmp_path)
+    BertConfig(**SMALL).save(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors or pytorch_model.bin"):
+        bk.BertModel.from_pretrained(tmp_path)
+
+
+def test_config_that_does_not_match_weights_names_the_tensor(tmp_path):
+    bk.BertModel(BertConfig(**SMALL)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["intermediate_size"] = 256
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"intermediate.dense.bias has shape \(128,\) in the "
+                                         r"checkpoint but \(256,\)"):
+        bk.BertModel.from_pretrained(tmp_path)
+    config["intermediate_size"], config["num_hidden_layers"] = 128, 3
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="encoder tensors missing.*num_hidden_layers"):
+        bk.BertModel.from_pretrained(tmp_path)
+
+
+def test_vocab_larger_than_config_is_refused(tmp_path):
+    bk.BertModel(BertConfig(**SMALL)).save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(f"w{i}" for i in range(301)) + "\n")
+    with pytest.raises(ValueError, match="vocab.txt has 301 entries but config.json says "
+                                         "vocab_size 300"):
+        bk.BertModel.from_pretrained(tmp_path)
+
+
+def test_head_with_other_label_count(tmp_path):
+    bk.BertForSequenceClassification(BertConfig(**SMALL).with_labels(2)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="classifier.bias.*ignore_mismatched_sizes=True"):
+        bk.BertForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
+    model = bk.BertForSequenceClassification.from_pretrained(tmp_path, num_labels=5,
+                                                             ignore_mismatched_sizes=True)
+    assert model.classifier.out_features == 5
+
+
+def test_bad_inputs_to_forward():
+    model = bk.BertModel(BertConfig(**SMALL)).eval()
+    with pytest.raises(ValueError, match="input_ids contains 300, outside \\[0, 300\\)"):
+        model(torch.tensor([[2, 300]]))
+    with pytest.raises(ValueError, match="token_type_ids contains 2"):
+        model(torch.tensor([[2, 3]]), token_type_ids=torch.tensor([[0, 2]]))
+    with pytest.raises(ValueError, match="longer than max_position_embeddings \\(40\\).*truncat"):
+        model(torch.ones(1, 41, dtype=torch.long))
+    with pytest.raises(ValueError, match="shape \\[batch, tokens\\]"):
+        model(torch.tensor([2, 3]))
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="not a multiple of num_attention_heads"):
+        BertConfig(hidden_size=100, num_attention_heads=12)
+    with pytest.raises(ValueError, match="hidden_act 'swish' is not supported"):
+        BertConfig(hidden_act="swish")
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        BertConfig.from_preset("huge")
