@@ -1,1 +1,38 @@
-"""bertkit."""
+"""bertkit: BERT (Devlin et al. 2018) in readable PyTorch, with HuggingFace-compatible checkpoints.
+
+The names mirror the ones users know: ``BertTokenizer``, ``BertConfig``, ``BertModel``,
+``BertFor*``, ``from_pretrained`` and ``save_pretrained``.
+"""
+
+from .config import BertConfig
+from .inference import Embedder
+from .model import (
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from .sources import fetch
+from .tokenizer import BertTokenizer, train_vocab
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForMultipleChoice",
+    "BertForNextSentencePrediction",
+    "BertForPreTraining",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertModel",
+    "BertTokenizer",
+    "Embedder",
+    "fetch",
+    "train_vocab",
+]
