@@ -1,0 +1,45 @@
+"""Plots of training curves from a run's JSONL metrics log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .training import read_metrics
+
+
+def plot_metrics(log_path: str | Path, png_path: str | Path, panels: dict[str, list[str]],
+                 x: str = "step", title: str | None = None) -> Path | None:
+    """One panel per entry of ``panels`` (panel title -> metric names), curves against ``x``.
+
+    Records missing a metric are skipped for that curve, so training and validation rows can share
+    one log. Returns the PNG path, or None when the log holds nothing to draw yet.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(log_path) if Path(log_path).is_file() else []
+    curves = {metric: [(r[x], r[metric]) for r in records if x in r and metric in r]
+              for metrics in panels.values() for metric in metrics}
+    if not any(curves.values()):
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (panel, metrics) in zip(axes[0], panels.items(), strict=True):
+        for metric in metrics:
+            points = curves[metric]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, label=metric, marker="o" if len(points) < 30 else None)
+        ax.set_title(panel)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,357 @@
+"""The training machinery shared by pre-training and fine-tuning.
+
+Device and precision, the optimiser with the paper's settings, the warm-up + linear-decay schedule,
+gradient accumulation and clipping, non-finite loss handling, atomic checkpoints with exact
+resume, a JSONL metrics log, clean stops on SIGINT/SIGTERM, and PyTorch's own DDP under torchrun.
+What differs between the two jobs is only the batch and the loss, which the model computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "lamb")
+STATE_NAME = "trainer_state.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# Where and how to compute
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
+
+
+def choose_device(requested: str | None = None) -> torch.device:
+    """The requested device, else this rank's GPU when there is one, else the CPU."""
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` means bf16 where the hardware computes it natively, else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 with a loss scaler needs a CUDA GPU; on the CPU use bf16 or fp32.")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser and schedule
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The paper's rule: weight decay on weight matrices, none on biases and LayerNorm."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al. 2019): Adam's update rescaled per tensor by ||w|| / ||update||.
+
+    It keeps large-batch pre-training stable (NVIDIA's 64K-batch recipe); PyTorch has no built-in.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m_hat = m / (1 - beta1 ** state["step"])
+                v_hat = v / (1 - beta2 ** state["step"])
+                update = m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p
+                w_norm, u_norm = p.norm(), update.norm()
+                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)
+                p.add_(update, alpha=-group["lr"] * float(trust))
+        return loss
+
+
+def build_optimizer(model, *, name="adamw", lr=1e-4, weight_decay=0.01, betas=(0.9, 0.999),
+                    eps=1e-6) -> torch.optim.Optimizer:
+    """AdamW (or LAMB) with the paper's defaults: lr 1e-4, decay 0.01, β 0.9/0.999, ε 1e-6."""
+    groups = parameter_groups(model, weight_decay)
+    if name == "adamw":
+        # The fused kernel is one launch for all tensors; foreach is the portable fallback.
+        fused = next(model.parameters()).device.type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+    if name == "lamb":
+        return Lamb(groups, lr=lr, betas=betas, eps=eps)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+def warmup_linear_decay(optimizer, warmup_steps: int, total_steps: int):
+    """lr rises linearly from 0 over ``warmup_steps``, then falls linearly to 0 at the end."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------------------------
+# One optimisation step
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    """Runs optimisation steps: micro-batches in, one update out.
+
+    ``model(**batch)`` must return an output with ``loss``. Gradients of ``accumulation``
+    micro-batches are averaged before the update; under DDP they are all-reduced once per update.
+    """
+
+    def __init__(self, model, optimizer, scheduler, *, device, precision="fp32",
+                 max_grad_norm=1.0, skip_nonfinite=False, distributed=Distributed()):
+        self.model = model
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.device, self.precision = device, precision
+        self.max_grad_norm, self.skip_nonfinite = max_grad_norm, skip_nonfinite
+        self.distributed = distributed
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.skipped_steps = 0
+        self.wrapped = model
+        if distributed.world_size > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(model, device_ids=ids)
+
+    def step(self, micro_batches: list[dict]) -> tuple[list, float]:
+        """Forward/backward every micro-batch, then clip and update. Returns (outputs, loss)."""
+        self.model.train()
+        outputs, total = [], 0.0
+        for i, batch in enumerate(micro_batches):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or self.distributed.world_size == 1 \
+                else self.wrapped.no_sync()
+            with sync:
+                with autocast(self.device, self.precision):
+                    out = self.wrapped(**batch)
+                loss = out["loss"] / len(micro_batches)
+                self.scaler.scale(loss).backward()
+            total += loss.item()
+            outputs.append(out)
+        if not math.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            if not self.skip_nonfinite:
+                raise NonFiniteLoss(
+                    f"the loss became {total} at step {self.scheduler.last_epoch + 1}; the last "
+                    "good checkpoint is kept. Lower the learning rate, use fp32 or bf16 instead "
+                    "of fp16, or pass skip_nonfinite to skip such steps."
+                )
+            self.skipped_steps += 1
+            return outputs, total
+        self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return outputs, total
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = state["skipped_steps"]
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducibility, checkpoints, logs, clean stops
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    # Plain tuples and tensors only, so the state loads with torch.load(weights_only=True).
+    states = {"python": random.getstate(),
+              "numpy": (name, torch.from_numpy(keys.copy()), position, has_gauss, gauss),
+              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy(), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class Checkpoints:
+    """``step-NNNNNNN`` folders under ``directory``: the model in HuggingFace layout plus
+    ``trainer_state.pt``. Written to a temporary folder and renamed, so a crash mid-save never
+    leaves a checkpoint that looks complete; only the newest ``keep`` are kept.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 3):
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def all(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("step-*")
+                      if p.is_dir() and (p / STATE_NAME).is_file())
+
+    def latest(self) -> Path | None:
+        found = self.all()
+        return found[-1] if found else None
+
+    def save(self, step: int, model, tokenizer, state: dict) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"step-{step:07d}"
+        staging = self.directory / f".tmp-step-{step:07d}"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        torch.save({**state, "step": step, "rng": rng_states()}, staging / STATE_NAME)
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        for old in self.all()[:-self.keep]:
+            shutil.rmtree(old)
+        return final
+
+    @staticmethod
+    def load_state(path: str | Path) -> dict:
+        return torch.load(Path(path) / STATE_NAME, map_location="cpu", weights_only=True)
+
+
+class MetricsLog:
+    """Appends one JSON object per line; only the main rank writes."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.started = time.time()
+
+    def write(self, **record) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"time": round(time.time() - self.started, 3), **record}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class GracefulStop:
+    """Turns SIGINT/SIGTERM into a flag the loop checks, so it can save before exiting.
+
+    A second signal falls through to the default behaviour, for a user who insists.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signum, self._previous[signum])
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
