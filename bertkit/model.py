@@ -436,8 +436,26 @@ def _cross_entropy(logits, labels):
                            ignore_index=-100)
 
 
+def _masked_lm(predictions: BertLMPredictionHead, hidden, labels):
+    """(logits, loss) of the masked LM.
+
+    Without labels: logits for every position, [B, T, V]. With labels, the decoder runs only on
+    the predicted positions (labels != -100): logits are [N, V] in row-major order of those
+    positions, the loss is the same mean cross-entropy, and the vocabulary projection, most of a
+    small model's step, shrinks to the ~15% of tokens that are predicted.
+    """
+    if labels is None:
+        return predictions(hidden), None
+    picked = labels != -100
+    logits = predictions(hidden[picked])  # [N, V]
+    return logits, F.cross_entropy(logits, labels[picked])
+
+
 class BertForPreTraining(BertPreTrainedModel):
-    """The paper's pre-training model: loss = mean MLM cross-entropy + mean NSP cross-entropy."""
+    """The paper's pre-training model: loss = mean MLM cross-entropy + mean NSP cross-entropy.
+
+    Given ``labels``, ``prediction_logits`` cover only the predicted positions (see _masked_lm).
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -448,17 +466,21 @@ class BertForPreTraining(BertPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 next_sentence_label=None, **options) -> Output:
         out = self.bert(input_ids, attention_mask, token_type_ids, **options)
-        prediction_logits = self.cls.predictions(out.last_hidden_state)  # [B, T, V]
+        prediction_logits, mlm_loss = _masked_lm(self.cls.predictions, out.last_hidden_state,
+                                                 labels)
         seq_relationship_logits = self.cls.seq_relationship(out.pooler_output)  # [B, 2]
-        loss = None
-        if labels is not None and next_sentence_label is not None:
-            loss = (_cross_entropy(prediction_logits, labels)
-                    + _cross_entropy(seq_relationship_logits, next_sentence_label))
-        return self._head_output(out, loss=loss, prediction_logits=prediction_logits,
+        nsp_loss = None
+        if next_sentence_label is not None:
+            nsp_loss = _cross_entropy(seq_relationship_logits, next_sentence_label)
+        losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
+        return self._head_output(out, loss=sum(losses) if losses else None, mlm_loss=mlm_loss,
+                                 nsp_loss=nsp_loss, prediction_logits=prediction_logits,
                                  seq_relationship_logits=seq_relationship_logits)
 
 
 class BertForMaskedLM(BertPreTrainedModel):
+    """Masked LM alone; given ``labels``, ``logits`` cover only the predicted positions."""
+
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
@@ -468,8 +490,7 @@ class BertForMaskedLM(BertPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 **options) -> Output:
         out = self.bert(input_ids, attention_mask, token_type_ids, **options)
-        logits = self.cls.predictions(out.last_hidden_state)  # [B, T, V]
-        loss = _cross_entropy(logits, labels) if labels is not None else None
+        logits, loss = _masked_lm(self.cls.predictions, out.last_hidden_state, labels)
         return self._head_output(out, loss=loss, logits=logits)
 
 
