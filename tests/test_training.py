@@ -1,0 +1,130 @@
+"""The shared training machinery: optimiser groups, schedule, LAMB, steps, checkpoints, stops."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from bertkit.config import BertConfig
+from bertkit.model import BertForSequenceClassification
+from bertkit.training import (
+    Checkpoints,
+    GracefulStop,
+    Lamb,
+    NonFiniteLoss,
+    Trainer,
+    build_optimizer,
+    parameter_groups,
+    warmup_linear_decay,
+)
+
+TINY = dict(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=32)
+
+
+def tiny_classifier(seed=0, dropout=0.1):
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        **TINY, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
+
+
+def batch(seed=0, size=8):
+    g = torch.Generator().manual_seed(seed)
+    return dict(input_ids=torch.randint(1, 200, (size, 12), generator=g),
+                attention_mask=torch.ones(size, 12, dtype=torch.long),
+                labels=torch.randint(0, 2, (size,), generator=g))
+
+
+def test_no_weight_decay_on_biases_and_layernorm():
+    model = tiny_classifier()
+    decay, no_decay = parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)]
+               for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        n for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+
+
+def test_warmup_then_linear_decay():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = warmup_linear_decay(optimizer, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4:] == pytest.approx([(12 - s) / 8 for s in range(4, 12)])
+
+
+def test_accumulated_micro_batches_equal_one_large_batch():
+    """Two halves with accumulation give the same update as the whole batch at once."""
+    whole, halves = tiny_classifier(dropout=0.0), tiny_classifier(dropout=0.0)
+    updates = []
+    for model, parts in ((whole, [batch(size=8)]),
+                         (halves, [{k: v[:4] for k, v in batch(size=8).items()},
+                                   {k: v[4:] for k, v in batch(size=8).items()}])):
+        optimizer = build_optimizer(model, lr=1e-3)
+        trainer = Trainer(model, optimizer, warmup_linear_decay(optimizer, 1, 10),
+                          device=torch.device("cpu"))
+        trainer.step(parts)
+        updates.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(updates[0], updates[1], atol=1e-6, rtol=0)
+
+
+def test_lamb_step_is_adam_rescaled_by_the_trust_ratio():
+    weight = torch.nn.Parameter(torch.tensor([3.0, -4.0]))
+    weight.grad = torch.tensor([0.5, 0.25])
+    Lamb([weight], lr=0.1, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01).step()
+    # First step: m_hat = g, v_hat = g^2, so Adam's direction is g/|g| (+ decay), trust |w|/|u|.
+    update = torch.tensor([1.0, 1.0]) / (1 + 1e-6 / torch.tensor([0.5, 0.25])) \
+        + 0.01 * torch.tensor([3.0, -4.0])
+    expected = torch.tensor([3.0, -4.0]) - 0.1 * (5.0 / update.norm()) * update
+    torch.testing.assert_close(weight.detach(), expected)
+
+
+def test_lamb_learns():
+    model = tiny_classifier(dropout=0.0)
+    optimizer = Lamb(parameter_groups(model, 0.01), lr=0.05)
+    trainer = Trainer(model, optimizer, warmup_linear_decay(optimizer, 1, 100),
+                      device=torch.device("cpu"))
+    losses = [trainer.step([batch()])[1] for _ in range(40)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_nonfinite_loss_stops_or_skips():
+    model = tiny_classifier()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    optimizer = build_optimizer(model)
+    trainer = Trainer(model, optimizer, warmup_linear_decay(optimizer, 1, 10),
+                      device=torch.device("cpu"))
+    with pytest.raises(NonFiniteLoss, match="loss became nan at step 1.*last good checkpoint"):
+        trainer.step([batch()])
+    trainer.skip_nonfinite = True
+    trainer.step([batch()])
+    assert trainer.skipped_steps == 1
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    model = tiny_classifier()
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    for step in (10, 20, 30):
+        checkpoints.save(step, model, None, {"note": step})
+    assert [p.name for p in checkpoints.all()] == ["step-0000020", "step-0000030"]
+    (tmp_path / ".tmp-step-0000040").mkdir()  # a save that died midway is never "latest"
+    (tmp_path / "step-0000050").mkdir()  # nor is a folder without its trainer state
+    assert checkpoints.latest().name == "step-0000030"
+    state = Checkpoints.load_state(checkpoints.latest())
+    assert state["step"] == 30 and state["note"] == 30
+    reloaded = BertForSequenceClassification.from_pretrained(checkpoints.latest())
+    torch.testing.assert_close(reloaded.classifier.weight, model.classifier.weight)
+
+
+def test_graceful_stop_turns_a_signal_into_a_flag():
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
