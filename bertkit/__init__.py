@@ -5,6 +5,7 @@ The names mirror the ones users know: ``BertTokenizer``, ``BertConfig``, ``BertM
 """
 
 from .config import BertConfig
+from .inference import Embedder
 from .model import (
     BertForMaskedLM,
     BertForMultipleChoice,
@@ -16,6 +17,7 @@ from .model import (
     BertModel,
 )
 from .sources import fetch
+from .tokenizer import BertTokenizer, train_vocab
 
 __version__ = "0.1.0"
 
