@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -32,6 +33,464 @@ def cmd_fetch(args):
     print(fetch(args.name))
 
 
+def cmd_pretrain(args):
+    from dataclasses import fields
+
+    from .pretrain import PretrainSettings, pretrain
+
+    given = {f.name: getattr(args, f.name) for f in fields(PretrainSettings)}
+    if args.settings:
+        settings = PretrainSettings.from_file(args.settings, **given)
+    elif args.data is None:
+        raise ValueError("pretrain needs --data (a folder from `bertkit data pretrain`) or "
+                         "--settings FILE")
+    else:
+        defaults = {k: v for k, v in given.items() if v is not None}
+        settings = PretrainSettings(**defaults)
+    pretrain(settings, resume=args.resume)
+
+
+def cmd_plot(args):
+    from .pretrain import _plot
+
+    _plot(Path(args.run))
+    print(Path(args.run) / "curves.png")
+
+
+def cmd_finetune(args):
+    from .finetune import finetune
+    from .tasks.datasets import builtin_task
+
+    train, validation, test = (args.train or args.data, args.validation or args.data,
+                               args.test or args.data)
+    if train is None:
+        raise ValueError("finetune needs --train FILE (or --data NAME for a built-in data set)")
+    task = args.task or builtin_task(train)
+    if task is None:
+        raise ValueError(f"--task is needed for {train} (it is not a built-in data set)")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    options = {name: getattr(args, name) for name in FINETUNE_TASK_OPTIONS}
+    finetune(task, args.model, train, validation, test, args.out, seeds=seeds,
+             tokenizer=args.tokenizer, lr=args.lr, batch_size=args.batch_size,
+             epochs=args.epochs, warmup=args.warmup, weight_decay=args.weight_decay,
+             max_train_examples=args.max_train_examples,
+             max_eval_examples=args.max_eval_examples, reinit_head=args.reinit_head,
+             device=args.device, precision=args.precision, progress=not args.no_progress,
+             **options)
+    print(Path(args.out) / "results.json")
+
+
+def cmd_evaluate(args):
+    import json
+
+    from .finetune import evaluate
+
+    metrics = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size,
+                       device=args.device, precision=args.precision,
+                       max_examples=args.max_examples)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_predict(args):
+    import json
+
+    from .finetune import predict
+
+    inputs = sys.stdin.read().splitlines() if args.input == "-" else args.input
+    results = predict(args.model, inputs, batch_size=args.batch_size, device=args.device,
+                      precision=args.precision)
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in results)
+    if args.output:
+        Path(args.output).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+
+
+def cmd_embed(args):
+    from .inference import Embedder, embed_file
+
+    embedder = Embedder(args.model, layers=args.layers, combine=args.combine,
+                        pooling=args.pooling, normalize=not args.no_normalize,
+                        max_length=args.max_length, batch_tokens=args.batch_tokens,
+                        device=args.device, precision=args.precision, quantize=args.quantize,
+                        compile=args.compile)
+    columns = args.append_columns.split(",") if args.append_columns else None
+    summary = embed_file(embedder, args.input, args.out, empty=args.empty,
+                         invalid_utf8=args.invalid_utf8, append_csv=args.append_csv,
+                         append_columns=columns, progress=not args.no_progress)
+    print(summary, file=sys.stderr)
+
+
+def cmd_fill_mask(args):
+    import json
+
+    from .inference import FillMask
+
+    fill = FillMask(args.model, device=args.device)
+    for text, masks in zip(args.text, fill(args.text, top_k=args.top_k), strict=True):
+        if args.json:
+            print(json.dumps({"text": text, "masks": [[vars(p) for p in m] for m in masks]},
+                             ensure_ascii=False))
+            continue
+        print(text)
+        for number, predictions in enumerate(masks, 1):
+            shown = "  ".join(f"{p.token} {p.score:.3f}" for p in predictions)
+            print(f"  [MASK] {number}: {shown}")
+
+
+def _layers_flag(text: str):
+    """--layers: a strategy name (dashes or underscores), a layer number, or numbers a,b,c."""
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        return text.replace("-", "_")
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+EMBED_EPILOG = """\
+layer strategies (the paper's feature-based ones): last, second-to-last, sum-last-four,
+concat-last-four, sum-all, embeddings; or a hidden-state number (0 = embedding output, 1..L,
+negative from the end: --layers=-2) or several joined by commas (--layers=-4,-1, see --combine).
+output: FILE.npy (float32 rows + FILE.index.jsonl with each row's input line; per-token rows
+with tokens and offsets) or FILE.jsonl / - (one JSON object per line). Examples:
+  bertkit embed --input sentences.txt --out vectors.npy
+  bertkit embed --input tweets.txt --out tokens.jsonl --pooling tokens --layers concat-last-four
+"""
+
+
+def add_inference_commands(commands) -> None:
+    """The embed and fill-mask subcommands."""
+    embed = commands.add_parser(
+        "embed", help="embed text lines: sentence vectors or per-token features, streamed",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EMBED_EPILOG,
+        description="Embed every line of a UTF-8 text file with a pre-trained encoder "
+        "(feature-based BERT).\nThe default, mean pooling + L2 on all-MiniLM-L6-v2, is the "
+        "sentence-transformers recipe.\nInput is streamed: memory stays flat on any size.")
+    embed.add_argument("--model", default="all-minilm-l6-v2",
+                       help="checkpoint folder (HF layout) or all-minilm-l6-v2 (the default)")
+    embed.add_argument("--input", required=True, metavar="FILE",
+                       help="UTF-8 text, one text per line; - for standard input")
+    embed.add_argument("--out", required=True, metavar="FILE", help="FILE.npy, FILE.jsonl or -")
+    embed.add_argument("--layers", type=_layers_flag, default="last",
+                       help="which hidden states (default last; see below)")
+    embed.add_argument("--combine", default="sum", choices=("sum", "mean", "concat"),
+                       help="how several --layers numbers combine (default sum)")
+    embed.add_argument("--pooling", default="mean", choices=("mean", "cls", "max", "tokens"),
+                       help="mean over real tokens (default), cls, max, or tokens: one vector "
+                       "per WordPiece token with its character offsets")
+    embed.add_argument("--no-normalize", action="store_true",
+                       help="keep raw vectors (default: L2-normalise each output vector)")
+    embed.add_argument("--max-length", type=int, metavar="N",
+                       help="tokens per text; longer texts are truncated and counted "
+                       "(default: the model's 512)")
+    embed.add_argument("--empty", default="zero", choices=("zero", "skip"),
+                       help="empty lines: a zero vector (default) or no row (the index keeps "
+                       "the line numbers)")
+    embed.add_argument("--invalid-utf8", default="error", choices=("error", "replace"),
+                       help="lines that are not UTF-8: stop with the line number (default) or "
+                       "embed them with U+FFFD for the bad bytes")
+    embed.add_argument("--append-csv", metavar="CSV", help="a CSV with a header and one row "
+                       "per input line whose numbers are appended to each vector")
+    embed.add_argument("--append-columns", metavar="A,B", help="the CSV columns to append "
+                       "(default all)")
+    embed.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                       help="fp32 (exact, default) or bf16 (faster on CPUs with AMX/AVX512-BF16 "
+                       "and on GPUs; cosine to fp32 about 0.9999)")
+    embed.add_argument("--quantize", choices=("int8",),
+                       help="int8: dynamic int8 Linear layers on CPU (cosine to fp32 about 0.98)")
+    embed.add_argument("--compile", action="store_true",
+                       help="torch.compile the encoder (the first batches wait for compilation)")
+    embed.add_argument("--batch-tokens", type=int, default=8192, metavar="N",
+                       help="padded tokens per batch (default 8192)")
+    embed.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
+    embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    embed.set_defaults(run=cmd_embed)
+
+    fill_mask = commands.add_parser(
+        "fill-mask", help="top-k tokens with probabilities for each [MASK] in a text",
+        description="Predict the words hidden behind [MASK] with a model that has the masked-LM "
+        "head (a BertForMaskedLM/BertForPreTraining checkpoint, e.g. from `bertkit pretrain`).")
+    fill_mask.add_argument("text", nargs="+", help='text with [MASK], e.g. "Paris is the [MASK] '
+                           'of France."')
+    fill_mask.add_argument("--model", required=True, help="checkpoint folder with an MLM head")
+    fill_mask.add_argument("--top-k", type=int, default=5, help="predictions per mask (5)")
+    fill_mask.add_argument("--json", action="store_true", help="one JSON object per text")
+    fill_mask.add_argument("--device", help="cpu, cuda ... (default: GPU if any)")
+    fill_mask.set_defaults(run=cmd_fill_mask)
+
+
+FINETUNE_TASK_OPTIONS = ("max_length", "text_field", "pair_field", "label_field",
+                         "choices_field", "context_field", "doc_stride", "max_query_length",
+                         "max_answer_length", "n_best_size", "allow_null", "null_threshold")
+FINETUNE_EPILOG = """\
+tasks: classification (one text), pair-classification (text + text_pair), regression (a number),
+token-classification (CoNLL word<TAB>tag files; BIO tags scored as entities), question-answering
+(SQuAD v1.1/v2.0 JSON), multiple-choice (JSONL with question, choices, label).
+built-in data sets (give the name instead of a file; NAME:SPLIT picks a split): rt-polarity,
+vader-movies, snli, wnut16, wsj-pos, squad-sample, wiki-topics, wiki-qa (derived), wiki-mc
+(derived). Example:
+  bertkit finetune --data rt-polarity --model all-minilm-l6-v2 --out runs/rt --seeds 1,2,3
+"""
+
+
+def add_finetune_commands(commands) -> None:
+    """The finetune, evaluate and predict subcommands."""
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a checkpoint (or a preset from scratch) on a labelled task",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FINETUNE_EPILOG,
+        description="Fine-tune with the paper's recipe: AdamW (no decay on LayerNorm/bias), 10% "
+        "linear warm-up then linear decay, evaluation every epoch, the best checkpoint by the "
+        "task's metric kept in OUT/best with metrics.jsonl, curves.png and results.json. "
+        "The paper's search space: lr 5e-5/3e-5/2e-5, batch 16/32, 2-4 epochs.")
+    finetune.add_argument("--task", help="the task family (default: the built-in data set's)")
+    finetune.add_argument("--model", required=True,
+                          help="checkpoint folder (HF layout), all-minilm-l6-v2, or a preset "
+                          "for random init: tiny, mini, small, medium, base, large")
+    finetune.add_argument("--tokenizer", help="tokenizer folder (default: the model's; "
+                          "bert-base's uncased vocab for presets)")
+    finetune.add_argument("--data", metavar="NAME", help="a built-in data set for all splits")
+    finetune.add_argument("--train", metavar="FILE", help="training file or built-in name")
+    finetune.add_argument("--validation", metavar="FILE",
+                          help="validation file (picks the best epoch)")
+    finetune.add_argument("--test", metavar="FILE", help="test file, scored once at the end")
+    finetune.add_argument("--out", default="runs/finetune", help="run folder")
+    finetune.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (3e-5)")
+    finetune.add_argument("--batch-size", type=int, default=32, help="examples per step (32)")
+    finetune.add_argument("--epochs", type=int, default=3, help="passes over the data (3)")
+    finetune.add_argument("--warmup", type=float, default=0.1,
+                          help="fraction of steps of linear warm-up (0.1)")
+    finetune.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay (0.01)")
+    finetune.add_argument("--seeds", default="1", help="comma-separated seeds, e.g. 1,2,3: one "
+                          "run each, reported as mean ± std")
+    finetune.add_argument("--max-train-examples", type=int, metavar="N",
+                          help="train on a fixed random subset of N examples")
+    finetune.add_argument("--max-eval-examples", type=int, metavar="N",
+                          help="evaluate on a fixed random subset of N examples")
+    finetune.add_argument("--reinit-head", action="store_true", help="start a fresh output "
+                          "layer even if the checkpoint has one (e.g. for other labels)")
+    finetune.add_argument("--max-length", type=int, help="tokens per input, longer inputs are "
+                          "truncated with a warning (128; QA windows 384)")
+    finetune.add_argument("--text-field", help="field of the text (text; MC: question)")
+    finetune.add_argument("--pair-field", help="field of the second text (text_pair)")
+    finetune.add_argument("--label-field", help="field of the label (label)")
+    finetune.add_argument("--choices-field", help="MC: field of the choices (choices)")
+    finetune.add_argument("--context-field", help="MC: field of an optional context (context)")
+    finetune.add_argument("--doc-stride", type=int, help="QA: tokens between window starts (128)")
+    finetune.add_argument("--max-query-length", type=int, help="QA: question tokens kept (64)")
+    finetune.add_argument("--max-answer-length", type=int, help="QA: longest answer (30 tokens)")
+    finetune.add_argument("--n-best-size", type=int, help="QA: start/end candidates (20)")
+    finetune.add_argument("--allow-null", action="store_true", default=None,
+                          help="QA: SQuAD v2.0, questions may have no answer (automatic when "
+                          "the training data has some)")
+    finetune.add_argument("--null-threshold", type=float,
+                          help="QA v2.0: answer empty when null score - best span > this (0)")
+    finetune.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
+    finetune.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
+    finetune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    finetune.set_defaults(run=cmd_finetune)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a fine-tuned model on a labelled file or built-in data set")
+    evaluate.add_argument("--model", required=True, help="a folder written by finetune")
+    evaluate.add_argument("--data", required=True, help="file, or built-in NAME[:SPLIT]")
+    evaluate.add_argument("--split", default="test", help="split of a built-in name (test)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--max-examples", type=int, metavar="N", help="a fixed random subset")
+    evaluate.add_argument("--device")
+    evaluate.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="predict with a fine-tuned model; one JSON line per input",
+        description="Input: a file in the task's format (labels not needed), a built-in name, or "
+        "raw lines (a .txt file or stdin): one text a line, tab-separated pairs, JSON lines with "
+        "question/context (QA) or question/choices (multiple choice). Output: label and "
+        "probabilities, tags with entity character spans, or answer text, span and score.")
+    predict.add_argument("--model", required=True, help="a folder written by finetune")
+    predict.add_argument("input", nargs="?", default="-", help="input file or - for stdin")
+    predict.add_argument("--output", metavar="FILE", help="write JSONL here (default stdout)")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--device")
+    predict.add_argument("--precision", default="fp32", help="fp32, auto, bf16, fp16")
+    predict.set_defaults(run=cmd_predict)
+
+
+PRETRAIN_HELP = {
+    "data": "folder of examples written by `bertkit data pretrain` (with its vocab)",
+    "out": "run folder: checkpoints, metrics.jsonl, curves.png, the final model (default "
+           "runs/pretrain)",
+    "model": "a preset (tiny, mini, small, medium, base, large) or a checkpoint folder to continue "
+             "pre-training from (default mini)",
+    "phase2_data": "examples of length 512 used for the last --phase2-fraction of the steps",
+    "batch_size": "examples per optimisation step over all ranks (default 32)",
+    "accumulation": "micro-batches per rank per step (gradient accumulation)",
+    "steps": "optimisation steps (default: --epochs passes over the data)",
+    "budget_minutes": "size the run to this many minutes, from the step time measured at the "
+                      "start",
+    "warmup": "warm-up: a fraction of the steps (< 1) or a number of steps",
+    "optimizer": "adamw (the paper's) or lamb (large batches)",
+    "precision": "auto (bf16 where the hardware has it), fp32, bf16, or fp16 (CUDA)",
+    "compile": "torch.compile the model",
+    "nsp": "train next sentence prediction too (the paper's objective)",
+    "skip_nonfinite": "skip steps whose loss is NaN/inf (counted) instead of stopping",
+}
+
+
+def add_settings_flags(parser, settings_class, help_texts):
+    """One --flag per settings field, defaulting to None so the settings file/defaults apply."""
+    from dataclasses import MISSING, fields
+
+    for field in fields(settings_class):
+        flag = "--" + field.name.replace("_", "-")
+        default = None if field.default is MISSING else field.default
+        text = help_texts.get(field.name, field.name.replace("_", " "))
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{text} (default {'on' if default else 'off'})")
+        else:
+            kind = type(default) if default is not None else str
+            kind = float if field.type in ("float", "float | None") else kind
+            kind = int if field.type in ("int", "int | None") else kind
+            parser.add_argument(flag, type=kind, default=None, metavar=field.name.upper(),
+                                help=f"{text} (default {default})" if default is not None
+                                else text)
+
+
+def cmd_data_fetch(args):
+    from .data import BUILTIN_CORPORA, fetch_corpus
+
+    if not args.name:
+        for name, corpus in BUILTIN_CORPORA.items():
+            print(f"{name:12} {corpus.description}")
+        return
+    print(fetch_corpus(args.name))
+
+
+def cmd_data_pretrain(args):
+    from .data import Corpus, PretrainingConfig, create_pretraining_data, format_summary
+
+    config = PretrainingConfig(
+        max_seq_length=args.max_seq_length, max_predictions_per_seq=args.max_predictions_per_seq,
+        masked_lm_prob=args.masked_lm_prob, dupe_factor=args.dupe_factor,
+        short_seq_prob=args.short_seq_prob, next_sentence=args.nsp,
+        whole_word_mask=args.whole_word_mask, dynamic_masking=args.dynamic_masking,
+        validation_fraction=args.validation_fraction, seed=args.seed)
+    corpus = Corpus(args.corpus, format=args.format, text_field=args.text_field,
+                    language=args.language)
+    manifest = create_pretraining_data(corpus, args.out, args.vocab, config,
+                                       workers=args.workers, shard_mb=args.shard_mb,
+                                       overwrite=args.overwrite, progress=not args.no_progress)
+    print(format_summary(manifest), file=sys.stderr)
+    print(args.out)
+
+
+def cmd_vocab_train(args):
+    from .data import Corpus, train_vocab_on_corpus
+
+    corpus = Corpus(args.corpus, format=args.format, text_field=args.text_field,
+                    language=args.language)
+    tokenizer = train_vocab_on_corpus(corpus, args.out, vocab_size=args.vocab_size,
+                                      lowercase=not args.cased, min_frequency=args.min_frequency,
+                                      limit_alphabet=args.limit_alphabet)
+    print(f"{tokenizer.vocab_size:,} tokens from {corpus.sentences:,} sentences", file=sys.stderr)
+    print(Path(args.out) / "vocab.txt")
+
+
+DATA_EPILOG = """\
+corpora: files, folders (read recursively), quoted globs, .gz, or a built-in corpus: wiki-leads,
+python-docs, linux-docs, shakespeare (see `bertkit data fetch`). Formats (--format):
+  lines  Google's: one sentence per line, a blank line between documents
+  text   raw prose: a file is a document, sentences are found by a rule-based splitter
+  jsonl  one JSON object per line, --text-field holding a document's raw prose
+  auto   jsonl for *.jsonl[.gz], text otherwise (the default)
+examples:
+  bertkit data pretrain --out data/wiki128
+  bertkit data pretrain my_corpus/ --format lines --vocab my_vocab/ --out data/mine
+  bertkit data pretrain wiki-leads --max-seq-length 512 --max-predictions-per-seq 80 \\
+      --out data/wiki512
+"""
+
+
+def _add_corpus_flags(parser) -> None:
+    parser.add_argument("corpus", nargs="*", default=["wiki-leads"],
+                        help="inputs (default: the built-in wiki-leads corpus)")
+    parser.add_argument("--format", default="auto", choices=("auto", "lines", "text", "jsonl"),
+                        help="how to read the inputs (default auto; see below)")
+    parser.add_argument("--text-field", default="text", help="JSONL: the text field (text)")
+    parser.add_argument("--language", default="en",
+                        help="language code for the sentence splitter (en)")
+
+
+def add_data_commands(commands) -> None:
+    """`bertkit data fetch|pretrain` and `bertkit vocab train`."""
+    data = commands.add_parser("data", help="corpora and pre-training examples (data --help)")
+    data_commands = data.add_subparsers(title="commands", metavar="COMMAND")
+
+    fetch = data_commands.add_parser(
+        "fetch", help="download a built-in corpus into the cache and print its folder")
+    fetch.add_argument("name", nargs="?", help="a built-in corpus; omit to list them")
+    fetch.set_defaults(run=cmd_data_fetch)
+
+    from .data import PretrainingConfig
+
+    defaults = PretrainingConfig()
+    pretrain = data_commands.add_parser(
+        "pretrain", help="turn a corpus into masked-LM + next-sentence examples",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DATA_EPILOG,
+        description="Make pre-training examples with the semantics and defaults of Google's "
+        "create_pretraining_data.py, streaming (memory stays flat on any corpus) and on every "
+        "core. Output: OUT/manifest.json, OUT/tokenizer/, OUT/train/ and OUT/validation/ shards, "
+        "read by `bertkit pretrain --data OUT` or bertkit.data.PretrainingDataset.")
+    _add_corpus_flags(pretrain)
+    pretrain.add_argument("--out", required=True, help="output folder (new or empty)")
+    pretrain.add_argument("--vocab", default="all-minilm-l6-v2",
+                          help="tokenizer folder or vocab.txt (default: bert-base-uncased's "
+                          "vocabulary, from all-minilm-l6-v2)")
+    for flag, kind, text in (
+            ("max_seq_length", int, "tokens per example, [CLS] and [SEP]s included"),
+            ("max_predictions_per_seq", int, "most masked-LM predictions per example"),
+            ("masked_lm_prob", float, "share of tokens predicted"),
+            ("dupe_factor", int, "times each document is made into examples, masked afresh"),
+            ("short_seq_prob", float, "share of examples aimed at a random shorter length"),
+            ("validation_fraction", float, "share of documents held out for validation"),
+            ("seed", int, "random seed: the same seed gives the same bytes")):
+        pretrain.add_argument("--" + flag.replace("_", "-"), type=kind,
+                              default=getattr(defaults, flag), metavar="N" if kind is int else "P",
+                              help=f"{text} (default {getattr(defaults, flag)})")
+    pretrain.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=True,
+                          help="sentence pairs with a next-sentence label (default on); "
+                          "--no-nsp packs single segments")
+    pretrain.add_argument("--whole-word-mask", action="store_true",
+                          help="mask all pieces of a word together")
+    pretrain.add_argument("--dynamic-masking", action="store_true",
+                          help="store unmasked; draw masks at load time, new each epoch")
+    pretrain.add_argument("--workers", type=int, metavar="N",
+                          help="processes (default: one per core)")
+    pretrain.add_argument("--shard-mb", type=float, default=64.0, metavar="MB",
+                          help="MB of token ids per shard (default 64)")
+    pretrain.add_argument("--overwrite", action="store_true",
+                          help="replace earlier output in --out")
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pretrain.set_defaults(run=cmd_data_pretrain)
+
+    vocab = commands.add_parser("vocab", help="WordPiece vocabularies (vocab --help)")
+    vocab_commands = vocab.add_subparsers(title="commands", metavar="COMMAND")
+    train = vocab_commands.add_parser(
+        "train", help="train a WordPiece vocabulary on a corpus",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DATA_EPILOG,
+        description="Train a BERT WordPiece vocabulary (BERT's normalisation, [PAD] [UNK] [CLS] "
+        "[SEP] [MASK] first) on a corpus; writes OUT/vocab.txt and OUT/tokenizer_config.json.")
+    _add_corpus_flags(train)
+    train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--vocab-size", type=int, default=30522, help="entries (default 30522)")
+    train.add_argument("--cased", action="store_true", help="keep case and accents")
+    train.add_argument("--min-frequency", type=int, default=2,
+                       help="least count of a merged piece (default 2)")
+    train.add_argument("--limit-alphabet", type=int, default=1000,
+                       help="most distinct characters kept (default 1000)")
+    train.set_defaults(run=cmd_vocab_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertkit", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +512,29 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", nargs="?", help="a source name; omit to list them")
     fetch.add_argument("--list", action="store_true", help="list the known sources")
     fetch.set_defaults(run=cmd_fetch)
+
+    from .pretrain import PretrainSettings
+
+    pretrain = commands.add_parser(
+        "pretrain", help="pre-train BERT with masked LM + next sentence prediction",
+        description="Pre-train with the paper's objective (mean MLM + mean NSP loss) and "
+        "optimiser (AdamW, lr 1e-4, weight decay 0.01, beta 0.9/0.999, eps 1e-6, warm-up then "
+        "linear decay). Settings come from --settings FILE (JSON/YAML) with any flag overriding "
+        "it. Ctrl-C saves a checkpoint; --resume continues exactly. Runs on several GPUs or "
+        "machines with `torchrun --nproc_per_node=N -m bertkit pretrain ...`.")
+    pretrain.add_argument("--settings", metavar="FILE", help="a JSON or YAML settings file")
+    pretrain.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from its latest checkpoint")
+    add_settings_flags(pretrain, PretrainSettings, PRETRAIN_HELP)
+    pretrain.set_defaults(run=cmd_pretrain)
+
+    plot = commands.add_parser("plot", help="draw a run's training curves into RUN/curves.png")
+    plot.add_argument("run", help="a run folder written by `bertkit pretrain`")
+    plot.set_defaults(run=cmd_plot)
+
+    add_finetune_commands(commands)
+    add_inference_commands(commands)
+    add_data_commands(commands)
     return parser
 
 
@@ -67,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bertkit: interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
         print(f"bertkit: error: {error}", file=sys.stderr)
         return 1
     return 0

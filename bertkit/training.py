@@ -210,6 +210,10 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total += loss.item()
             outputs.append(out)
+        if self.distributed.world_size > 1:  # report the loss of the whole global batch
+            reduced = torch.tensor([total], device=self.device)
+            dist.all_reduce(reduced)
+            total = reduced.item() / self.distributed.world_size
         if not math.isfinite(total):
             self.optimizer.zero_grad(set_to_none=True)
             if not self.skip_nonfinite:
@@ -330,6 +334,14 @@ class MetricsLog:
 def read_metrics(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Drop records past ``last_step``: a resumed run redoes those steps and logs them again."""
+    path = Path(path)
+    if path.is_file():
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
 class GracefulStop:
