@@ -41,6 +41,26 @@ class Output(dict):
             raise AttributeError(name) from None
 
 
+class Packing:
+    """Where the N real tokens of a padded [B, T] batch sit, to run layers on real tokens only.
+
+    Every Linear, LayerNorm and GELU acts on each token alone, so they run on the packed [N, ...]
+    rows and padding costs nothing there; only attention needs the [B, T] grid back. Both moves
+    are index copies, so gradients flow through them.
+    """
+
+    def __init__(self, attention_mask):  # [B, T], 1 for real tokens
+        self.shape = attention_mask.shape
+        self.index = attention_mask.flatten().nonzero().squeeze(1)  # [N] positions in B * T
+
+    def unpad(self, x):  # [B, T, ...] -> [N, ...]
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def pad(self, x):  # [N, ...] -> [B, T, ...], zeros at padding
+        grid = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index, x)
+        return grid.view(*self.shape, *x.shape[1:])
+
+
 # --------------------------------------------------------------------------------------------
 # The encoder
 
@@ -75,11 +95,15 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, x, mask, output_attentions=False):
-        # x [B, T, H]; mask [B, 1, 1, T], True where a key may be attended to (None: no padding)
-        B, T, H = x.shape
-        q, k, v = (proj(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # [B, A, T, H/A]
-                   for proj in (self.query, self.key, self.value))
+    def forward(self, x, mask, output_attentions=False, packing=None):
+        # x [B, T, H], or [N, H] real tokens with their `packing`; mask [B, 1, 1, T], True where a
+        # key may be attended to (None: no padding)
+        q, k, v = (proj(x) for proj in (self.query, self.key, self.value))
+        if packing is not None:
+            q, k, v = (packing.pad(t) for t in (q, k, v))
+        B, T, H = q.shape
+        q, k, v = (t.view(B, T, self.num_heads, -1).transpose(1, 2)  # [B, A, T, H/A]
+                   for t in (q, k, v))
         dropout = self.dropout_prob if self.training else 0.0
         probs = None
         if output_attentions:  # the fused kernel does not expose the probabilities
@@ -90,7 +114,8 @@ class BertSelfAttention(nn.Module):
             context = F.dropout(probs, dropout, self.training) @ v
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return context.transpose(1, 2).reshape(B, T, H), probs
+        context = context.transpose(1, 2).reshape(B, T, H)
+        return (context if packing is None else packing.unpad(context)), probs
 
 
 class BertResidualOutput(nn.Module):
@@ -112,8 +137,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)  # "self" is the name checkpoints use
         self.output = BertResidualOutput(config.hidden_size, config)
 
-    def forward(self, x, mask, output_attentions=False):
-        context, probs = self.self(x, mask, output_attentions)
+    def forward(self, x, mask, output_attentions=False, packing=None):
+        context, probs = self.self(x, mask, output_attentions, packing)
         return self.output(context, x), probs
 
 
@@ -138,8 +163,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config.intermediate_size, config)
 
-    def forward(self, x, mask, output_attentions=False):
-        x, probs = self.attention(x, mask, output_attentions)
+    def forward(self, x, mask, output_attentions=False, packing=None):
+        x, probs = self.attention(x, mask, output_attentions, packing)
         return self.output(self.intermediate(x), x), probs
 
 
@@ -342,22 +367,34 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None,
-                output_hidden_states=False, output_attentions=False) -> Output:
+                output_hidden_states=False, output_attentions=False,
+                skip_padding=False) -> Output:
+        """``skip_padding=True`` computes real tokens only (see ``Packing``): the same values at
+        real positions, zeros at padding positions instead of states nobody should read."""
         self._check_inputs(input_ids, token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         # SDPA takes a boolean mask of the keys each query may see; without padding we pass none,
-        # which lets it pick its fastest kernel.
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # which lets it pick its fastest kernel. A graph traced for torch.compile or ONNX export
+        # cannot branch on values, so it always keeps the mask.
+        mask = packing = None
+        tracing = torch.compiler.is_compiling()
+        if attention_mask is not None and (tracing or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
+            packing = Packing(attention_mask) if skip_padding else None
 
         x = self.embeddings(input_ids, token_type_ids)
+        if packing is not None:
+            x = packing.unpad(x)
         hidden_states, attentions = [x], []
         for layer in self.encoder.layer:
-            x, probs = layer(x, mask, output_attentions)
+            x, probs = layer(x, mask, output_attentions, packing)
             hidden_states.append(x)
             attentions.append(probs)
+        if packing is not None:  # back to the [B, T] grid that callers and heads expect
+            x = packing.pad(x)
+            if output_hidden_states:
+                hidden_states = [packing.pad(h) for h in hidden_states]
 
         out = Output(last_hidden_state=x)
         if self.pooler is not None:
@@ -382,7 +419,8 @@ class BertModel(BertPreTrainedModel):
             )
         for name, ids, size in (("input_ids", input_ids, self.config.vocab_size),
                                 ("token_type_ids", token_type_ids, self.config.type_vocab_size)):
-            if ids is not None and ids.numel() and (ids.min() < 0 or ids.max() >= size):
+            if (ids is not None and ids.numel() and not torch.compiler.is_compiling()
+                    and (ids.min() < 0 or ids.max() >= size)):  # a traced graph sees no values
                 bad = ids[(ids < 0) | (ids >= size)][0].item()
                 raise ValueError(
                     f"{name} contains {bad}, outside [0, {size}) for this model; the tokenizer's "

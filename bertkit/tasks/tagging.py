@@ -1,0 +1,249 @@
+"""Token classification (named entities, part-of-speech tags): one label per word.
+
+Input: CoNLL-style files, one ``word<TAB>tag`` per line (other columns between are ignored) and a
+blank line between sentences. A word may become several WordPiece tokens; as in the paper, only
+its first sub-token carries the label and the rest get -100, so the loss and the prediction are
+per word. Tags in the BIO scheme (``B-person``, ``I-person``, ``O``) are scored as entities with
+seqeval's semantics; any other tag set (POS) by word accuracy, beside a most-frequent-tag baseline.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model import BertForTokenClassification
+from .base import (
+    IGNORE_INDEX,
+    DataError,
+    Task,
+    check_known_labels,
+    collate_sequences,
+    open_text,
+    warn_truncated,
+)
+
+OUTSIDE = "O"
+
+
+@dataclass
+class TagExample:
+    words: list[str]
+    tags: list[str] | None = None
+    where: str = ""  # file:line of the first word
+    text: str = ""  # the words' text: the raw input line, or the words joined by spaces
+    spans: list[tuple[int, int]] = field(default_factory=list)  # each word's characters in text
+
+    def __post_init__(self):
+        if not self.text:
+            self.text, self.spans, position = " ".join(self.words), [], 0
+            for word in self.words:
+                self.spans.append((position, position + len(word)))
+                position += len(word) + 1
+
+
+def is_bio(labels) -> bool:
+    """True when every tag is O or starts with B-/I-: the tags then describe entities."""
+    return all(t == OUTSIDE or t[:2] in ("B-", "I-") for t in labels) and any(
+        t != OUTSIDE for t in labels)
+
+
+def bio_entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word) of each entity, with seqeval's default (lenient) rules.
+
+    An entity starts at B-X, or at I-X that does not continue an entity of type X (after O or
+    another type); it ends before O, B-, or an I- of another type.
+    """
+    entities, current = [], None  # current: [type, start]
+    for i, tag in enumerate([*tags, OUTSIDE]):
+        prefix, kind = (tag[0], tag[2:]) if tag != OUTSIDE else (OUTSIDE, "")
+        if current is not None and (prefix != "I" or kind != current[0]):
+            entities.append((current[0], current[1], i - 1))
+            current = None
+        if prefix == "B" or (prefix == "I" and current is None):
+            current = [kind, i]
+    return entities
+
+
+class TokenClassification(Task):
+    name = "token-classification"
+    model_class = BertForTokenClassification
+
+    def __init__(self, max_length: int = 128):
+        super().__init__(max_length)
+        self.bio = True
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return ("f1", "precision", "recall", "accuracy") if self.bio else ("accuracy",)
+
+    def use_labels(self, id2label: dict) -> None:
+        self.bio = is_bio(id2label.values())
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, path: str | Path, labelled: bool = True) -> list[TagExample]:
+        examples, words, tags, start = [], [], [], None
+
+        def close():
+            nonlocal words, tags, start
+            if words:
+                examples.append(TagExample(words, tags if labelled else None, f"{path}:{start}"))
+            words, tags, start = [], [], None
+
+        with open_text(path) as f:
+            for number, line in enumerate(f, 1):
+                stripped = line.strip()
+                if not stripped:
+                    close()
+                    continue
+                if stripped.startswith("-DOCSTART-"):
+                    continue
+                parts = stripped.split("\t") if "\t" in stripped else stripped.split()
+                if labelled and len(parts) < 2:
+                    raise DataError(f"{path}:{number}: expected 'word<TAB>tag', got {stripped!r}; "
+                                    "a blank line separates sentences.")
+                if labelled and not parts[-1].strip():
+                    raise DataError(f"{path}:{number}: the tag is empty.")
+                start = start or number
+                words.append(parts[0])
+                tags.append(parts[-1].strip())
+        close()
+        if not examples:
+            raise DataError(f"{path}: no sentences.")
+        return examples
+
+    def read_lines(self, lines: list[str], source: str, tokenizer=None) -> list[TagExample]:
+        """Raw text, one example a line, split into words the way BERT's tokenizer splits them."""
+        examples = []
+        for number, line in enumerate(lines, 1):
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                continue
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                return_word_ids=True)
+            spans: dict[int, list[int]] = {}
+            for word, (start, end) in zip(encoded["word_ids"], encoded["offset_mapping"],
+                                          strict=True):
+                spans.setdefault(word, [start, end])[1] = end
+            word_spans = [tuple(spans[w]) for w in sorted(spans)]
+            if not word_spans:
+                continue
+            examples.append(TagExample([text[s:e] for s, e in word_spans], None,
+                                       f"{source}:{number}", text, word_spans))
+        return examples
+
+    def label_names(self, examples: list[TagExample]) -> list[str]:
+        return sorted({t for e in examples for t in e.tags})
+
+    def check_labels(self, examples: list[TagExample], label2id: dict) -> None:
+        check_known_labels(((e.where, t) for e in examples for t in e.tags), label2id, "training")
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def encode(self, examples: list[TagExample], tokenizer,
+               label2id: dict | None = None) -> list[dict]:
+        encodings = tokenizer.backend.encode_batch([e.words for e in examples],
+                                                   is_pretokenized=True, add_special_tokens=False)
+        budget = self.max_length - 2  # room for [CLS] and [SEP]
+        features, truncated = [], []
+        for index, (example, encoding) in enumerate(zip(examples, encodings, strict=True)):
+            if len(set(w for w in encoding.word_ids)) < len(example.words):
+                # A word the normaliser erases (a zero-width space, a control character) would
+                # have no token to carry its label: stand in [UNK] for it.
+                present = set(encoding.word_ids)
+                words = [w if i in present else tokenizer.unk_token
+                         for i, w in enumerate(example.words)]
+                encoding = tokenizer.backend.encode(words, is_pretokenized=True,
+                                                    add_special_tokens=False)
+            ids, word_ids = encoding.ids[:budget], encoding.word_ids[:budget]
+            if len(encoding.ids) > budget:
+                truncated.append(example.where)
+            feature = {"input_ids": [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id],
+                       "token_type_ids": [0] * (len(ids) + 2),
+                       "word_ids": [None, *word_ids, None], "example": index}
+            if example.tags is not None and label2id is not None:
+                feature["labels"] = first_subtoken_labels(feature["word_ids"], example.tags,
+                                                          label2id)
+            features.append(feature)
+        warn_truncated(truncated, self.max_length)
+        return features
+
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        return collate_sequences(features, "labels", label_pad=IGNORE_INDEX)
+
+    # -- decoding and scoring -------------------------------------------------------------
+
+    def decode(self, examples, features, outputs, id2label) -> list[dict]:
+        fallback = OUTSIDE if OUTSIDE in id2label.values() else id2label[0]
+        predictions = []
+        for example, feature, output in zip(examples, features, outputs, strict=True):
+            best = output["logits"][: len(feature["input_ids"])].argmax(-1)
+            tags = [fallback] * len(example.words)  # words cut off by truncation (warned)
+            seen = set()
+            for position, word in enumerate(feature["word_ids"]):
+                if word is not None and word not in seen:
+                    seen.add(word)
+                    tags[word] = id2label[int(best[position])]
+            predictions.append({"tags": tags})
+        return predictions
+
+    def score(self, examples, predictions) -> dict[str, float]:
+        gold = [e.tags for e in examples]
+        predicted = [p["tags"] for p in predictions]
+        accuracy = word_accuracy(gold, predicted)
+        if not self.bio:
+            return {"accuracy": accuracy}
+        from seqeval.metrics import f1_score, precision_score, recall_score
+
+        return {"f1": float(f1_score(gold, predicted, zero_division=0)),
+                "precision": float(precision_score(gold, predicted, zero_division=0)),
+                "recall": float(recall_score(gold, predicted, zero_division=0)),
+                "accuracy": accuracy}
+
+    def baselines(self, train_examples, examples) -> dict[str, float]:
+        """Word accuracy of tagging each word with its most frequent training tag."""
+        return {"most_frequent_tag_accuracy": most_frequent_tag_accuracy(train_examples, examples)}
+
+    def to_json(self, example: TagExample, prediction) -> dict:
+        record = {"text": example.text, "words": example.words, "tags": prediction["tags"]}
+        if self.bio:
+            record["entities"] = [
+                {"type": kind, "text": example.text[example.spans[a][0]:example.spans[b][1]],
+                 "start": example.spans[a][0], "end": example.spans[b][1]}
+                for kind, a, b in bio_entities(prediction["tags"])]
+        return record
+
+
+def first_subtoken_labels(word_ids: list[int | None], tags: list[str],
+                          label2id: dict) -> list[int]:
+    """The tag id on each word's first sub-token; -100 on later sub-tokens and special tokens."""
+    labels, previous = [], None
+    for word in word_ids:
+        labels.append(IGNORE_INDEX if word is None or word == previous else label2id[tags[word]])
+        previous = word
+    return labels
+
+
+def word_accuracy(gold: list[list[str]], predicted: list[list[str]]) -> float:
+    pairs = [(g, p) for gs, ps in zip(gold, predicted, strict=True)
+             for g, p in zip(gs, ps, strict=True)]
+    return float(np.mean([g == p for g, p in pairs])) if pairs else 0.0
+
+
+def most_frequent_tag_accuracy(train: list[TagExample], examples: list[TagExample]) -> float:
+    """Each word gets the tag it most often has in training; unseen words the commonest tag."""
+    by_word: dict[str, Counter] = {}
+    overall = Counter()
+    for example in train:
+        for word, tag in zip(example.words, example.tags, strict=True):
+            by_word.setdefault(word, Counter())[tag] += 1
+            overall[tag] += 1
+    commonest = overall.most_common(1)[0][0]
+    predicted = [[by_word[w].most_common(1)[0][0] if w in by_word else commonest
+                  for w in e.words] for e in examples]
+    return word_accuracy([e.tags for e in examples], predicted)

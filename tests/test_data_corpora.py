@@ -1,0 +1,157 @@
+"""Reading corpora: every input format, the built-in corpora, and bad input of every kind."""
+
+import gzip
+import json
+import math
+import textwrap
+
+import pytest
+
+from bertkit.data import (
+    Corpus,
+    PretrainingConfig,
+    PretrainingDataset,
+    create_pretraining_data,
+    split_sentences,
+)
+from bertkit.data.corpora import MAX_DOCUMENT_CHARS, MAX_SENTENCE_CHARS, Skip
+from bertkit.tokenizer import BertTokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    return BertTokenizer.from_pretrained(minilm_dir)
+
+
+@pytest.fixture(scope="module")
+def leads(wiki_leads):
+    """Real multi-sentence paragraphs: Wikipedia lead sections."""
+    return [r["extract"] for r in wiki_leads if r["extract"].count(". ") >= 3][:200]
+
+
+def test_google_lines_format(tmp_path, wiki_sentences):
+    path = tmp_path / "corpus.txt"
+    first, second = wiki_sentences[:3], wiki_sentences[3:5]
+    path.write_text("\n".join(first) + "\n\n\n" + "\n".join(second) + "\n\n", encoding="utf-8")
+    corpus = Corpus(path, format="lines")
+    assert list(corpus) == [first, second]  # several blank lines make no empty document
+    assert corpus.skipped == {} and corpus.sentences == 5
+
+
+def test_raw_text_is_split_into_sentences_across_hard_wraps(tmp_path, leads):
+    paragraphs = [" ".join(lead.split()) for lead in leads[:2]]
+    # Hard-wrapped at 70 columns under a reStructuredText heading, whose underline is not text.
+    text = "Title\n=====\n\n" + "\n\n".join(textwrap.fill(p, 70) for p in paragraphs)
+    path = tmp_path / "doc.rst"
+    path.write_text(text + "\n", encoding="utf-8")
+    [document] = list(Corpus(path, format="text"))
+    assert document == ["Title"] + split_sentences(paragraphs[0]) + split_sentences(paragraphs[1])
+    assert len(document) >= 9
+
+
+def test_sentence_splitter_keeps_abbreviations_and_numbers():
+    text = ("Dr. Smith arrived at 5 p.m. on Monday. The U.S. economy grew 3.5% in 2019! "
+            "Did it? Yes.")
+    assert split_sentences(text) == ["Dr. Smith arrived at 5 p.m. on Monday.",
+                                     "The U.S. economy grew 3.5% in 2019!", "Did it?", "Yes."]
+
+
+def test_jsonl_gz_folders_and_globs(tmp_path, leads):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    with gzip.open(folder / "sub" / "a.jsonl.gz", "wt", encoding="utf-8") as f:
+        for lead in leads[:3]:
+            f.write(json.dumps({"body": lead, "id": 1}) + "\n")
+        f.write("not json\n")
+        f.write(json.dumps({"id": 2}) + "\n")
+        f.write(json.dumps([1, 2]) + "\n")
+    (folder / "b.txt").write_text(leads[3], encoding="utf-8")
+    corpus = Corpus(folder, text_field="body")
+    documents = list(corpus)
+    assert [" ".join(d) for d in documents] == [" ".join(lead.split()) for lead in leads[3:4]
+                                                + leads[:3]]
+    assert corpus.skipped == {Skip.BAD_JSON: 2, Skip.NO_TEXT_FIELD: 1}
+    assert len(list(Corpus(str(folder / "**" / "*.gz"), text_field="body"))) == 3  # a glob
+
+
+def test_builtin_corpus_reads_every_lead_in_title_order(wiki_leads):
+    corpus = Corpus("wiki-leads")
+    documents = list(corpus)
+    multi = [r for r in wiki_leads if len(split_sentences(r["extract"])) >= 2]
+    assert len(documents) == len(multi) > 9000
+    assert corpus.skipped[Skip.ONE_SENTENCE] == len(wiki_leads) - len(multi)
+    for document, record in zip(documents[::500], multi[::500], strict=True):
+        assert " ".join(document) == " ".join(record["extract"].split())
+
+
+def test_unknown_inputs_fail_before_any_work(tmp_path):
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        Corpus(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        Corpus(str(tmp_path / "*.txt"))
+    with pytest.raises(ValueError, match="format must be one of"):
+        Corpus("wiki-leads", format="xml")
+    with pytest.raises(ValueError, match="no corpus given"):
+        Corpus([])
+
+
+def test_bad_input_is_skipped_with_reasons_and_the_rest_is_used(tmp_path, leads, tokenizer):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, lead in enumerate(leads[:20]):
+        (folder / f"good{i:02d}.txt").write_text(lead, encoding="utf-8")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "junk.bin").write_bytes(bytes(range(256)) * 64)  # binary junk
+    (folder / "latin1.txt").write_bytes(leads[20].encode("utf-8") + " caf\xe9.".encode("latin-1"))
+    (folder / "one.txt").write_text("Only one sentence here.", encoding="utf-8")
+    (folder / "blank.txt").write_text("  \n\n \n", encoding="utf-8")
+    # A single 10 MB line without a sentence end; memory caps a document, so it comes in parts.
+    huge = "word " * 2_000_000
+    (folder / "huge.txt").write_text(huge, encoding="utf-8")
+    huge_parts = math.ceil(len(huge) / MAX_DOCUMENT_CHARS)
+    (folder / "bad.txt.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    # Special tokens typed into the text are not taken as structure.
+    (folder / "typed.txt").write_text("A [SEP] and a [MASK] here. " + leads[21], encoding="utf-8")
+    out = tmp_path / "out"
+    manifest = create_pretraining_data(folder, out, tokenizer, PretrainingConfig(dupe_factor=2),
+                                       workers=1, progress=False)
+    summary = manifest["summary"]
+    assert summary["skipped"] == {
+        Skip.BINARY_FILE: 1, Skip.EMPTY_FILE: 1, Skip.NOT_UTF8: 1, Skip.ONE_SENTENCE: 1,
+        Skip.EMPTY_DOCUMENT: 1, Skip.LONG_SENTENCE: huge_parts, Skip.UNREADABLE_FILE: 1}
+    assert summary["documents_cut_for_length"] == huge_parts - 1
+    assert summary["documents"] == 21 and manifest["complete"]
+    assert sum(summary["examples"].values()) > 40
+    dataset = PretrainingDataset(out)
+    sep, cls = tokenizer.sep_token_id, tokenizer.cls_token_id
+    for i in range(len(dataset)):
+        e = dataset.arrays(i)
+        ids = e["input_ids"].copy()
+        ids[e["positions"]] = e["labels"]
+        assert (ids == sep).sum() == 2 and (ids == cls).sum() == 1
+        assert (ids == tokenizer.mask_token_id).sum() == 0
+
+
+def test_long_line_is_read_in_bounded_pieces(tmp_path):
+    path = tmp_path / "long.txt"
+    path.write_text("First sentence.\n" + "x" * (10 * MAX_SENTENCE_CHARS) + "\nLast one.\n",
+                    encoding="utf-8")
+    corpus = Corpus(path, format="lines")
+    assert list(corpus) == []
+    assert corpus.skipped == {Skip.LONG_SENTENCE: 1}
+
+
+def test_a_vocab_that_is_not_a_vocab_fails_before_work_starts(tmp_path):
+    junk = tmp_path / "vocab.txt"
+    junk.write_bytes(bytes(range(256)))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="not a vocabulary"):
+        create_pretraining_data("wiki-leads", out, junk, progress=False)
+    words = tmp_path / "words.txt"
+    words.write_text("the\nof\nand\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="special tokens"):
+        create_pretraining_data("wiki-leads", out, words, progress=False)
+    with pytest.raises(ValueError, match="invalid pre-training settings"):
+        create_pretraining_data("wiki-leads", out, junk,
+                                PretrainingConfig(max_seq_length=4, dupe_factor=0))
+    assert not out.exists()

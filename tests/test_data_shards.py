@@ -1,0 +1,262 @@
+"""Stored examples: the Dataset and its batches, rank reads, resuming, honest manifests on
+interruption, dynamic masking, single-segment examples, and the command line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from bertkit import BertConfig, BertForPreTraining
+from bertkit.cli import main
+from bertkit.data import (
+    Corpus,
+    PretrainingConfig,
+    PretrainingDataset,
+    PretrainingSampler,
+    create_pretraining_data,
+    fetch_corpus,
+    read_manifest,
+)
+from bertkit.data.shards import sha256_of
+from bertkit.tokenizer import BertTokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    return BertTokenizer.from_pretrained(minilm_dir)
+
+
+@pytest.fixture(scope="module")
+def tutorial():
+    """The Python tutorial: 16 real documents, 290 kB."""
+    return fetch_corpus("python-docs", quiet=True) / "tutorial"
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, tokenizer, tutorial):
+    """Several shards of real examples."""
+    out = tmp_path_factory.mktemp("sharded") / "data"
+    create_pretraining_data(tutorial, out, tokenizer, PretrainingConfig(dupe_factor=4),
+                            workers=1, shard_mb=0.1, progress=False)
+    return out
+
+
+def test_batches_are_padded_long_tensors_a_model_trains_on(sharded, tokenizer):
+    dataset = PretrainingDataset(sharded)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=dataset.collate,
+                                         sampler=PretrainingSampler(dataset, seed=1))
+    batch = next(iter(loader))
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels",
+                          "next_sentence_label"}
+    assert all(t.dtype == torch.long for t in batch.values())
+    assert batch["next_sentence_label"].shape == (8,)
+    width = batch["input_ids"].shape[1]
+    lengths = batch["attention_mask"].sum(1)
+    assert width == lengths.max()
+    for row, length in enumerate(lengths.tolist()):
+        assert (batch["input_ids"][row, length:] == tokenizer.pad_token_id).all()
+        assert (batch["labels"][row, length:] == -100).all()
+        assert (batch["token_type_ids"][row, length:] == 0).all()
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    out = BertForPreTraining(config)(**batch)
+    assert torch.isfinite(out["loss"]) and out["loss"] > 5  # MLM over 30k tokens + NSP
+    out["loss"].backward()
+
+
+def test_shards_are_standard_safetensors(sharded):
+    dataset = PretrainingDataset(sharded)
+    first = 0
+    for record, mapped in zip(dataset.manifest["splits"]["train"]["shards"], dataset.shards,
+                              strict=True):
+        loaded = load_file(sharded / record["file"])  # the safetensors library's own reader
+        assert loaded.keys() == mapped.keys()
+        for key in loaded:
+            np.testing.assert_array_equal(loaded[key], mapped[key])
+        assert len(loaded["offsets"]) - 1 == record["examples"]
+        assert loaded["offsets"][-1] == len(loaded["input_ids"]) == record["tokens"]
+        assert loaded["masked_offsets"][-1] == len(loaded["masked_labels"])
+        example = dataset.arrays(first)
+        np.testing.assert_array_equal(example["input_ids"],
+                                      loaded["input_ids"][:loaded["offsets"][1]])
+        first += record["examples"]
+    assert dataset.manifest["splits"]["train"]["examples"] == len(dataset) == first
+
+
+def test_ranks_read_disjoint_parts_and_resume_exactly(sharded):
+    dataset = PretrainingDataset(sharded)
+    assert len(dataset.shards) >= 3
+    for world_size in (1, 3):
+        parts = [list(PretrainingSampler(dataset, rank=r, world_size=world_size, seed=5))
+                 for r in range(world_size)]
+        assert all(len(part) == len(dataset) // world_size for part in parts)
+        union = [i for part in parts for i in part]
+        assert len(set(union)) == len(union)  # disjoint
+        assert set(union) <= set(range(len(dataset)))
+    every = list(PretrainingSampler(dataset, seed=5))
+    assert sorted(every) == list(range(len(dataset)))
+    assert every != sorted(every)  # shuffled
+    rank1 = list(PretrainingSampler(dataset, rank=1, world_size=3, seed=5))
+    for start in (0, 1, 17, len(rank1) - 1, len(rank1)):
+        resumed = PretrainingSampler(dataset, rank=1, world_size=3, seed=5, start=start)
+        assert list(resumed) == rank1[start:] and len(resumed) == len(rank1) - start
+    next_epoch = PretrainingSampler(dataset, seed=5)
+    next_epoch.set_epoch(1)
+    assert list(next_epoch) != every and sorted(next_epoch) == sorted(every)
+    ordered = list(PretrainingSampler(dataset, rank=2, world_size=3, shuffle=False))
+    assert ordered == list(range(2, len(dataset) // 3 * 3, 3))
+
+
+class InterruptedCorpus(Corpus):
+    """A real corpus whose reading is interrupted (as Ctrl-C would) after some documents."""
+
+    def __iter__(self):
+        for count, document in enumerate(super().__iter__()):
+            if count == 5000:  # more than two chunks of text
+                raise KeyboardInterrupt
+            yield document
+
+
+def test_an_interrupted_run_leaves_intact_shards_and_an_honest_manifest(tmp_path, tokenizer):
+    out = tmp_path / "out"
+    corpus = InterruptedCorpus("wiki-leads")
+    with pytest.raises(KeyboardInterrupt):
+        create_pretraining_data(corpus, out, tokenizer, PretrainingConfig(dupe_factor=2),
+                                workers=1, shard_mb=0.5, progress=False)
+    manifest = read_manifest(out)
+    assert manifest["complete"] is False and manifest["status"] == "interrupted"
+    assert manifest["summary"] is None
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.part"))
+    with pytest.raises(ValueError, match="incomplete"):
+        PretrainingDataset(out)
+    listed = manifest["splits"]["train"]["shards"]
+    assert len(listed) >= 2
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors"))
+    assert written == sorted(s["file"] for split in manifest["splits"].values()
+                             for s in split["shards"])
+    for shard in listed:
+        assert sha256_of(out / shard["file"]) == shard["sha256"]
+    partial = PretrainingDataset(out, allow_incomplete=True)
+    partial.verify()
+    assert len(partial) == sum(s["examples"] for s in listed)
+    assert partial[len(partial) - 1]["input_ids"][0] == tokenizer.cls_token_id
+
+
+def test_ctrl_c_on_the_command_line_leaves_an_honest_manifest(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bertkit", "data", "pretrain", "linux-docs", "--out",
+               str(out), "--shard-mb", "0.2", "--dupe-factor", "1", "--no-progress"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if read_manifest(out)["splits"]["train"]["shards"]:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    manifest = read_manifest(out)
+    assert manifest["complete"] is False and manifest["status"] == "interrupted"
+    shards = manifest["splits"]["train"]["shards"]
+    assert shards and all(sha256_of(out / s["file"]) == s["sha256"] for s in shards)
+
+
+def test_dynamic_masking_draws_fresh_reproducible_masks_each_epoch(tmp_path, tokenizer,
+                                                                   tutorial):
+    out = tmp_path / "dynamic"
+    create_pretraining_data(tutorial, out, tokenizer,
+                            PretrainingConfig(dupe_factor=1, dynamic_masking=True),
+                            workers=1, progress=False)
+    dataset = PretrainingDataset(out)
+    first = [dataset[i] for i in range(300)]
+    reopened = PretrainingDataset(out)
+    again = [reopened[i] for i in range(300)]
+    dataset.set_epoch(1)
+    second = [dataset[i] for i in range(300)]
+    same = [torch.equal(a["labels"], b["labels"]) for a, b in zip(first, again, strict=True)]
+    changed = [not torch.equal(a["labels"], b["labels"])
+               for a, b in zip(first, second, strict=True)]
+    assert all(same) and np.mean(changed) > 0.95
+    predicted = sum(int((e["labels"] != -100).sum()) for e in first)
+    maskable = sum(len(e["input_ids"]) - 3 for e in first)
+    assert abs(predicted / maskable - 0.15) < 0.01
+    for a, b in zip(first, second, strict=True):  # the same text under both masks
+        original_a = torch.where(a["labels"] != -100, a["labels"], a["input_ids"])
+        original_b = torch.where(b["labels"] != -100, b["labels"], b["input_ids"])
+        assert torch.equal(original_a, original_b)
+
+
+def test_without_nsp_examples_are_single_segments(tmp_path, tokenizer, tutorial):
+    out = tmp_path / "single"
+    create_pretraining_data(tutorial, out, tokenizer,
+                            PretrainingConfig(dupe_factor=1, next_sentence=False),
+                            workers=1, progress=False)
+    dataset = PretrainingDataset(out)
+    lengths = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        assert "next_sentence_label" not in item
+        assert item["token_type_ids"].eq(0).all()
+        assert item["input_ids"][0] == tokenizer.cls_token_id
+        assert item["input_ids"][-1] == tokenizer.sep_token_id
+        assert (item["input_ids"] == tokenizer.sep_token_id).sum() == 1
+        lengths.append(len(item["input_ids"]))
+    assert max(lengths) == 128 and np.mean(np.array(lengths) == 128) > 0.7
+    assert set(dataset.collate([dataset[0], dataset[1]])) == {
+        "input_ids", "token_type_ids", "attention_mask", "labels"}
+
+
+def test_output_folder_is_never_clobbered(tmp_path, tokenizer, tutorial):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty"):
+        create_pretraining_data(tutorial, foreign, tokenizer, progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_command_line_fetch_vocab_train_and_pretrain(tmp_path, capsys, tutorial):
+    assert main(["data", "fetch", "python-docs"]) == 0
+    assert capsys.readouterr().out.strip() == str(fetch_corpus("python-docs"))
+
+    vocab = tmp_path / "vocab"
+    assert main(["vocab", "train", str(tutorial), "--out", str(vocab),
+                 "--vocab-size", "2000"]) == 0
+    assert capsys.readouterr().out.strip() == str(vocab / "vocab.txt")
+    tokens = (vocab / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert "python" in tokens and len(tokens) - 1 <= 2000
+
+    out = tmp_path / "data"
+    assert main(["data", "pretrain", str(tutorial), "--vocab", str(vocab), "--out", str(out),
+                 "--max-seq-length", "64", "--dupe-factor", "2", "--whole-word-mask",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    assert "documents:" in captured.err and "examples:" in captured.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["settings"]["max_seq_length"] == 64
+    assert manifest["settings"]["whole_word_mask"] is True
+    assert manifest["tokenizer"]["vocab_sha256"] == sha256_of(vocab / "vocab.txt")
+    dataset = PretrainingDataset(out)
+    assert max(len(dataset[i]["input_ids"]) for i in range(len(dataset))) == 64
+    assert dataset.manifest["token_dtype"] == "uint16"
+
+    assert main(["data", "pretrain", str(tutorial), "--out", str(out)]) == 1  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["data", "pretrain", str(tmp_path / "nothing"), "--out",
+                 str(tmp_path / "x")]) == 1
+    assert "matches no file" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")

@@ -1,0 +1,165 @@
+"""The fine-tuning loop, evaluate, predict and the CLI, with tiny models on small real samples.
+
+These check the machinery (files written, best checkpoint kept, results reproducible, labels by
+name, clear errors); the accuracy of real runs is measured by the commands in the README.
+"""
+
+import io
+import json
+import shutil
+
+import pytest
+
+from bertkit.cli import main
+from bertkit.finetune import evaluate, finetune, load_model, predict
+from bertkit.tasks import DataError, build_task
+from bertkit.tasks.datasets import resolve_data
+from bertkit.training import read_metrics
+
+TINY = dict(max_length=32, batch_size=8, progress=False)
+
+
+def sample(name: str, split: str, n: int, tmp_path):
+    """The first ``n`` records of a built-in split, as a file of the same format."""
+    source = resolve_data(name, split)
+    target = tmp_path / f"{name}-{split}{source.suffix}"
+    if source.suffix == ".json":  # SQuAD: the whole (small) file
+        shutil.copy(source, target)
+    elif source.suffix == ".conll":
+        sentences = source.read_text(encoding="utf-8").split("\n\n")[:n]
+        target.write_text("\n\n".join(sentences) + "\n\n", encoding="utf-8")
+    else:
+        lines = source.read_text(encoding="utf-8").splitlines()[:n]
+        target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rt")
+    train = sample("rt-polarity", "train", 48, tmp)
+    validation = sample("rt-polarity", "validation", 16, tmp)
+    test = sample("rt-polarity", "test", 16, tmp)
+    out = tmp / "run"
+    results = finetune("classification", "tiny", train, validation, test, out, seeds=[1, 2],
+                       epochs=2, lr=5e-4, **TINY)
+    return results, out, test, validation
+
+
+def test_a_run_writes_model_logs_plot_and_results(classification_run):
+    results, out, _, _ = classification_run
+    for seed in (1, 2):
+        run = out / f"seed-{seed}"
+        for name in ("best/config.json", "best/model.safetensors", "best/vocab.txt",
+                     "best/task.json", "metrics.jsonl", "curves.png", "results.json"):
+            assert (run / name).is_file(), name
+        config = json.loads((run / "best" / "config.json").read_text())
+        assert sorted(config["id2label"].values()) == ["fresh", "rotten"]
+        records = read_metrics(run / "metrics.jsonl")
+        assert [r["epoch"] for r in records if "validation_accuracy" in r] == [1, 2]
+        assert any("loss" in r and "lr" in r for r in records)
+    summary = results["summary"]["test"]["accuracy"]
+    accuracies = [run["test"]["accuracy"] for run in results["runs"]]
+    assert summary["mean"] == pytest.approx(sum(accuracies) / 2)
+    assert summary["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
+
+
+def test_the_best_epoch_is_kept_and_evaluate_reproduces_the_results(classification_run):
+    results, out, test, validation = classification_run
+    run = results["runs"][0]
+    best = max(run["history"], key=lambda r: r["validation_accuracy"])
+    assert run["best_epoch"] == best["epoch"]
+    again = evaluate(out / "seed-1", validation, precision=run["precision"], progress=False)
+    assert again["accuracy"] == best["validation_accuracy"] == run["validation"]["accuracy"]
+    again = evaluate(out / "seed-1", test, precision=run["precision"], progress=False)
+    assert {k: again[k] for k in run["test"]} == run["test"]
+
+
+def test_predict_gives_label_names_and_probabilities(classification_run):
+    _, out, _, _ = classification_run
+    [first, second] = predict(out / "seed-1" / "best", ["A gorgeous, witty film.", "Dull."])
+    assert first["label"] in ("fresh", "rotten") and first["text"] == "A gorgeous, witty film."
+    assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert set(second["probabilities"]) == {"fresh", "rotten"}
+
+
+def test_a_head_for_other_labels_needs_reinit(classification_run, minilm_dir):
+    _, out, _, _ = classification_run
+    task = build_task("classification")
+    checkpoint = out / "seed-1" / "best"
+    with pytest.raises(ValueError, match=r"head for labels.*--reinit-head"):
+        load_model(task, checkpoint, ["neg", "neu", "pos"], 30522)
+    fresh = load_model(task, checkpoint, ["neg", "neu", "pos"], 30522, reinit_head=True)
+    assert fresh.classifier.out_features == 3 and fresh.config.num_labels == 3
+    # The same labels in another order keep the trained head and its own order.
+    saved = json.loads((checkpoint / "config.json").read_text())["id2label"]
+    kept = load_model(task, checkpoint, ["rotten", "fresh"], 30522)
+    assert kept.config.id2label == {int(k): v for k, v in saved.items()}
+    # A bare encoder (all-MiniLM-L6-v2) gets a new head with the data's labels.
+    model = load_model(task, minilm_dir, ["fresh", "rotten"], 30522)
+    assert model.config.id2label == {0: "fresh", 1: "rotten"}
+
+
+def test_unseen_validation_labels_stop_the_run_before_training(tmp_path):
+    train = sample("rt-polarity", "train", 8, tmp_path)
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text(json.dumps({"text": "fine", "label": "fresh"}) + "\n"
+                          + json.dumps({"text": "meh", "label": "mixed"}) + "\n")
+    with pytest.raises(DataError, match=r"validation.jsonl:2: label 'mixed'"):
+        finetune("classification", "tiny", train, validation, out=tmp_path / "run", **TINY)
+    assert not (tmp_path / "run" / "best").exists()
+
+
+@pytest.mark.parametrize("task, data, n, options", [
+    ("regression", "vader-movies", 24, {}),
+    ("pair-classification", "snli", 24, {}),
+    ("token-classification", "wsj-pos", 12, {}),
+    ("token-classification", "wnut16", 24, {}),
+    ("question-answering", "squad-sample", 5, {"max_length": 96, "doc_stride": 32,
+                                               "max_query_length": 32}),
+    ("multiple-choice", "wiki-mc", 16, {}),
+])
+def test_every_task_family_trains_evaluates_and_predicts(task, data, n, options, tmp_path):
+    path = sample(data, "train", n, tmp_path)
+    settings = {**TINY, **options}
+    results = finetune(task, "tiny", path, path, path, tmp_path / "run", epochs=1, **settings)
+    model_task = build_task(task)
+    if task == "token-classification":
+        model_task.use_labels({0: "O", 1: "B-x"} if data == "wnut16" else {0: "NN"})
+    assert set(results["test"]) == set(model_task.metrics)
+    predictions = predict(tmp_path / "run", path)
+    assert len(predictions) == len(build_task(task, **options).read(path))
+    first = predictions[0]
+    if task == "question-answering":
+        context = build_task(task).read(path)[0].context
+        assert first["answer"] == context[first["start"]:first["end"]]
+    elif task == "token-classification":
+        assert len(first["tags"]) == len(first["words"])
+        assert ("entities" in first) == (data == "wnut16")
+        assert 0 < results["test_baselines"]["most_frequent_tag_accuracy"] <= 1
+    elif task == "regression":
+        assert isinstance(first["score"], float)
+    elif task == "multiple-choice":
+        assert first["choice"] in first["choices"]
+    else:
+        assert first["label"] in ("entailment", "neutral", "contradiction")
+
+
+def test_cli_finetune_evaluate_predict(tmp_path, monkeypatch, capsys):
+    train = sample("rt-polarity", "train", 16, tmp_path)
+    out = tmp_path / "cli-run"
+    code = main(["finetune", "--task", "classification", "--model", "tiny", "--train",
+                 str(train), "--validation", str(train), "--out", str(out), "--epochs", "1",
+                 "--max-length", "32", "--batch-size", "8", "--no-progress"])
+    assert code == 0 and (out / "best" / "task.json").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(train)]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 16
+    monkeypatch.setattr("sys.stdin", io.StringIO("A triumph.\nA mess.\n"))
+    assert main(["predict", "--model", str(out)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == ["A triumph.", "A mess."]
+    assert main(["finetune", "--task", "classification", "--model", "tiny", "--train",
+                 str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 1
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+    shutil.rmtree(out)

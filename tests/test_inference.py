@@ -1,0 +1,527 @@
+"""Embeddings, feature strategies, fill-mask and `bertkit embed` against transformers' BERT.
+
+Real weights (all-MiniLM-L6-v2) and real sentences (Wikipedia leads) wherever a model is needed;
+fill-mask, which needs an MLM head no offline checkpoint has, runs on a seeded random
+transformers BertForMaskedLM with the real vocabulary.
+"""
+
+import itertools
+import json
+import shutil
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from bertkit.cli import main
+from bertkit.inference import (
+    STRATEGIES,
+    Embedder,
+    FillMask,
+    embed_file,
+    export_onnx,
+    length_sorted_batches,
+)
+from bertkit.model import BertForMaskedLM, BertModel
+from bertkit.tokenizer import BertTokenizer
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "tokenizer.json",
+                   "special_tokens_map.json")
+
+
+@pytest.fixture(scope="module")
+def hf(minilm_dir):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    return tokenizer, transformers.BertModel.from_pretrained(minilm_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def sentences(wiki_sentences):
+    """1,000 real sentences spread over the corpus, with its 20 longest among them."""
+    longest = sorted(wiki_sentences, key=len)[-20:]
+    return wiki_sentences[::len(wiki_sentences) // 980][:980] + longest
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm_dir(tmp_path_factory, minilm_dir):
+    """A seeded random transformers BertForMaskedLM with the real vocabulary; its weights are
+    spread wide enough that the top-k tokens are well separated."""
+    folder = tmp_path_factory.mktemp("tiny-mlm")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, initializer_range=0.3)
+    transformers.BertForMaskedLM(config).eval().save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exact(minilm_dir):
+    """bertkit's default Embedder: mean pooling + L2, exact fp32."""
+    return Embedder(minilm_dir)
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    """all-MiniLM-L6-v2 loaded once, for Embedders that share its weights (loading is slow)."""
+    return dict(model=BertModel.from_pretrained(minilm_dir),
+                tokenizer=BertTokenizer.from_pretrained(minilm_dir))
+
+
+@pytest.fixture(scope="module")
+def few(sentences, hf):
+    """Ten real sentences and the reference's outputs for them, with offsets."""
+    texts = sentences[5:1000:100]
+    return texts, *reference_states(hf, texts, return_offsets_mapping=True)
+
+
+def reference_states(hf, texts, **options):
+    """transformers' tokenizer + BertModel on ``texts``: (batch, outputs)."""
+    tokenizer, model = hf
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt", **options)
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    with torch.inference_mode():
+        return batch, model(**inputs, output_hidden_states=True)
+
+
+def cosines(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+# --- parity with the reference --------------------------------------------------------------
+
+
+def test_mean_pooling_reproduces_the_sentence_transformers_recipe(exact, hf, sentences):
+    ours = exact.encode(sentences)
+    expected = []
+    for start in range(0, len(sentences), 50):
+        batch, out = reference_states(hf, sentences[start:start + 50])
+        mask = batch["attention_mask"][..., None].float()
+        mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+        expected.append(torch.nn.functional.normalize(mean, dim=-1).numpy())
+    expected = np.concatenate(expected)
+    assert ours.shape == (1000, 384) and ours.dtype == np.float32
+    assert cosines(ours, expected).min() >= 0.99999
+    assert np.abs(ours - expected).max() <= 1e-5
+
+
+def test_per_token_vectors_align_with_tokens_and_offsets(minilm, hf, few):
+    texts, batch, out = few
+    ours = Embedder(**minilm, pooling="tokens", normalize=False).encode_tokens(texts)
+    tokenizer = hf[0]
+    for i, (text, row) in enumerate(zip(texts, ours, strict=True)):
+        n = int(batch["attention_mask"][i].sum())
+        inner = slice(1, n - 1)  # the reference's tokens without [CLS] and [SEP]
+        assert row.tokens == tokenizer.convert_ids_to_tokens(batch["input_ids"][i, inner])
+        assert row.offsets == [tuple(o) for o in batch["offset_mapping"][i, inner].tolist()]
+        np.testing.assert_allclose(row.vectors, out.last_hidden_state[i, inner], atol=1e-5)
+        for token, (start, end) in zip(row.tokens, row.offsets, strict=True):
+            if text[start:end].isascii():  # accents are stripped from tokens, so skip those
+                assert token.removeprefix("##") == text[start:end].lower()
+
+
+DEFINITIONS = {  # each strategy written out from the reference's hidden states (L + 1 of them)
+    "last": lambda hs: hs[-1],
+    "second_to_last": lambda hs: hs[-2],
+    "sum_last_four": lambda hs: hs[-4] + hs[-3] + hs[-2] + hs[-1],
+    "concat_last_four": lambda hs: torch.cat([hs[-4], hs[-3], hs[-2], hs[-1]], dim=-1),
+    "sum_all": lambda hs: sum(hs[1:]),
+    "embeddings": lambda hs: hs[0],
+}
+
+
+@pytest.mark.parametrize("layers,combine,definition,deepest", [
+    *[(name, "sum", DEFINITIONS[name], {"second_to_last": 5, "embeddings": 0}.get(name, 6))
+      for name in STRATEGIES],
+    (3, "sum", lambda hs: hs[3], 3),
+    (-6, "sum", lambda hs: hs[1], 1),
+    ([1, 5], "mean", lambda hs: (hs[1] + hs[5]) / 2, 5),
+    ([0, 6], "concat", lambda hs: torch.cat([hs[0], hs[6]], dim=-1), 6),
+])
+def test_feature_strategies_match_the_hidden_states_they_are_defined_from(
+        minilm, few, layers, combine, definition, deepest):
+    texts, batch, out = few
+    embedder = Embedder(**minilm, layers=layers, combine=combine, pooling="tokens",
+                        normalize=False)
+    expected = definition(out.hidden_states)
+    for i, row in enumerate(embedder.encode_tokens(texts)):
+        n = int(batch["attention_mask"][i].sum())
+        np.testing.assert_allclose(row.vectors, expected[i, 1:n - 1], atol=5e-5)
+    assert embedder.dim == expected.shape[-1]
+    # layers above the deepest chosen one are not run; the shared model is left as it was
+    assert len(embedder.model.encoder.layer) == deepest
+    assert len(minilm["model"].encoder.layer) == 6 and minilm["model"].pooler is not None
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max"])
+def test_pooling_of_a_strategy(minilm, few, pooling):
+    texts, batch, out = few
+    ours = Embedder(**minilm, layers="concat_last_four", pooling=pooling).encode(texts)
+    features = DEFINITIONS["concat_last_four"](out.hidden_states)
+    mask = batch["attention_mask"].bool()[..., None]
+    pooled = (features[:, 0] if pooling == "cls"
+              else features.masked_fill(~mask, -torch.inf).amax(1))
+    expected = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+# --- fast paths against the exact one -------------------------------------------------------
+
+
+def test_exact_fast_paths_change_nothing(exact, sentences):
+    """Sorting by length, skipping padding and the batch size leave the vectors as they are."""
+    texts = sentences[::10]
+    settings = ("sort_by_length", "skip_padding", "batch_tokens")
+    defaults = {name: getattr(exact, name) for name in settings}
+    try:
+        exact.sort_by_length, exact.skip_padding = False, False
+        exact.batch_tokens = 4096  # batches in input order, padded
+        plain = exact.encode(texts)
+        for options in ({"sort_by_length": True}, {"skip_padding": True},
+                        {"sort_by_length": True, "skip_padding": True, "batch_tokens": 1000}):
+            for name, value in options.items():
+                setattr(exact, name, value)
+            np.testing.assert_allclose(exact.encode(texts), plain, atol=2e-6, err_msg=str(options))
+    finally:
+        for name, value in defaults.items():
+            setattr(exact, name, value)
+
+
+def test_skip_padding_keeps_real_tokens_and_gradients(tiny_mlm_dir):
+    """The packed path inside BertModel: same states at real tokens, zeros at padding, and the
+    same gradients (it will serve training too)."""
+    model = BertModel.from_pretrained(tiny_mlm_dir)
+    model.eval()  # no dropout: both paths compute the same function
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, 5000, (3, 12), generator=g)
+    mask = (torch.arange(12) < torch.tensor([[12], [7], [3]])).long()
+    outputs = {}
+    for skip in (False, True):
+        model.zero_grad()
+        out = model(input_ids, mask, skip_padding=skip, output_hidden_states=True)
+        (out.last_hidden_state * mask[..., None]).square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        outputs[skip] = out, grads
+    (padded, padded_grads), (packed, packed_grads) = outputs[False], outputs[True]
+    real = mask.bool()
+    for a, b in zip(packed.hidden_states, padded.hidden_states, strict=True):
+        torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=0)
+    assert packed.last_hidden_state[~real].abs().max() == 0
+    torch.testing.assert_close(packed.pooler_output, padded.pooler_output, atol=1e-5, rtol=0)
+    assert packed_grads.keys() == padded_grads.keys()
+    for name, grad in packed_grads.items():
+        scale = padded_grads[name].abs().max().clamp_min(1e-8)
+        assert (grad - padded_grads[name]).abs().max() / scale <= 1e-4, name
+
+
+def test_batches_bound_padded_tokens_and_sort_by_length():
+    lengths = [5, 30, 7, 7, 2, 600, 12]
+    batches = length_sorted_batches(lengths, batch_tokens=24)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for rows in batches:
+        longest = max(lengths[i] for i in rows)
+        assert len(rows) * longest <= 24 or len(rows) == 1
+    flat = [lengths[i] for rows in batches for i in rows]
+    assert flat == sorted(lengths)
+
+
+@pytest.mark.parametrize("options,floor", [({"precision": "bf16"}, 0.999),
+                                           ({"quantize": "int8"}, 0.97)])
+def test_opt_in_modes_stay_close_to_fp32(minilm, exact, sentences, options, floor):
+    """bf16 is the fast mode for embeddings; int8 dynamic quantization costs more (about 0.98
+    mean cosine on all-MiniLM-L6-v2) and is documented as such."""
+    texts = sentences[::4]
+    fast = Embedder(**minilm, **options).encode(texts)
+    assert fast.dtype == np.float32
+    assert cosines(fast, exact.encode(texts)).mean() >= floor
+
+
+def test_a_loaded_head_model_embeds_with_its_encoder(tiny_mlm_dir, sentences):
+    head = BertForMaskedLM.from_pretrained(tiny_mlm_dir)
+    tokenizer = BertTokenizer.from_pretrained(tiny_mlm_dir)
+    texts = sentences[:10]
+    np.testing.assert_array_equal(Embedder(head, tokenizer=tokenizer).encode(texts),
+                                  Embedder(tiny_mlm_dir).encode(texts))
+    with pytest.raises(ValueError, match="given with its tokenizer="):
+        Embedder(head)
+
+
+def test_compiled_encoder_matches_eager(tiny_mlm_dir, sentences):
+    texts = sentences[:40]
+    eager = Embedder(tiny_mlm_dir, layers=[1, 2]).encode(texts)
+    compiled = Embedder(tiny_mlm_dir, layers=[1, 2], compile=True).encode(texts)
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+
+
+def test_onnx_export_matches_the_encoder(tiny_mlm_dir, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path = export_onnx(tiny_mlm_dir, tmp_path / "encoder.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = BertModel.from_pretrained(tiny_mlm_dir).eval()
+    g = torch.Generator().manual_seed(1)
+    for batch, length in ((3, 17), (1, 200)):  # shapes other than the traced example
+        input_ids = torch.randint(1000, 5000, (batch, length), generator=g)
+        mask = torch.ones_like(input_ids)
+        mask[0, length // 2:] = 0
+        types = (torch.arange(length) > length // 3).long().expand(batch, length).contiguous()
+        (hidden,) = session.run(None, {"input_ids": input_ids.numpy(),
+                                       "attention_mask": mask.numpy(),
+                                       "token_type_ids": types.numpy()})
+        with torch.inference_mode():
+            expected = model(input_ids, mask, types).last_hidden_state
+        real = mask.bool().numpy()
+        np.testing.assert_allclose(hidden[real], expected.numpy()[real], atol=1e-5)
+
+
+# --- fill-mask ------------------------------------------------------------------------------
+
+
+MASKED = ["Paris is the [MASK] of France.", "The [MASK] sat on the mat.",
+          "Water boils at one hundred degrees [MASK]."]
+
+
+def test_fill_mask_matches_the_transformers_pipeline(tiny_mlm_dir):
+    pipeline = transformers.pipeline("fill-mask", model=str(tiny_mlm_dir), top_k=5,
+                                     device="cpu")
+    fill = FillMask(tiny_mlm_dir, device="cpu")
+    for text, ours in zip(MASKED, fill(MASKED), strict=True):
+        theirs = pipeline(text)
+        (predictions,) = ours  # one mask
+        assert [p.token_id for p in predictions] == [t["token"] for t in theirs]
+        assert [p.token for p in predictions] == [t["token_str"].replace(" ", "")
+                                                  for t in theirs]
+        np.testing.assert_allclose([p.score for p in predictions],
+                                   [t["score"] for t in theirs], atol=1e-6)
+
+
+def test_fill_mask_with_several_masks_matches_the_logits(tiny_mlm_dir):
+    text = "The [MASK] of the [MASK] is a [MASK] city."
+    fill = FillMask(tiny_mlm_dir, device="cpu")
+    predictions = fill(text, top_k=3)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_mlm_dir)
+    model = transformers.BertForMaskedLM.from_pretrained(tiny_mlm_dir).eval()
+    batch = tokenizer(text, return_tensors="pt")
+    with torch.inference_mode():
+        probs = model(**batch).logits[0].softmax(-1)
+    where = (batch["input_ids"][0] == tokenizer.mask_token_id).nonzero().squeeze(1)
+    assert len(predictions) == len(where) == 3
+    for position, ours in zip(where, predictions, strict=True):
+        scores, ids = probs[position].topk(3)
+        assert [p.token_id for p in ours] == ids.tolist()
+        np.testing.assert_allclose([p.score for p in ours], scores.numpy(), atol=1e-6)
+
+
+def test_fill_mask_refuses_a_model_without_the_head_and_text_without_mask(minilm_dir,
+                                                                          tiny_mlm_dir):
+    with pytest.raises(ValueError, match="no masked-LM head"):
+        FillMask(minilm_dir)
+    fill = FillMask(tiny_mlm_dir, device="cpu")
+    with pytest.raises(ValueError, match=r"no \[MASK\] in 'Paris is the capital'"):
+        fill("Paris is the capital")
+    with pytest.raises(ValueError, match="case-sensitive"):
+        fill("Paris is the [mask] of France.")
+    with pytest.raises(ValueError, match="beyond the 8-token limit"):
+        FillMask(tiny_mlm_dir, device="cpu", max_length=8)("one two three four five six [MASK]")
+
+
+# --- bad input, streaming, files ------------------------------------------------------------
+
+
+def test_empty_and_overlong_texts(minilm, hf, sentences, caplog):
+    long_text = " ".join(sentences[:20])
+    embedder = Embedder(**minilm, max_length=16)
+    with caplog.at_level("WARNING", logger="bertkit"):
+        vectors = embedder.encode(["", "   \t", long_text, "\x00\x07"])
+    assert not vectors[[0, 1, 3]].any()  # no tokens: the zero vector
+    assert "3 of 4 texts are empty" in caplog.text
+    assert "1 of 4 texts are longer than 16 tokens and were truncated" in caplog.text
+    tokenizer, model = hf
+    batch = tokenizer([long_text], truncation=True, max_length=16, return_tensors="pt")
+    with torch.inference_mode():
+        mean = model(**batch).last_hidden_state.mean(1)
+    np.testing.assert_allclose(vectors[2], torch.nn.functional.normalize(mean, dim=-1)[0],
+                               atol=1e-5)
+
+
+def test_bad_arguments_are_explained(minilm_dir, tiny_mlm_dir):
+    cases = [
+        (dict(pooling="avg"), "unknown pooling 'avg'"),
+        (dict(layers="sum_last_three"), "unknown layer strategy"),
+        (dict(layers=7), r"this model has 6 layers, so use 0 \(the embedding output\) to 6"),
+        (dict(layers=[1, 2], combine="product"), "unknown combine"),
+        (dict(layers=[]), "non-empty sequence"),
+        (dict(precision="fp8"), "unknown precision"),
+        (dict(quantize="int4"), "unknown quantize"),
+        (dict(quantize="int8", precision="bf16"), "use it with precision='fp32'"),
+        (dict(max_length=1000), "between 3 and the model's 512 positions"),
+        (dict(batch_tokens=0), "batch_tokens must be a positive int"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Embedder(minilm_dir, **options)
+    with pytest.raises(ValueError, match="use encode_tokens"):
+        Embedder(tiny_mlm_dir, pooling="tokens").encode(["a text"])
+    with pytest.raises(ValueError, match="pooling='tokens'"):
+        Embedder(tiny_mlm_dir).encode_tokens(["a text"])
+    with pytest.raises(TypeError, match="decode bytes first"):
+        Embedder(tiny_mlm_dir).encode([b"bytes"])
+
+
+def repeated(items, count):
+    """``count`` items, going round ``items`` as often as needed."""
+    return itertools.islice(itertools.cycle(items), count)
+
+
+def test_stream_reads_its_input_lazily(tiny_mlm_dir, sentences):
+    pulled = 0
+
+    def lines():
+        nonlocal pulled
+        for sentence in repeated(sentences, 10_000):
+            pulled += 1
+            yield sentence
+
+    stream = Embedder(tiny_mlm_dir).stream(lines(), chunk_size=64)
+    first = next(stream)
+    assert first.index == 0 and pulled == 64
+    rest = [item.index for item in itertools.islice(stream, 99)]
+    assert rest == list(range(1, 100)) and pulled == 128
+
+
+def test_embed_file_memory_stays_flat(tiny_mlm_dir, sentences, tmp_path):
+    """Python-side peak memory while embedding 300 vs 3,000 lines: the same (streamed)."""
+    embedder = Embedder(tiny_mlm_dir)
+    peaks = []
+    for count in (300, 3_000):
+        source = tmp_path / f"lines-{count}.txt"
+        lines = (" ".join(sentence.split()) for sentence in repeated(sentences, count))
+        source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tracemalloc.start()
+        summary = embed_file(embedder, source, tmp_path / f"out-{count}.npy", chunk_size=100,
+                             progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert summary.written == count
+        assert np.load(tmp_path / f"out-{count}.npy", mmap_mode="r").shape == (count, 32)
+    assert peaks[1] < 1.3 * peaks[0], peaks
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_embed_command_npy_with_index_empty_lines_and_csv(tiny_mlm_dir, tmp_path, capsys):
+    texts = ["Hello, my dog is cute", "", "Paris is the capital of France.", "  ", "Fin."]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    extra = tmp_path / "extra.csv"
+    extra.write_text("year,score,name\n2001,0.5,a\n2002,,b\n2003,1.5,c\n2004,2,d\n2005,3,e\n")
+    out = tmp_path / "vectors.npy"
+    code, _, err = run_cli(["embed", "--model", str(tiny_mlm_dir), "--input", str(source),
+                            "--out", str(out), "--empty", "skip", "--append-csv", str(extra),
+                            "--append-columns", "score,year", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "embedded 3 of 5 lines" in err and "2 empty lines were skipped" in err
+    vectors = np.load(out)
+    index = [json.loads(line) for line in out.with_suffix(".index.jsonl").read_text().split("\n")
+             if line]
+    assert [row["line"] for row in index] == [0, 2, 4]
+    expected = Embedder(tiny_mlm_dir).encode([texts[0], texts[2], texts[4]])
+    np.testing.assert_allclose(vectors[:, :32], expected, atol=1e-6)
+    np.testing.assert_array_equal(vectors[:, 32:], [[0.5, 2001], [1.5, 2003], [3, 2005]])
+    assert not list(tmp_path.glob("*.partial"))
+
+    code, _, err = run_cli(["embed", "--model", str(tiny_mlm_dir), "--input", str(source),
+                            "--out", str(out), "--no-progress"], capsys)
+    assert code == 0 and "2 empty lines got zero vectors" in err
+    assert np.load(out).shape == (5, 32) and not np.load(out)[[1, 3]].any()
+
+
+def test_embed_command_tokens_as_npy_and_jsonl(tiny_mlm_dir, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("Café au lait.\nA second line\n", encoding="utf-8")
+    out = tmp_path / "tokens.npy"
+    code, _, err = run_cli(["embed", "--model", str(tiny_mlm_dir), "--input", str(source),
+                            "--out", str(out), "--pooling", "tokens", "--layers",
+                            "second-to-last", "--no-progress"], capsys)
+    assert code == 0, err
+    vectors = np.load(out)
+    index = [json.loads(line) for line in out.with_suffix(".index.jsonl").read_text().split("\n")
+             if line]
+    expected = Embedder(tiny_mlm_dir, layers="second_to_last", pooling="tokens").encode_tokens(
+        ["Café au lait.", "A second line"])
+    assert [row["tokens"] for row in index] == [e.tokens for e in expected]
+    assert [row["offsets"] for row in index] == [[list(o) for o in e.offsets] for e in expected]
+    assert [row["first_row"] for row in index] == [0, len(expected[0].tokens)]
+    np.testing.assert_allclose(vectors, np.concatenate([e.vectors for e in expected]),
+                               atol=1e-6)
+    code, out_text, _ = run_cli(["embed", "--model", str(tiny_mlm_dir), "--input", str(source),
+                                 "--out", "-", "--pooling", "tokens", "--layers=0,-1",
+                                 "--combine", "concat", "--no-progress"], capsys)
+    records = [json.loads(line) for line in out_text.splitlines()]
+    assert code == 0 and [r["line"] for r in records] == [0, 1]
+    expected = Embedder(tiny_mlm_dir, layers=[0, 2], combine="concat",
+                        pooling="tokens").encode_tokens(["A second line"])
+    np.testing.assert_allclose(records[1]["vectors"], expected[0].vectors, atol=1e-6)
+
+
+def test_embed_command_bad_input_is_explained(tiny_mlm_dir, tmp_path, capsys):
+    source = tmp_path / "latin1.txt"
+    source.write_bytes("fine\nna\u00efve caf\u00e9\n".encode("latin-1"))
+    out = tmp_path / "v.npy"
+    code, _, err = run_cli(["embed", "--model", str(tiny_mlm_dir), "--input", str(source),
+                            "--out", str(out), "--no-progress"], capsys)
+    assert code == 1 and "line 2: not valid UTF-8 (byte 0xef at column 3)" in err
+    assert "--invalid-utf8 replace" in err and not out.exists()
+    assert not list(tmp_path.glob("*.partial"))
+    code, _, err = run_cli(["embed", "--model", str(tiny_mlm_dir), "--input", str(source),
+                            "--out", str(out), "--invalid-utf8", "replace", "--no-progress"],
+                           capsys)
+    assert code == 0 and "1 lines had invalid UTF-8" in err and np.load(out).shape == (2, 32)
+
+    good = tmp_path / "in.txt"
+    good.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    long_csv = tmp_path / "extra.csv"
+    long_csv.write_text("a\n1\n2\n3\n4\n")
+    word_csv = tmp_path / "words.csv"
+    word_csv.write_text("a,b\n1,x\n2,y\n3,z\n")
+    base = ["embed", "--model", str(tiny_mlm_dir), "--input", str(good), "--no-progress"]
+    cases = [
+        (["--out", str(tmp_path / "v.txt")], "must end in .npy or .jsonl"),
+        (["--out", str(out), "--input", str(tmp_path / "missing.txt")], "missing.txt not found"),
+        (["--out", str(out), "--append-csv", str(long_csv)], "has 4 data rows but the input has "
+                                                               "3 lines"),
+        (["--out", str(out), "--append-csv", str(word_csv)], "data row 1, column 'b': 'x' is "
+                                                               "not a number"),
+        (["--out", str(out), "--append-csv", str(word_csv), "--append-columns", "c"],
+         "has no column 'c'; its columns are a, b"),
+        (["--out", str(out), "--layers", "third"], "unknown layer strategy 'third'"),
+        (["--out", str(out), "--pooling", "tokens", "--append-csv", str(long_csv)],
+         "do not fit pooling='tokens'"),
+    ]
+    for extra_args, message in cases:
+        code, _, err = run_cli(base + extra_args, capsys)
+        assert code == 1 and message in err, (extra_args, err)
+
+
+def test_fill_mask_command(minilm_dir, tiny_mlm_dir, capsys):
+    code, out, _ = run_cli(["fill-mask", "--model", str(tiny_mlm_dir), "--device", "cpu",
+                            "--top-k", "2", "The [MASK] sat on the [MASK]."], capsys)
+    expected = FillMask(tiny_mlm_dir, device="cpu")("The [MASK] sat on the [MASK].", top_k=2)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "The [MASK] sat on the [MASK]." and len(lines) == 3
+    assert lines[1].startswith(f"  [MASK] 1: {expected[0][0].token} ")
+    code, out, _ = run_cli(["fill-mask", "--model", str(tiny_mlm_dir), "--device", "cpu",
+                            "--json", "A [MASK]."], capsys)
+    assert code == 0 and len(json.loads(out)["masks"][0]) == 5
+    code, _, err = run_cli(["fill-mask", "--model", str(minilm_dir), "A [MASK]."], capsys)
+    assert code == 1 and "no masked-LM head" in err
+    code, _, err = run_cli(["fill-mask", "--model", str(tiny_mlm_dir), "No mask."], capsys)
+    assert code == 1 and "no [MASK] in 'No mask.'" in err
+
