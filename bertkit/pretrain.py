@@ -9,7 +9,6 @@ exactly where the run stopped: same examples, same masks, same random state.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -43,6 +42,7 @@ from .training import (
 )
 
 SETTINGS_NAME = "pretrain_settings.json"
+BUDGET_PROVISIONAL_STEPS = 1_000_000
 
 
 @dataclass
@@ -100,7 +100,25 @@ class PretrainSettings:
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def _micro_batches(order: np.ndarray, step: int, settings: PretrainSettings, rank: int,
+class ExampleOrder:
+    """The example indices a run reads, position by position: a seeded shuffle of the data for
+    every pass, so any position (and so any resume point) is found without replaying the run."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self._passes: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, positions: np.ndarray) -> np.ndarray:
+        passes, offsets = np.divmod(positions, self.size)
+        for number in np.unique(passes):
+            if number not in self._passes:
+                self._passes = {k: v for k, v in self._passes.items() if k >= number - 1}
+                self._passes[number] = np.random.default_rng([self.seed, number]).permutation(
+                    self.size)
+        return np.array([self._passes[p][o] for p, o in zip(passes, offsets, strict=True)])
+
+
+def _micro_batches(order: ExampleOrder, step: int, settings: PretrainSettings, rank: int,
                    world_size: int) -> list[np.ndarray]:
     """This rank's micro-batches of step ``step``.
 
@@ -109,16 +127,9 @@ def _micro_batches(order: np.ndarray, step: int, settings: PretrainSettings, ran
     same per-micro-batch losses) as one process with N times the accumulation.
     """
     start = step * settings.batch_size
-    batch = order[np.arange(start, start + settings.batch_size) % len(order)]
+    batch = order[np.arange(start, start + settings.batch_size)]
     parts = np.array_split(batch, world_size * settings.accumulation)
     return parts[rank * settings.accumulation:(rank + 1) * settings.accumulation]
-
-
-def _example_order(size: int, seed: int, steps: int, batch_size: int) -> np.ndarray:
-    """Indices of every example the run will see: one seeded shuffle per epoch, concatenated."""
-    epochs = math.ceil(steps * batch_size / size)
-    return np.concatenate([np.random.default_rng([seed, epoch]).permutation(size)
-                           for epoch in range(epochs)])
 
 
 def _accuracies(outputs: list, batches: list[dict]) -> dict:
@@ -196,7 +207,11 @@ def _plot(run: Path) -> None:
 
 
 def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
-    """Run (or resume) pre-training; returns the final held-out metrics."""
+    """Run (or resume) pre-training.
+
+    Returns the last held-out metrics with ``steps``, ``total_steps``, ``tokens_per_second`` and
+    ``stopped`` (True when SIGINT/SIGTERM ended the run early, after saving a checkpoint).
+    """
     device = choose_device(settings.device)
     distributed = init_distributed(device)
     precision = resolve_precision(settings.precision, device)
@@ -221,8 +236,10 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
     model.to(device)
     state = Checkpoints.load_state(latest) if latest else {}
 
-    total_steps = state.get("total_steps") or settings.steps or max(
-        1, int(settings.epochs * len(train) / settings.batch_size))
+    epoch_steps = max(1, int(settings.epochs * len(train) / settings.batch_size))
+    # With a time budget the real length is set after 20 timed steps; until then, a long run.
+    provisional = BUDGET_PROVISIONAL_STEPS if settings.budget_minutes else epoch_steps
+    total_steps = state.get("total_steps") or settings.steps or provisional
     optimizer = build_optimizer(model, name=settings.optimizer, lr=settings.lr,
                                 weight_decay=settings.weight_decay,
                                 betas=(settings.beta1, settings.beta2), eps=settings.eps)
@@ -250,11 +267,12 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
             return None
         path = checkpoints.save(step, model, tokenizer,
                                 {"trainer": trainer.state_dict(), "total_steps": total_steps,
+                                 "sized_to_budget": sized,
                                  "examples_seen": step * settings.batch_size})
         log.write(step=step, event=f"checkpoint ({reason})", path=str(path))
         return path
 
-    order = _example_order(len(train), settings.seed, total_steps, settings.batch_size)
+    order = ExampleOrder(len(train), settings.seed)
     phase2 = PretrainingDataset(settings.phase2_data) if settings.phase2_data else None
     if phase2 and phase2.manifest["tokenizer"]["vocab_sha256"] != \
             train.manifest["tokenizer"]["vocab_sha256"]:
@@ -262,6 +280,8 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
                          f"{settings.data}; build both phases with the same vocab.")
     phase2_start = int(total_steps * (1 - settings.phase2_fraction)) if phase2 else total_steps
     budget_seconds = settings.budget_minutes * 60 if settings.budget_minutes else None
+    sized = state.get("sized_to_budget", False)
+    first_step = step
     started = time.perf_counter()
     tokens = 0
     progress = tqdm(total=total_steps, initial=step, desc="pre-training", unit="step",
@@ -271,7 +291,7 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
         while step < total_steps:
             dataset = phase2 if phase2 and step >= phase2_start else train
             if dataset is phase2 and step == phase2_start:
-                order = _example_order(len(phase2), settings.seed, total_steps, settings.batch_size)
+                order = ExampleOrder(len(phase2), settings.seed)
             # Dynamic masking draws each pass over the data its own masks.
             dataset.set_epoch(step * settings.batch_size // len(dataset))
             parts = _micro_batches(order, step, settings, distributed.rank,
@@ -298,17 +318,17 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
                                      lr=f"{record['lr']:.1e}",
                                      tok_s=f"{record['tokens_per_second']:.0f}")
             progress.update(1)
-            if budget_seconds and step == 20 and not latest and step < total_steps:
+            if budget_seconds and not sized and step - first_step == 20 and step < total_steps:
                 # Size the schedule to the time budget from the measured step time, once.
-                per_step = (time.perf_counter() - started) / step
-                total_steps = max(step + 1, int(budget_seconds / per_step))
+                per_step = (time.perf_counter() - started) / 20
+                total_steps = max(step + 1, step + int((budget_seconds - (time.perf_counter()
+                                                                         - started)) / per_step))
+                sized = True
                 scheduler = warmup_linear_decay(optimizer, max(1, int(
                     settings.warmup * total_steps if settings.warmup < 1 else settings.warmup)),
                     total_steps)
                 scheduler.last_epoch = step
                 trainer.scheduler = scheduler
-                order = _example_order(len(train), settings.seed, total_steps,
-                                       settings.batch_size)
                 progress.total = total_steps
             if main and (step % settings.eval_every == 0 or step == total_steps):
                 result = evaluate(model, validation, device=device, precision=precision,
@@ -321,17 +341,22 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
                 progress.close()
                 print(f"bertkit pretrain: stopped at step {step}/{total_steps}; continue with "
                       f"--resume --out {run}", file=sys.stderr)
-                return result
+                return {**result, "steps": step, "total_steps": total_steps, "stopped": True}
     progress.close()
+    if main and not result:  # resumed from the final checkpoint: nothing left but to measure
+        result = evaluate(model, validation, device=device, precision=precision,
+                          max_examples=settings.eval_examples)
+    elapsed = time.perf_counter() - started
+    speed = tokens * distributed.world_size / elapsed
     if main:
         model.save_pretrained(run / "model")
         tokenizer.save_pretrained(run / "model")
         _plot(run)
-        elapsed = time.perf_counter() - started
         print(f"\npre-training done: {step} steps in {elapsed / 60:.1f} min, "
-              f"{tokens * distributed.world_size / elapsed:.0f} tokens/s ({precision})")
+              f"{speed:.0f} tokens/s ({precision})")
         for key, value in result.items():
             print(f"  {key:18} {value:.4f}")
         print(f"model (HuggingFace layout): {run / 'model'}\ncurves: {run / 'curves.png'}\n"
               f"metrics: {run / 'metrics.jsonl'}")
-    return result
+    return {**result, "steps": step, "total_steps": total_steps, "tokens_per_second": speed,
+            "stopped": False}

@@ -43,3 +43,23 @@ def plot_metrics(log_path: str | Path, png_path: str | Path, panels: dict[str, l
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
+
+
+def plot_bars(values: dict[str, float], png_path: str | Path, title: str, ylabel: str) -> Path:
+    """A labelled bar per entry, its value written on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.8 + 1.9 * len(values), 3.6))
+    bars = ax.bar(list(values), list(values.values()), color="#4878a8")
+    ax.bar_label(bars, labels=[f"{v:.1%}" if v <= 1 else f"{v:.3g}" for v in values.values()])
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(1.0, max(values.values()) * 1.1))
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,84 @@
+"""The main job end to end at a tiny budget, and its resume after Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from bertkit.demo import STATE_NAME, DemoSettings, run
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, wiki_leads):
+    path = tmp_path_factory.mktemp("corpus") / "leads.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for record in wiki_leads[:150]:
+            f.write(json.dumps({"text": record["extract"]}) + "\n")
+    return path
+
+
+def tiny(out, corpus, budget=0.3):
+    return DemoSettings(out=str(out), budget_minutes=budget, corpus=str(corpus), vocab_size=800,
+                        preset="tiny", dupe_factor=1, finetune_examples=48, finetune_epochs=1,
+                        eval_examples=48)
+
+
+def test_demo_runs_every_stage_and_writes_the_report(tmp_path, corpus):
+    run_dir = run(tiny(tmp_path / "run", corpus))
+    state = json.loads((run_dir / STATE_NAME).read_text())
+    for stage in ("vocab", "data", "pretrain", "fill-mask", "finetune-pretrained",
+                  "finetune-random", "finetune-minilm", "report"):
+        assert stage in state, stage
+    assert 0 <= state["pretrain"]["val_mlm_accuracy"] <= 1
+    assert len(state["fill-mask"]["templates"][0]["top5"]) == 5
+    for stage in ("finetune-pretrained", "finetune-random", "finetune-minilm"):
+        assert 0 <= state[stage]["test_accuracy"] <= 1
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 3  # curves, bar chart, fine-tuning curves
+    for path in ("pretrain/model/model.safetensors", "pretrain/model/vocab.txt",
+                 "pretrain/metrics.jsonl", "classifiers.png"):
+        assert (run_dir / path).is_file(), path
+
+
+def test_ctrl_c_then_resume_finishes_without_redoing_stages(tmp_path, corpus):
+    out = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import sys
+        from bertkit.demo import DemoSettings, run
+        settings = DemoSettings(out={str(out)!r}, budget_minutes=1.5, corpus={str(corpus)!r},
+                                vocab_size=800, preset="tiny", dupe_factor=1,
+                                finetune_examples=48, finetune_epochs=1, eval_examples=48)
+        try:
+            run(settings)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = out / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (log.is_file() and '"loss"' in log.read_text()):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    before = json.loads((out / STATE_NAME).read_text())
+    assert set(before) >= {"vocab", "data"} and "pretrain" not in before
+    shard = next((out / "data" / "train").iterdir())
+    shard_time = shard.stat().st_mtime_ns
+    saved = sorted((out / "pretrain" / "checkpoints").glob("step-*"))
+    assert saved, "the interrupted pre-training saved no checkpoint"
+
+    run(tiny(out, corpus, budget=1.5), resume=True)
+    after = json.loads((out / STATE_NAME).read_text())
+    assert after["vocab"] == before["vocab"] and after["data"] == before["data"]
+    assert shard.stat().st_mtime_ns == shard_time  # the examples were not rebuilt
+    assert after["pretrain"]["steps"] > int(saved[-1].name[5:])  # continued past the stop
+    assert "report" in after
