@@ -22,35 +22,19 @@ def corpus(tmp_path_factory, wiki_leads):
     return path
 
 
-def tiny(out, corpus, budget=0.3):
+def tiny(out, corpus, budget):
     return DemoSettings(out=str(out), budget_minutes=budget, corpus=str(corpus), vocab_size=800,
                         preset="tiny", dupe_factor=1, finetune_examples=48, finetune_epochs=1,
                         eval_examples=48)
 
 
-def test_demo_runs_every_stage_and_writes_the_report(tmp_path, corpus):
-    run_dir = run(tiny(tmp_path / "run", corpus))
-    state = json.loads((run_dir / STATE_NAME).read_text())
-    for stage in ("vocab", "data", "pretrain", "fill-mask", "finetune-pretrained",
-                  "finetune-random", "finetune-minilm", "report"):
-        assert stage in state, stage
-    assert 0 <= state["pretrain"]["val_mlm_accuracy"] <= 1
-    assert len(state["fill-mask"]["templates"][0]["top5"]) == 5
-    for stage in ("finetune-pretrained", "finetune-random", "finetune-minilm"):
-        assert 0 <= state[stage]["test_accuracy"] <= 1
-    html = (run_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64") >= 3  # curves, bar chart, fine-tuning curves
-    for path in ("pretrain/model/model.safetensors", "pretrain/model/vocab.txt",
-                 "pretrain/metrics.jsonl", "classifiers.png"):
-        assert (run_dir / path).is_file(), path
-
-
-def test_ctrl_c_then_resume_finishes_without_redoing_stages(tmp_path, corpus):
+def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, corpus):
+    """One run covers the whole job: it is interrupted during pre-training, then resumed."""
     out = tmp_path / "run"
     script = textwrap.dedent(f"""
         import sys
         from bertkit.demo import DemoSettings, run
-        settings = DemoSettings(out={str(out)!r}, budget_minutes=1.5, corpus={str(corpus)!r},
+        settings = DemoSettings(out={str(out)!r}, budget_minutes=0.8, corpus={str(corpus)!r},
                                 vocab_size=800, preset="tiny", dupe_factor=1,
                                 finetune_examples=48, finetune_epochs=1, eval_examples=48)
         try:
@@ -76,9 +60,20 @@ def test_ctrl_c_then_resume_finishes_without_redoing_stages(tmp_path, corpus):
     saved = sorted((out / "pretrain" / "checkpoints").glob("step-*"))
     assert saved, "the interrupted pre-training saved no checkpoint"
 
-    run(tiny(out, corpus, budget=1.5), resume=True)
+    run(tiny(out, corpus, budget=0.8), resume=True)
     after = json.loads((out / STATE_NAME).read_text())
     assert after["vocab"] == before["vocab"] and after["data"] == before["data"]
     assert shard.stat().st_mtime_ns == shard_time  # the examples were not rebuilt
     assert after["pretrain"]["steps"] > int(saved[-1].name[5:])  # continued past the stop
-    assert "report" in after
+    for stage in ("fill-mask", "finetune-pretrained", "finetune-random", "finetune-minilm",
+                  "report"):
+        assert stage in after, stage
+    assert 0 <= after["pretrain"]["val_mlm_accuracy"] <= 1
+    assert len(after["fill-mask"]["templates"][0]["top5"]) == 5
+    for stage in ("finetune-pretrained", "finetune-random", "finetune-minilm"):
+        assert 0 <= after[stage]["test_accuracy"] <= 1
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 3  # curves, bar chart, fine-tuning curves
+    for path in ("pretrain/model/model.safetensors", "pretrain/model/vocab.txt",
+                 "pretrain/metrics.jsonl", "classifiers.png"):
+        assert (out / path).is_file(), path
