@@ -7,7 +7,8 @@ Runs `bertkit data pretrain` end to end, as a user would, with Google's defaults
 * the Linux and Python documentation (32 MB), and a corpus of more than 100 MB: the same read
   several times,
 
-and reports raw-text MB/s and the peak memory of the whole process tree (the main process and its
+and reports raw-text MB/s, CPU seconds per MB (which, unlike MB/s, does not depend on what else
+the machine runs), and the peak memory of the whole process tree (the main process and its
 workers), sampled from /proc: the sum of PSS (memory shared between processes counted once) and
 of RSS, and the largest single process's peak RSS (getrusage). Google's create_pretraining_data.py
 holds the whole corpus and every example in memory; here the peak should stay flat.
@@ -64,6 +65,7 @@ def run(sources: list[str], out: Path, dupe_factor: int, workers: int | None) ->
                "--dupe-factor", str(dupe_factor), "--no-progress"]
     if workers:
         command += ["--workers", str(workers)]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
@@ -75,6 +77,8 @@ def run(sources: list[str], out: Path, dupe_factor: int, workers: int | None) ->
         peak_rss = max(peak_rss, sum(memory_kib(p, "VmRSS", "status") for p in tree))
         time.sleep(0.05)
     wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     stderr = process.stderr.read()
     if process.returncode != 0:
         raise SystemExit(f"bertkit data pretrain failed:\n{stderr}")
@@ -88,6 +92,8 @@ def run(sources: list[str], out: Path, dupe_factor: int, workers: int | None) ->
         "seconds_wall": round(wall, 1),
         "mb_per_second": summary["mb_per_second"],
         "mb_per_second_wall": round(summary["text_mb"] / wall, 3),
+        # cores / cpu_seconds_per_mb: the MB/s that many idle cores would give.
+        "cpu_seconds_per_mb": round(cpu / summary["text_mb"], 2),
         "peak_tree_pss_mb": round(peak_pss / 1024, 1),
         "peak_tree_rss_mb": round(peak_rss / 1024, 1),
         "peak_main_process_pss_mb": round(peak_main / 1024, 1),

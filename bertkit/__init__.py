@@ -5,6 +5,7 @@ The names mirror the ones users know: ``BertTokenizer``, ``BertConfig``, ``BertM
 """
 
 from .config import BertConfig
+from .data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
 from .inference import Embedder
 from .model import (
     BertForMaskedLM,
@@ -32,7 +33,11 @@ __all__ = [
     "BertForTokenClassification",
     "BertModel",
     "BertTokenizer",
+    "Corpus",
     "Embedder",
+    "PretrainingConfig",
+    "PretrainingDataset",
+    "create_pretraining_data",
     "fetch",
     "train_vocab",
 ]

@@ -100,13 +100,11 @@ def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
 
     if not state.done("vocab"):
         _stage("1/6 WordPiece vocabulary from the Wikipedia leads")
-        from .data import Corpus
-        from .tokenizer import train_vocab
+        from .data import train_vocab_on_corpus
 
         stage_start = time.time()
-        texts = (" ".join(document) for document in Corpus(settings.corpus))
-        tokenizer = train_vocab(texts=texts, vocab_size=settings.vocab_size,
-                                out_dir=run_dir / "vocab")
+        tokenizer = train_vocab_on_corpus(settings.corpus, run_dir / "vocab",
+                                          vocab_size=settings.vocab_size)
         print(f"{tokenizer.vocab_size} entries -> {run_dir / 'vocab' / 'vocab.txt'}")
         elapsed()
         state.record("vocab", {"vocab_size": tokenizer.vocab_size,
@@ -125,7 +123,7 @@ def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
         print(format_summary(manifest))
         elapsed()
         state.record("data", {"seconds": time.time() - stage_start,
-                              "counts": manifest.get("counts", {})})
+                              "summary": manifest["summary"]})
 
     if not state.done("pretrain"):
         _stage("3/6 pre-training a mini BERT (MLM + NSP)")

@@ -60,7 +60,7 @@ class Skip:
     UNREADABLE_FILE = "unreadable file (corrupt gzip or I/O error)"
     NOT_UTF8 = "document with bytes that are not UTF-8"
     EMPTY_DOCUMENT = "empty document"
-    ONE_SENTENCE = "document with fewer than 2 sentences"
+    ONE_SENTENCE = "document of one sentence (a sentence pair needs two)"
     LONG_SENTENCE = f"document with a sentence over {MAX_SENTENCE_CHARS:,} characters"
     BAD_JSON = "JSONL line that is not a JSON object"
     NO_TEXT_FIELD = "JSONL record without a string text field"
@@ -194,8 +194,8 @@ class Corpus:
                     if document and max(map(len, document)) > MAX_SENTENCE_CHARS:
                         self.skipped[Skip.LONG_SENTENCE] += 1
                         continue
-                    if len(document) < 2:
-                        self.skipped[Skip.ONE_SENTENCE if document else Skip.EMPTY_DOCUMENT] += 1
+                    if not document:
+                        self.skipped[Skip.EMPTY_DOCUMENT] += 1
                         continue
                     self.documents += 1
                     self.sentences += len(document)

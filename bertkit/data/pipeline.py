@@ -298,8 +298,10 @@ def _process_chunk(task: tuple) -> tuple:
     config: PretrainingConfig = _worker["config"]
     rng = np.random.default_rng([config.seed, _CHUNK_STREAMS[split], number])
     tokenised = tokenize_documents(documents, _worker["backend"], _worker["vocab"])
-    usable = [document for document in tokenised if len(document) >= 2]
-    counts_skipped = {Skip.ONE_SENTENCE: len(tokenised) - len(usable)}
+    least = 2 if config.next_sentence else 1  # a sentence pair needs two sentences
+    usable = [document for document in tokenised if len(document) >= least]
+    counts_skipped = Counter(Skip.ONE_SENTENCE if document else Skip.EMPTY_DOCUMENT
+                             for document in tokenised if len(document) < least)
     if config.next_sentence and len(usable) == 1:
         counts_skipped[Skip.ALONE] = 1
         usable = []
