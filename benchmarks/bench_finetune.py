@@ -155,20 +155,23 @@ def main() -> None:
         row["speedup"] = row["transformers_epoch_s"] / row["bertkit_epoch_s"]
         rows.append(row)
         print(json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
+        summary = write_results(Path(args.out), args, precision, rows)  # after every seed
+    print("\nmean ± std over seeds")
+    for key, (mean, std) in summary.items():
+        print(f"  {key:22} {mean:.4f} ± {std:.4f}")
+    print(f"written to {args.out}")
 
+
+def write_results(out: Path, args, precision: str, rows: list[dict]) -> dict:
     def mean_std(key):
         values = [r[key] for r in rows]
         return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
     summary = {key: mean_std(key) for key in rows[0] if key != "seed"}
-    print("\nmean ± std over seeds")
-    for key, (mean, std) in summary.items():
-        print(f"  {key:22} {mean:.4f} ± {std:.4f}")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": vars(args), "precision": precision, "runs": rows,
                                "summary": summary}, indent=2) + "\n")
-    print(f"written to {out}")
+    return summary
 
 
 if __name__ == "__main__":

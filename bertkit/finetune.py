@@ -52,23 +52,35 @@ SUBSET_SEED = 0  # the same training subset for every seed: seeds vary only the 
 # Models and tokenizers
 
 
+def checkpoint_dir(model: str | Path) -> Path:
+    """The checkpoint folder of ``model``: a folder, a fetchable name, or a ``bertkit pretrain``
+    run folder (whose final model is in ``model/``)."""
+    directory = resolve_pretrained(model)
+    final = directory / "model"
+    if not (directory / "config.json").is_file() and (final / "config.json").is_file():
+        return final
+    return directory
+
+
 def load_tokenizer(model: str | Path, tokenizer: str | Path | None = None) -> BertTokenizer:
     """The tokenizer given, else the checkpoint's own, else (for a preset) bert-base's vocab."""
     if tokenizer is not None:
-        return BertTokenizer.from_pretrained(tokenizer)
+        return BertTokenizer.from_pretrained(checkpoint_dir(tokenizer))
     if str(model) in PRESETS:
         logger.warning("a %s model from random initialisation uses the %s vocabulary; pass "
                        "--tokenizer to choose another.", model, DEFAULT_VOCAB)
         return BertTokenizer.from_pretrained(DEFAULT_VOCAB)
-    return BertTokenizer.from_pretrained(resolve_pretrained(model))
+    return BertTokenizer.from_pretrained(checkpoint_dir(model))
 
 
 def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size: int,
-               reinit_head: bool = False) -> nn.Module:
+               reinit_head: bool = False, random_init: bool = False) -> nn.Module:
     """``task``'s model from a checkpoint folder (or fetchable name), or a preset at random init.
 
     A checkpoint that already has this task's head keeps it when its labels are the training
     data's (in its own order); a head for other labels is an error unless ``reinit_head``.
+    ``random_init`` builds the checkpoint's architecture (its config.json) with fresh weights:
+    the baseline that shows what pre-training brings.
     """
     overrides: dict = {}
     if task.has_labels:
@@ -80,8 +92,10 @@ def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size
         config = BertConfig.from_dict({**config.to_dict(), **overrides})
         return task.model_class(config)
 
-    directory = resolve_pretrained(model)
+    directory = checkpoint_dir(model)
     saved = BertConfig.from_json_file(directory / "config.json")
+    if random_init:
+        return task.model_class(BertConfig.from_dict({**saved.to_dict(), **overrides}))
     if vocab_size > saved.vocab_size:
         raise ValueError(f"the tokenizer has {vocab_size} entries but {directory} has "
                          f"vocab_size {saved.vocab_size}; use the checkpoint's own vocab.txt.")
@@ -221,13 +235,15 @@ def finetune(task: str, model: str | Path, train: str | Path, validation: str | 
              batch_size: int = 32, epochs: int = 3, warmup: float = 0.1,
              weight_decay: float = 0.01, max_train_examples: int | None = None,
              max_eval_examples: int | None = None, reinit_head: bool = False,
-             device: str | None = None, precision: str = "auto", eval_batch_size: int = 64,
-             log_every: int = 20, progress: bool = True, **task_options) -> dict:
+             random_init: bool = False, device: str | None = None, precision: str = "auto",
+             eval_batch_size: int = 64, log_every: int = 20, progress: bool = True,
+             **task_options) -> dict:
     """Fine-tune ``model`` on ``task`` and return the results (also in ``OUT/results.json``).
 
     ``train``/``validation``/``test`` are files or built-in data set names (``rt-polarity``,
     ``snli:test`` ...). ``model`` is a checkpoint folder, a fetchable model name or a size preset
-    (random initialisation). ``task_options`` go to the task family (``max_length``,
+    (random initialisation; ``random_init`` gives a checkpoint's architecture fresh weights).
+    ``task_options`` go to the task family (``max_length``,
     ``text_field``, ``doc_stride`` ...). With several ``seeds`` each run goes to ``OUT/seed-N``
     and the results hold every run plus the mean and standard deviation of each metric.
     """
@@ -237,7 +253,8 @@ def finetune(task: str, model: str | Path, train: str | Path, validation: str | 
                   tokenizer=tokenizer, lr=lr, batch_size=batch_size, epochs=epochs,
                   warmup=warmup, weight_decay=weight_decay,
                   max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
-                  reinit_head=reinit_head, device=device, precision=precision,
+                  reinit_head=reinit_head, random_init=random_init, device=device,
+                  precision=precision,
                   eval_batch_size=eval_batch_size, log_every=log_every, progress=progress,
                   **task_options)
     if len(seeds) == 1:
@@ -271,7 +288,8 @@ def _read(task: Task, spec, split: str, limit: int | None = None) -> list:
 
 def _finetune_once(*, task, model, train, validation, test, out: Path, seed: int, tokenizer,
                    lr, batch_size, epochs, warmup, weight_decay, max_train_examples,
-                   max_eval_examples, reinit_head, device, precision, eval_batch_size,
+                   max_eval_examples, reinit_head, random_init, device, precision,
+                   eval_batch_size,
                    log_every, progress, **task_options) -> dict:
     started = time.time()
     task_name = task
@@ -289,7 +307,8 @@ def _finetune_once(*, task, model, train, validation, test, out: Path, seed: int
     validation_examples = (_read(task, validation, "validation", max_eval_examples)
                            if validation is not None else None)
     seed_everything(seed)  # the new head's initial weights depend on it
-    net = load_model(task, model, task.label_names(train_examples), tok.vocab_size, reinit_head)
+    net = load_model(task, model, task.label_names(train_examples), tok.vocab_size, reinit_head,
+                     random_init)
     net.to(device)
     task.use_labels(net.config.id2label)
     label2id = net.config.label2id if task.has_labels else None
@@ -335,7 +354,8 @@ def _finetune_once(*, task, model, train, validation, test, out: Path, seed: int
                 break
 
     net = task.model_class.from_pretrained(best_dir).to(device)
-    results = {"task": task.name, "model": str(model), "seed": seed, "out": str(out),
+    results = {"task": task.name, "model": str(model), "random_init": random_init or
+               str(model) in PRESETS, "seed": seed, "out": str(out),
                "train": str(train), "train_examples": len(train_examples), "epochs": epochs,
                "lr": lr, "batch_size": batch_size, "precision": precision,
                "options": task.options(), "epoch_seconds": epoch_seconds,

@@ -7,8 +7,9 @@ clustering) or per token with its character offsets (for tagging). `FillMask` sh
 masked-LM head predicts.
 
 Fast paths that leave the results unchanged are always on: texts are sorted by length and
-batched up to a token budget (little padding), the encoder computes real tokens only
-(`BertModel(skip_padding=True)`), and layers above the deepest one a feature needs are not run.
+batched up to a token budget (little padding), a batch that still carries much padding runs on
+its real tokens only (`BertModel(skip_padding=True)`), and layers above the deepest one a
+feature needs are not run.
 Opt-in modes trade accuracy for speed (see benchmarks/bench_inference.py for what they cost):
 ``precision="bf16"``, ``quantize="int8"`` (CPU), ``compile=True``, and `export_onnx` for serving
 the encoder elsewhere.
@@ -57,6 +58,8 @@ COMBINES = ("sum", "mean", "concat")
 POOLINGS = ("mean", "cls", "max", "tokens")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EMPTY_POLICIES = ("zero", "skip")
+# Batches whose real tokens fill less of the [B, T] grid than this run packed (skip_padding).
+PACK_BELOW_FILL = 0.9
 
 
 def resolve_layers(layers: str | int | Sequence[int], num_layers: int,
@@ -159,7 +162,9 @@ class Embedder:
 
     ``model``: a checkpoint folder, a model name bertkit can fetch, or a loaded `BertModel` (or
     head model, e.g. one just fine-tuned) with its ``tokenizer``: its weights are shared, not
-    copied or changed. ``layers``: a strategy from `STRATEGIES` (the paper's feature-based ones: "last",
+    copied or changed.
+
+    ``layers``: a strategy from `STRATEGIES` (the paper's feature-based ones: "last",
     "second_to_last", "sum_last_four", "concat_last_four", "sum_all", "embeddings"), one
     hidden-state index (0 = embedding output, -1 = last layer), or a list of them combined by
     ``combine`` ("sum", "mean" or "concat"). ``pooling``: "mean" over real tokens, "cls",
@@ -170,7 +175,8 @@ class Embedder:
     tokens) gets a zero vector. Opt-in speed modes: ``precision="bf16"`` (bfloat16 weights
     and activations: AMX/AVX512-BF16 CPUs, GPUs), ``quantize="int8"`` (dynamic int8 Linear
     layers, CPU) and ``compile=True`` (torch.compile; slow first batches).
-    ``batch_tokens`` bounds the padded tokens of a batch.
+    ``batch_tokens`` bounds the padded tokens of a batch. ``sort_by_length`` and
+    ``skip_padding`` are exact speed-ups, on by default (switch them off only to compare).
     """
 
     def __init__(self, model="all-minilm-l6-v2", *, tokenizer=None, layers="last", combine="sum",
@@ -309,13 +315,18 @@ class Embedder:
         # The encoder stops at the deepest chosen layer, so one chosen layer is the last state.
         several = len(self.layers) > 1
         out = self._forward(input_ids.to(self.device), mask.to(self.device),
-                            output_hidden_states=several, skip_padding=self.skip_padding)
+                            output_hidden_states=several, skip_padding=self._worth_packing(mask))
         features = (combine_layers(out.hidden_states, self.layers, self.combine) if several
                     else out.last_hidden_state)
         features = features.float()
         if self.pooling == "tokens" and self.normalize:
             features = F.normalize(features, dim=-1)
         return features, mask
+
+    def _worth_packing(self, mask: torch.Tensor) -> bool:
+        """Packing the real tokens costs a few copies per layer: worth it for a batch with much
+        padding (unsorted input), not for length-sorted batches."""
+        return self.skip_padding and mask.float().mean().item() < PACK_BELOW_FILL
 
     def _empty_value(self) -> np.ndarray | TokenVectors:
         if self.pooling == "tokens":
@@ -376,8 +387,9 @@ class EmbedSummary:
         where = ", ".join(str(p) for p in self.outputs) or "standard output"
         parts = [f"embedded {self.written:,} of {self.lines:,} lines into {where}"]
         if self.empty:
-            fate = "got zero vectors" if self.empty_policy == "zero" else "were skipped"
-            parts.append(f"{self.empty:,} empty lines {fate} (the index keeps line numbers)")
+            fate = ("got zero vectors" if self.empty_policy == "zero"
+                    else "were skipped (the index keeps the line numbers)")
+            parts.append(f"{self.empty:,} empty lines {fate}")
         if self.truncated:
             parts.append(f"{self.truncated:,} lines longer than {self.max_length} tokens were "
                          "truncated")
@@ -409,9 +421,12 @@ def embed_file(embedder: Embedder, source: str | Path, out: str | Path, *,
         raise ValueError("appended CSV columns go after one vector per text; they do not fit "
                          "pooling='tokens'.")
     summary = EmbedSummary(empty_policy=empty, max_length=embedder.max_length)
-    extra = _CsvColumns(append_csv, append_columns) if append_csv is not None else None
-    width = embedder.dim + (len(extra.columns) if extra else 0)
     with contextlib.ExitStack() as stack:
+        extra = None
+        if append_csv is not None:
+            extra = _CsvColumns(append_csv, append_columns)
+            stack.callback(extra.file.close)
+        width = embedder.dim + (len(extra.columns) if extra else 0)
         lines = stack.enter_context(_LineReader(source, invalid_utf8, progress))
         writer = stack.enter_context(_writer(out, width, per_token))
         for result in embedder.stream(lines, chunk_size=chunk_size):
@@ -518,7 +533,6 @@ class _CsvColumns:
 
     def check_exhausted(self, lines: int) -> None:
         extra = sum(1 for _ in self.reader)
-        self.file.close()
         if extra:
             raise ValueError(f"{self.path} has {lines + extra} data rows but the input has "
                              f"{lines} lines; give one CSV row per input line.")
@@ -719,7 +733,8 @@ class _ExportedEncoder(torch.nn.Module):
 
 
 def export_onnx(model, path: str | Path) -> Path:
-    """Write the encoder as ONNX for serving elsewhere: inputs ``input_ids``,
+    """Write the encoder of ``model`` (a folder, a model name, or a loaded model) as ONNX for
+    serving elsewhere: inputs ``input_ids``,
     ``attention_mask``, ``token_type_ids`` (int64 [batch, tokens], both dynamic), output
     ``last_hidden_state`` (float32 [batch, tokens, H]). Needs the ``onnx`` extra
     (onnx, onnxscript; onnxruntime to run it)."""
@@ -728,18 +743,30 @@ def export_onnx(model, path: str | Path) -> Path:
     except ImportError:
         raise RuntimeError("ONNX export needs the onnx extra: pip install 'bertkit[onnx]' "
                            "(onnx, onnxscript, onnxruntime).") from None
-    encoder = model if isinstance(model, BertModel) else BertModel.from_pretrained(model)
-    encoder = encoder.eval().float().cpu()
+    if isinstance(model, torch.nn.Module):
+        loaded = getattr(model, "bert", model)  # a head model exports its encoder
+    else:
+        loaded = BertModel.from_pretrained(model)
+    # A view: exporting leaves the caller's model where it is (device, dtype, mode).
+    encoder = _encoder_view(loaded, loaded.config.num_hidden_layers).float().cpu()
     limit = encoder.config.max_position_embeddings
     input_ids = torch.tensor([[1, 2, 3, 0], [1, 2, 3, 4]])  # any ids: only shapes are traced
     mask = (input_ids != 0).long()
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens", max=limit)}
     path = Path(path)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    # The exporter's progress notes and its remarks on ops BERT does not use are not for users.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # the exporter's progress notes are not for users
-        program = torch.onnx.export(
-            _ExportedEncoder(encoder), (input_ids, mask, torch.zeros_like(input_ids)),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["last_hidden_state"], dynamic_shapes=(dims, dims, dims), dynamo=True)
+        warnings.simplefilter("ignore")
+        exporter_log.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                _ExportedEncoder(encoder), (input_ids, mask, torch.zeros_like(input_ids)),
+                input_names=["input_ids", "attention_mask", "token_type_ids"],
+                output_names=["last_hidden_state"], dynamic_shapes=(dims, dims, dims),
+                dynamo=True)
+        finally:
+            exporter_log.setLevel(level)
     program.save(str(path))
     return path

@@ -83,7 +83,7 @@ def test_predict_gives_label_names_and_probabilities(classification_run):
     assert set(second["probabilities"]) == {"fresh", "rotten"}
 
 
-def test_a_head_for_other_labels_needs_reinit(classification_run, minilm_dir):
+def test_a_head_for_other_labels_needs_reinit(classification_run):
     _, out, _, _ = classification_run
     task = build_task("classification")
     checkpoint = out / "seed-1" / "best"
@@ -95,9 +95,19 @@ def test_a_head_for_other_labels_needs_reinit(classification_run, minilm_dir):
     saved = json.loads((checkpoint / "config.json").read_text())["id2label"]
     kept = load_model(task, checkpoint, ["rotten", "fresh"], 30522)
     assert kept.config.id2label == {int(k): v for k, v in saved.items()}
-    # A bare encoder (all-MiniLM-L6-v2) gets a new head with the data's labels.
-    model = load_model(task, minilm_dir, ["fresh", "rotten"], 30522)
-    assert model.config.id2label == {0: "fresh", 1: "rotten"}
+
+
+def test_a_pretrain_run_folder_loads_and_random_init_keeps_only_its_shape(classification_run,
+                                                                          tmp_path):
+    _, out, _, _ = classification_run
+    run = tmp_path / "pretrain-run"
+    shutil.copytree(out / "seed-1" / "best", run / "model")  # `bertkit pretrain` keeps it there
+    task = build_task("classification")
+    trained = load_model(task, run, ["fresh", "rotten"], 30522)
+    fresh = load_model(task, run, ["fresh", "rotten"], 30522, random_init=True)
+    assert fresh.config.to_dict() == trained.config.to_dict()
+    weights = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not trained.state_dict()[weights].equal(fresh.state_dict()[weights])
 
 
 def test_unseen_validation_labels_stop_the_run_before_training(tmp_path):
@@ -122,11 +132,11 @@ def test_unseen_validation_labels_stop_the_run_before_training(tmp_path):
 def test_every_task_family_trains_evaluates_and_predicts(task, data, n, options, tmp_path):
     path = sample(data, "train", n, tmp_path)
     settings = {**TINY, **options}
-    results = finetune(task, "tiny", path, path, path, tmp_path / "run", epochs=1, **settings)
+    results = finetune(task, "tiny", path, path, None, tmp_path / "run", epochs=1, **settings)
     model_task = build_task(task)
     if task == "token-classification":
         model_task.use_labels({0: "O", 1: "B-x"} if data == "wnut16" else {0: "NN"})
-    assert set(results["test"]) == set(model_task.metrics)
+    assert set(results["validation"]) == set(model_task.metrics)
     predictions = predict(tmp_path / "run", path)
     assert len(predictions) == len(build_task(task, **options).read(path))
     first = predictions[0]
@@ -136,7 +146,7 @@ def test_every_task_family_trains_evaluates_and_predicts(task, data, n, options,
     elif task == "token-classification":
         assert len(first["tags"]) == len(first["words"])
         assert ("entities" in first) == (data == "wnut16")
-        assert 0 < results["test_baselines"]["most_frequent_tag_accuracy"] <= 1
+        assert 0 < results["validation_baselines"]["most_frequent_tag_accuracy"] <= 1
     elif task == "regression":
         assert isinstance(first["score"], float)
     elif task == "multiple-choice":
