@@ -24,7 +24,6 @@ leaves intact shards and a manifest that says the run did not finish.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from ..sources import sha256_of
 from .pretraining import IGNORE_INDEX, PretrainingConfig, Vocabulary, mask_tokens
 
 MANIFEST_NAME = "manifest.json"
@@ -75,14 +75,6 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         raise ValueError(f"{path} has format version {manifest['format_version']}; this bertkit "
                          f"reads up to {FORMAT_VERSION}. Upgrade bertkit.")
     return manifest
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- writing ---------------------------------------------------------------------------------
