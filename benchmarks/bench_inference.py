@@ -92,7 +92,7 @@ class OnnxRuntime:
                                                     providers=["CPUExecutionProvider"])
         self.tokenizer = BertTokenizer.from_pretrained(folder)
         self.width = BertConfig.from_json_file(folder / "config.json").hidden_size
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = batch_tokens or 2048  # the Embedder's CPU default
 
     def encode(self, texts: list[str]) -> np.ndarray:
         ids = self.tokenizer(texts, truncation=True)["input_ids"]
@@ -137,7 +137,8 @@ def main() -> None:
                         "all-MiniLM-L6-v2's")
     parser.add_argument("--modes", default="fp32,bf16,int8,onnx",
                         help="bertkit modes: fp32, bf16, int8, onnx, compile, bf16+compile")
-    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--batch-tokens", type=int,
+                        help="bertkit's padded tokens per batch (default: the Embedder's)")
     args = parser.parse_args()
 
     texts = wiki_sentences(args.sentences)

@@ -6,7 +6,8 @@ The names mirror the ones users know: ``BertTokenizer``, ``BertConfig``, ``BertM
 
 from .config import BertConfig
 from .data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
-from .inference import Embedder
+from .finetune import finetune, load_finetuned, predict
+from .inference import Embedder, FillMask, embed_file, export_onnx
 from .model import (
     BertForMaskedLM,
     BertForMultipleChoice,
@@ -35,9 +36,15 @@ __all__ = [
     "BertTokenizer",
     "Corpus",
     "Embedder",
+    "FillMask",
     "PretrainingConfig",
     "PretrainingDataset",
     "create_pretraining_data",
+    "embed_file",
+    "export_onnx",
     "fetch",
+    "finetune",
+    "load_finetuned",
+    "predict",
     "train_vocab",
 ]

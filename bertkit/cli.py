@@ -215,8 +215,8 @@ def add_inference_commands(commands) -> None:
                        help="int8: dynamic int8 Linear layers on CPU (cosine to fp32 about 0.98)")
     embed.add_argument("--compile", action="store_true",
                        help="torch.compile the encoder (the first batches wait for compilation)")
-    embed.add_argument("--batch-tokens", type=int, default=8192, metavar="N",
-                       help="padded tokens per batch (default 8192)")
+    embed.add_argument("--batch-tokens", type=int, metavar="N",
+                       help="padded tokens per batch (default 2048 on CPU, 16384 on GPU)")
     embed.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
     embed.set_defaults(run=cmd_embed)
