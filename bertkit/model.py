@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
 
@@ -193,6 +194,9 @@ LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 
+_BUILDING_FOR_LOAD = ContextVar("bertkit_building_for_load", default=False)
+
+
 class BertPreTrainedModel(nn.Module):
     """Initialisation, ``from_pretrained`` and ``save_pretrained``, shared by every model below."""
 
@@ -200,11 +204,21 @@ class BertPreTrainedModel(nn.Module):
         super().__init__()
         self.config = config
 
-    def init_weights(self):
-        """The paper's initialisation: truncated normal (std 0.02), zero biases, unit LayerNorm."""
+    def init_weights(self, only: set[str] | None = None):
+        """The paper's initialisation: truncated normal (std 0.02), zero biases, unit LayerNorm.
+
+        ``only`` limits it to the modules owning those parameter names (the new head weights of a
+        loaded checkpoint); while ``from_pretrained`` builds a model it does nothing, since the
+        checkpoint overwrites the weights (truncated-normal init of a 30k vocab takes seconds).
+        """
+        if _BUILDING_FOR_LOAD.get():
+            return
         std = self.config.initializer_range
         seen = set()  # the MLM decoder shares the word embeddings: initialise them once
-        for module in self.modules():
+        for name, module in self.named_modules():
+            if only is not None and not any(f"{name}.{p}".lstrip(".") in only
+                                            for p, _ in module.named_parameters(recurse=False)):
+                continue
             if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in seen:
                 seen.add(id(module.weight))
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
@@ -237,9 +251,15 @@ class BertPreTrainedModel(nn.Module):
             if num_labels is not None and num_labels != config.num_labels:
                 config = config.with_labels(num_labels)
         _check_vocab_file(directory, config)
-        model = cls(config)
         state = _read_weights(directory)
-        _load_checkpoint_state(model, state, directory, ignore_mismatched_sizes)
+        token = _BUILDING_FOR_LOAD.set(True)
+        try:
+            model = cls(config)
+        finally:
+            _BUILDING_FOR_LOAD.reset(token)
+        new = _load_checkpoint_state(model, state, directory, ignore_mismatched_sizes)
+        if new:
+            model.init_weights(only=set(new))
         return model
 
     def save_pretrained(self, directory) -> None:
@@ -293,7 +313,7 @@ def _normalise_key(key: str) -> str:
 
 
 def _load_checkpoint_state(model: BertPreTrainedModel, state: dict, source: Path,
-                           ignore_mismatched_sizes: bool) -> None:
+                           ignore_mismatched_sizes: bool) -> list[str]:
     state = {_normalise_key(k): v for k, v in state.items()
              if not k.endswith("position_ids") and k not in TIED_KEYS}
     is_head_model = hasattr(model, "bert")
@@ -344,6 +364,7 @@ def _load_checkpoint_state(model: BertPreTrainedModel, state: dict, source: Path
         report.append(f"ignored checkpoint weights {_summarise(unused)}")
     if report:
         logger.warning("%s from %s: %s", type(model).__name__, source, "; ".join(report))
+    return new
 
 
 def _summarise(keys: list[str]) -> str:

@@ -233,6 +233,16 @@ def test_bare_encoder_checkpoint_loads_under_a_head_and_reports_it(minilm_dir, c
     encoder = bk.BertModel.from_pretrained(minilm_dir)
     torch.testing.assert_close(model.bert.encoder.layer[5].output.dense.weight,
                                encoder.encoder.layer[5].output.dense.weight)
+    # Only the new head is initialised (the paper's truncated normal), nothing loaded is touched.
+    weight = model.classifier.weight
+    assert weight.abs().max() <= 2 * model.config.initializer_range
+    assert abs(weight.std().item() - 0.88 * model.config.initializer_range) < 0.003
+    assert torch.count_nonzero(model.classifier.bias) == 0
+    pretraining = bk.BertForPreTraining.from_pretrained(minilm_dir)
+    transform = pretraining.cls.predictions.transform
+    assert torch.all(transform.LayerNorm.weight == 1) and torch.all(transform.dense.bias == 0)
+    torch.testing.assert_close(pretraining.cls.predictions.decoder.weight,
+                               encoder.embeddings.word_embeddings.weight)
 
 
 def test_head_checkpoint_loads_into_bare_model(tmp_path):
