@@ -33,7 +33,7 @@ def real_batches(count, batch_size, length, seed=0):
     g = torch.Generator().manual_seed(seed)
     half = (length - 3) // 2
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    ids = [x for x in ids if len(x) >= half]
+    ids = [x for x in ids if len(x) >= length - half - 3]
     batches = []
     for b in range(count):
         rows = ids[b * batch_size * 2:(b + 1) * batch_size * 2]

@@ -76,13 +76,37 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids):  # [B, T], [B, T] -> [B, T, H]
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings(positions)
         return self.dropout(self.LayerNorm(x))
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout (zero each element with probability p, scale the rest by 1/(1-p)).
+
+    On CPU the keep-mask comes from 16 random bits per element, four to a 64-bit draw: PyTorch's
+    CPU dropout draws every Bernoulli sample one by one on a single thread, which made dropout a
+    fifth of a training step. The keep probability is exact to 1/65536.
+    """
+    if p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    words = torch.randint(-2**63, 2**63 - 1, (-(-x.numel() // 4),), dtype=torch.int64)
+    bits = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform on [-32768, 32767]
+    keep = bits < round((1 - p) * 65536) - 32768
+    return x * (keep.to(x.dtype) * (1 / (1 - p)))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with the fast CPU mask of `dropout`."""
+
+    def forward(self, x):
+        return dropout(x, self.p) if self.training else x
 
 
 class BertSelfAttention(nn.Module):
@@ -105,16 +129,19 @@ class BertSelfAttention(nn.Module):
         B, T, H = q.shape
         q, k, v = (t.view(B, T, self.num_heads, -1).transpose(1, 2)  # [B, A, T, H/A]
                    for t in (q, k, v))
-        dropout = self.dropout_prob if self.training else 0.0
+        dropout_prob = self.dropout_prob if self.training else 0.0
         probs = None
-        if output_attentions:  # the fused kernel does not expose the probabilities
+        # Spelled out when the probabilities are wanted (the fused kernel hides them) and when
+        # training on CPU, where SDPA's dropout is the slow per-element kind (see `dropout`).
+        if output_attentions or (dropout_prob and q.device.type == "cpu"):
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, A, T, T]
             if mask is not None:
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
-            context = F.dropout(probs, dropout, self.training) @ v
+            context = dropout(probs, dropout_prob) @ v
         else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                     dropout_p=dropout_prob)
         context = context.transpose(1, 2).reshape(B, T, H)
         return (context if packing is None else packing.unpad(context)), probs
 
@@ -126,7 +153,7 @@ class BertResidualOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, residual):
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
@@ -578,7 +605,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.dropout = Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
@@ -607,7 +634,7 @@ class BertForTokenClassification(BertPreTrainedModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.dropout = Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
@@ -650,7 +677,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.dropout = Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.init_weights()
 
