@@ -530,8 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="run folder (default runs/demo-DATE-TIME)")
     demo.add_argument("--resume", action="store_true",
                       help="continue --out (default: the latest runs/demo-*) where it stopped")
-    demo.add_argument("--finetune-examples", type=int, default=4000, metavar="N",
-                      help="rt-polarity training examples per classifier (default 4000)")
+    demo.add_argument("--finetune-examples", type=int, default=None, metavar="N",
+                      help="rt-polarity training examples per classifier (default: all 10,202)")
     demo.set_defaults(run=cmd_demo)
 
     fetch = commands.add_parser(

@@ -41,7 +41,7 @@ class DemoSettings:
     vocab_size: int = 8192
     preset: str = "mini"
     dupe_factor: int = 5
-    finetune_examples: int = 4000  # rt-polarity training examples for each classifier
+    finetune_examples: int | None = None  # rt-polarity training examples (None: all 10,202)
     finetune_epochs: int = 2
     eval_examples: int | None = None  # None: the whole validation and test splits
     seed: int = 12345
@@ -266,7 +266,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}<
 <h1>bertkit demo</h1>
 <p>A {settings.preset} BERT pre-trained from scratch on the 10,033 Wikipedia lead sections
 (vocabulary of {stages['vocab']['vocab_size']} WordPieces trained on the same text), then
-fine-tuned on Rotten Tomatoes snippets ({settings.finetune_examples} training examples,
+fine-tuned on Rotten Tomatoes snippets ({settings.finetune_examples or "all"} training examples,
 {settings.finetune_epochs} epochs), next to a random initialisation and the real
 all-MiniLM-L6-v2. Settings: <code>{json.dumps(asdict(settings))}</code></p>
 <h2>Results</h2><table>{table}</table>
