@@ -524,9 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
         "predictions, fine-tunes on rt-polarity from the new checkpoint, from random "
         "initialisation and from all-MiniLM-L6-v2, and writes a report with plots. Ctrl-C "
         "stops cleanly; --resume continues without redoing finished stages.")
-    demo.add_argument("--budget", type=float, default=18.0, metavar="MINUTES",
-                      help="wall time for the whole job (default 18); pre-training gets what "
-                      "the other stages leave")
+    demo.add_argument("--budget", type=float, default=17.0, metavar="MINUTES",
+                      help="wall time for the whole job (default 17, so that with setting up "
+                      ".venv `make run` ends within 20); pre-training gets what the other stages "
+                      "leave")
     demo.add_argument("--out", help="run folder (default runs/demo-DATE-TIME)")
     demo.add_argument("--resume", action="store_true",
                       help="continue --out (default: the latest runs/demo-*) where it stopped")

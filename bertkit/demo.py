@@ -36,7 +36,7 @@ CLASSIFIER_STAGES = ("finetune-pretrained", "finetune-random", "finetune-minilm"
 @dataclass
 class DemoSettings:
     out: str
-    budget_minutes: float = 18.0  # the whole job; pre-training gets what the rest leaves
+    budget_minutes: float = 17.0  # the whole job; pre-training gets what the rest leaves
     corpus: str = "wiki-leads"  # a built-in corpus name or files bertkit.data.Corpus reads
     vocab_size: int = 8192
     preset: str = "mini"
