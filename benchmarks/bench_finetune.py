@@ -9,7 +9,7 @@ loop. Epochs alternate in one process (bertkit, then HF, for each epoch of each 
 the same machine load. Dropout masks differ (each model draws its own), which is part of the
 run-to-run noise that the seeds measure.
 
-    .venv/bin/python benchmarks/bench_finetune.py --train-examples 1500 --seeds 1,2,3
+    .venv/bin/python benchmarks/bench_finetune.py --train-examples 3000 --seeds 1,2,3
 """
 
 from __future__ import annotations
@@ -87,13 +87,13 @@ def hf_accuracy(model, task, tokenizer, examples, label2id, device, precision) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-examples", type=int, default=1500,
+    parser.add_argument("--train-examples", type=int, default=3000,
                         help="fixed random subset of the rt-polarity training split")
     parser.add_argument("--test-examples", type=int, default=None,
-                        help="subset of the 1,281-snippet test split (default: all)")
+                        help="subset of the 1,275-snippet test split (default: all)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default="runs/bench/finetune.json")

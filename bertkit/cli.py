@@ -531,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="run folder (default runs/demo-DATE-TIME)")
     demo.add_argument("--resume", action="store_true",
                       help="continue --out (default: the latest runs/demo-*) where it stopped")
-    demo.add_argument("--finetune-examples", type=int, default=None, metavar="N",
-                      help="rt-polarity training examples per classifier (default: all 10,202)")
+    demo.add_argument("--finetune-examples", type=int, default=2000, metavar="N",
+                      help="rt-polarity training examples for the pre-trained and the random "
+                      "mini (default 2000; all-MiniLM-L6-v2 trains on all 10,202)")
     demo.set_defaults(run=cmd_demo)
 
     fetch = commands.add_parser(

@@ -25,7 +25,7 @@ def corpus(tmp_path_factory, wiki_leads):
 def tiny(out, corpus, budget):
     return DemoSettings(out=str(out), budget_minutes=budget, corpus=str(corpus), vocab_size=800,
                         preset="tiny", dupe_factor=1, finetune_examples=48, finetune_epochs=1,
-                        eval_examples=48)
+                        minilm_examples=48, eval_examples=48)
 
 
 def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, corpus):
@@ -36,7 +36,8 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
         from bertkit.demo import DemoSettings, run
         settings = DemoSettings(out={str(out)!r}, budget_minutes=0.8, corpus={str(corpus)!r},
                                 vocab_size=800, preset="tiny", dupe_factor=1,
-                                finetune_examples=48, finetune_epochs=1, eval_examples=48)
+                                finetune_examples=48, finetune_epochs=1, minilm_examples=48,
+                                eval_examples=48)
         try:
             run(settings)
         except KeyboardInterrupt:
