@@ -43,6 +43,8 @@ from .training import (
 
 SETTINGS_NAME = "pretrain_settings.json"
 BUDGET_PROVISIONAL_STEPS = 1_000_000
+SIZING_SKIP_STEPS = 10  # with --budget-minutes: steps before the timing starts
+SIZING_TIMED_STEPS = 20  # steps timed to size the schedule
 
 
 @dataclass
@@ -237,7 +239,7 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
     state = Checkpoints.load_state(latest) if latest else {}
 
     epoch_steps = max(1, int(settings.epochs * len(train) / settings.batch_size))
-    # With a time budget the real length is set after 20 timed steps; until then, a long run.
+    # With a time budget the real length is set after 30 steps (20 timed); until then, a long run.
     provisional = BUDGET_PROVISIONAL_STEPS if settings.budget_minutes else epoch_steps
     total_steps = state.get("total_steps") or settings.steps or provisional
     optimizer = build_optimizer(model, name=settings.optimizer, lr=settings.lr,
@@ -318,9 +320,13 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
                                      lr=f"{record['lr']:.1e}",
                                      tok_s=f"{record['tokens_per_second']:.0f}")
             progress.update(1)
-            if budget_seconds and not sized and step - first_step == 20 and step < total_steps:
-                # Size the schedule to the time budget from the measured step time, once.
-                per_step = (time.perf_counter() - started) / 20
+            if step - first_step == SIZING_SKIP_STEPS:
+                sizing_started = time.perf_counter()
+            if (budget_seconds and not sized and step < total_steps
+                    and step - first_step == SIZING_SKIP_STEPS + SIZING_TIMED_STEPS):
+                # Size the schedule to the time budget from the measured step time, once; the
+                # first steps (allocations, kernel choice) are slower and not timed.
+                per_step = (time.perf_counter() - sizing_started) / SIZING_TIMED_STEPS
                 total_steps = max(step + 1, step + int((budget_seconds - (time.perf_counter()
                                                                          - started)) / per_step))
                 sized = True
