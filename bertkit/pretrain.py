@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .config import PRESETS, BertConfig
@@ -43,8 +44,11 @@ from .training import (
 
 SETTINGS_NAME = "pretrain_settings.json"
 BUDGET_PROVISIONAL_STEPS = 1_000_000
-SIZING_SKIP_STEPS = 10  # with --budget-minutes: steps before the timing starts
-SIZING_TIMED_STEPS = 20  # steps timed to size the schedule
+# With --budget-minutes the schedule is sized from the step time measured from step 10 (the first
+# steps, with allocations and a cold page cache, are slower) at step 30, and sized again at step
+# 300 when the early estimate has been corrected by a longer average (evaluations included).
+SIZING_TIMED_FROM = 10
+SIZING_AT = (30, 300)
 
 
 @dataclass
@@ -239,7 +243,7 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
     state = Checkpoints.load_state(latest) if latest else {}
 
     epoch_steps = max(1, int(settings.epochs * len(train) / settings.batch_size))
-    # With a time budget the real length is set after 30 steps (20 timed); until then, a long run.
+    # With a time budget the real length is set at SIZING_AT; until then, a long run.
     provisional = BUDGET_PROVISIONAL_STEPS if settings.budget_minutes else epoch_steps
     total_steps = state.get("total_steps") or settings.steps or provisional
     optimizer = build_optimizer(model, name=settings.optimizer, lr=settings.lr,
@@ -269,7 +273,7 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
             return None
         path = checkpoints.save(step, model, tokenizer,
                                 {"trainer": trainer.state_dict(), "total_steps": total_steps,
-                                 "sized_to_budget": sized,
+                                 "budget_sizings": sizings,
                                  "examples_seen": step * settings.batch_size})
         log.write(step=step, event=f"checkpoint ({reason})", path=str(path))
         return path
@@ -282,7 +286,8 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
                          f"{settings.data}; build both phases with the same vocab.")
     phase2_start = int(total_steps * (1 - settings.phase2_fraction)) if phase2 else total_steps
     budget_seconds = settings.budget_minutes * 60 if settings.budget_minutes else None
-    sized = state.get("sized_to_budget", False)
+    # A resumed run keeps the schedule it was given (its clock restarted with the resume).
+    sizings = len(SIZING_AT) if state.get("budget_sizings") or state.get("sized_to_budget") else 0
     first_step = step
     started = time.perf_counter()
     tokens = 0
@@ -320,16 +325,23 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
                                      lr=f"{record['lr']:.1e}",
                                      tok_s=f"{record['tokens_per_second']:.0f}")
             progress.update(1)
-            if step - first_step == SIZING_SKIP_STEPS:
+            if step - first_step == SIZING_TIMED_FROM:
                 sizing_started = time.perf_counter()
-            if (budget_seconds and not sized and step < total_steps
-                    and step - first_step == SIZING_SKIP_STEPS + SIZING_TIMED_STEPS):
-                # Size the schedule to the time budget from the measured step time, once; the
-                # first steps (allocations, kernel choice) are slower and not timed.
-                per_step = (time.perf_counter() - sizing_started) / SIZING_TIMED_STEPS
-                total_steps = max(step + 1, step + int((budget_seconds - (time.perf_counter()
-                                                                         - started)) / per_step))
-                sized = True
+            if (budget_seconds and sizings < len(SIZING_AT) and step < total_steps
+                    and step - first_step == SIZING_AT[sizings]):
+                now = time.perf_counter()
+                per_step = (now - sizing_started) / (step - first_step - SIZING_TIMED_FROM)
+                total_steps = max(step + 1, step + int((budget_seconds - (now - started))
+                                                       / per_step))
+                if distributed.world_size > 1:  # every rank must stop at the same step
+                    agreed = torch.tensor([total_steps], device=device)
+                    dist.broadcast(agreed, src=0)
+                    total_steps = int(agreed.item())
+                sizings += 1
+                if phase2 and step < phase2_start:  # phase 2 keeps its share of the run
+                    phase2_start = max(step + 1,
+                                       int(total_steps * (1 - settings.phase2_fraction)))
+                # The warm-up keeps its share of the new length; lr follows the resized schedule.
                 scheduler = warmup_linear_decay(optimizer, max(1, int(
                     settings.warmup * total_steps if settings.warmup < 1 else settings.warmup)),
                     total_steps)
