@@ -249,8 +249,13 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
     optimizer = build_optimizer(model, name=settings.optimizer, lr=settings.lr,
                                 weight_decay=settings.weight_decay,
                                 betas=(settings.beta1, settings.beta2), eps=settings.eps)
-    warmup = settings.warmup if settings.warmup >= 1 else settings.warmup * total_steps
-    scheduler = warmup_linear_decay(optimizer, max(1, int(warmup)), total_steps)
+
+    def schedule(total_steps: int):
+        """Linear warm-up (a number of steps, or a share of the run) then linear decay to 0."""
+        warmup = settings.warmup if settings.warmup >= 1 else settings.warmup * total_steps
+        return warmup_linear_decay(optimizer, max(1, int(warmup)), total_steps)
+
+    scheduler = schedule(total_steps)
     forward_model = torch.compile(model) if settings.compile else model
     trainer = Trainer(forward_model, optimizer, scheduler, device=device, precision=precision,
                       max_grad_norm=settings.max_grad_norm,
@@ -341,10 +346,7 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
                 if phase2 and step < phase2_start:  # phase 2 keeps its share of the run
                     phase2_start = max(step + 1,
                                        int(total_steps * (1 - settings.phase2_fraction)))
-                # The warm-up keeps its share of the new length; lr follows the resized schedule.
-                scheduler = warmup_linear_decay(optimizer, max(1, int(
-                    settings.warmup * total_steps if settings.warmup < 1 else settings.warmup)),
-                    total_steps)
+                scheduler = schedule(total_steps)  # the warm-up keeps its share of the run
                 scheduler.last_epoch = step
                 trainer.scheduler = scheduler
                 progress.total = total_steps
