@@ -89,8 +89,8 @@ def cmd_finetune(args):
              epochs=args.epochs, warmup=args.warmup, weight_decay=args.weight_decay,
              max_train_examples=args.max_train_examples,
              max_eval_examples=args.max_eval_examples, reinit_head=args.reinit_head,
-             random_init=args.random_init, device=args.device, precision=args.precision,
-             progress=not args.no_progress,
+             random_init=args.random_init, dropout=args.dropout, device=args.device,
+             precision=args.precision, progress=not args.no_progress,
              **options)
     print(Path(args.out) / "results.json")
 
@@ -285,6 +285,8 @@ def add_finetune_commands(commands) -> None:
                           "layer even if the checkpoint has one (e.g. for other labels)")
     finetune.add_argument("--random-init", action="store_true", help="the --model checkpoint's "
                           "architecture with fresh random weights (the no-pre-training baseline)")
+    finetune.add_argument("--dropout", type=float, help="hidden and attention dropout "
+                          "(default: the checkpoint's config, 0.1 for presets)")
     finetune.add_argument("--max-length", type=int, help="tokens per input, longer inputs are "
                           "truncated with a warning (128; QA windows 384)")
     finetune.add_argument("--text-field", help="field of the text (text; MC: question)")
@@ -334,12 +336,11 @@ def add_finetune_commands(commands) -> None:
 
 PRETRAIN_HELP = {
     "data": "folder of examples written by `bertkit data pretrain` (with its vocab)",
-    "out": "run folder: checkpoints, metrics.jsonl, curves.png, the final model (default "
-           "runs/pretrain)",
+    "out": "run folder: checkpoints, metrics.jsonl, curves.png, the final model",
     "model": "a preset (tiny, mini, small, medium, base, large) or a checkpoint folder to continue "
-             "pre-training from (default mini)",
+             "pre-training from",
     "phase2_data": "examples of length 512 used for the last --phase2-fraction of the steps",
-    "batch_size": "examples per optimisation step over all ranks (default 32)",
+    "batch_size": "examples per optimisation step over all ranks",
     "accumulation": "micro-batches per rank per step (gradient accumulation)",
     "steps": "optimisation steps (default: --epochs passes over the data)",
     "budget_minutes": "size the run to this many minutes, from the step time measured at the "

@@ -2,13 +2,14 @@
 
 Stages, each recorded in ``demo_state.json`` once done so ``--resume`` skips it:
 
-1. ``vocab``     train a WordPiece vocabulary on the wiki-leads corpus
-2. ``data``      build masked-LM + next-sentence examples (Google's recipe, length 64)
-3. ``pretrain``  pre-train a ``mini`` BERT with MLM + NSP for the time the budget leaves
-4. ``fill-mask`` the new model fills in [MASK] in common contexts and held-out sentences
-5. ``finetune``  rt-polarity three ways: from the new checkpoint, from random initialisation,
-                 and from the real all-MiniLM-L6-v2
-6. ``report``    results table, plots and ``report.html`` in the run folder
+1. ``vocab``               train a WordPiece vocabulary on the wiki-leads corpus
+2. ``data``                build masked-LM + next-sentence examples (Google's recipe, length 64)
+3. ``finetune-minilm``     rt-polarity on the real all-MiniLM-L6-v2 (the reference)
+4. ``finetune-random``     rt-polarity on a ``mini`` BERT from random initialisation
+5. ``pretrain``            pre-train a ``mini`` BERT with MLM + NSP for the time the budget leaves
+6. ``fill-mask``           the new model fills in [MASK] in common contexts and held-out sentences
+7. ``finetune-pretrained`` rt-polarity on the new checkpoint, as the random-init mini was
+then ``report``: results table, plots and ``report.html`` in the run folder.
 """
 
 from __future__ import annotations
@@ -20,18 +21,27 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from html import escape
 from pathlib import Path
 
 STATE_NAME = "demo_state.json"
-FILL_MASK_TEMPLATES = [
-    "the cat sat on the [MASK].",
-    "paris is the capital of [MASK].",
-    "he was born in [MASK] and died in 1950.",
-    "the river flows into the [MASK] sea.",
-    "she is an american [MASK] and songwriter.",
-    "water is made of hydrogen and [MASK].",
-]
+# Contexts frequent in the Wikipedia leads (the phrase with the answer occurs there 8 to 183
+# times, "capital of" most), each with the words that fill it sensibly; "the cat sat on the" is
+# the classic example, rare in an encyclopedia.
+FILL_MASK_TEMPLATES = {
+    "paris is the capital of [MASK].": {"france"},
+    "the earth orbits the [MASK].": {"sun"},
+    "he fought in world war [MASK].": {"ii", "i"},
+    "she is an american [MASK] and songwriter.": {"singer", "actress", "musician", "rapper"},
+    "the atlantic [MASK] separates europe from america.": {"ocean"},
+    "carbon [MASK] is a greenhouse gas.": {"dioxide", "monoxide"},
+    "he won the nobel [MASK] in physics.": {"prize"},
+    "the sun is one star of the milky [MASK].": {"way"},
+    "the cat sat on the [MASK].": {"floor", "ground", "mat", "table", "bed", "chair", "roof"},
+}
 CLASSIFIER_STAGES = ("finetune-pretrained", "finetune-random", "finetune-minilm")
+FILL_MASK_AND_REPORT_SECONDS = 20
+MIN_PRETRAIN_MINUTES = 0.25
 
 
 @dataclass
@@ -104,23 +114,22 @@ def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
     print(f"bertkit demo: {run_dir} (budget {settings.budget_minutes:g} min"
           f"{', resuming' if resume else ''})")
 
-    def elapsed():
+    def record(stage: str, result: dict) -> None:
         state.stages["elapsed"] = {"seconds": time.time() - started}
+        state.record(stage, result)
 
     if not state.done("vocab"):
-        _stage("1/6 WordPiece vocabulary from the Wikipedia leads")
+        _stage("1/7 WordPiece vocabulary from the Wikipedia leads")
         from .data import train_vocab_on_corpus
 
         stage_start = time.time()
         tokenizer = train_vocab_on_corpus(settings.corpus, run_dir / "vocab",
                                           vocab_size=settings.vocab_size)
         print(f"{tokenizer.vocab_size} entries -> {run_dir / 'vocab' / 'vocab.txt'}")
-        elapsed()
-        state.record("vocab", {"vocab_size": tokenizer.vocab_size,
-                               "seconds": time.time() - stage_start})
+        record("vocab", {"vocab_size": tokenizer.vocab_size, "seconds": time.time() - stage_start})
 
     if not state.done("data"):
-        _stage("2/6 pre-training examples (masked LM + next sentence)")
+        _stage("2/7 pre-training examples (masked LM + next sentence)")
         from .data import PretrainingConfig, create_pretraining_data, format_summary
 
         stage_start = time.time()
@@ -132,17 +141,24 @@ def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
                               dupe_factor=settings.dupe_factor, validation_fraction=0.05,
                               seed=settings.seed))
         print(format_summary(manifest))
-        elapsed()
-        state.record("data", {"seconds": time.time() - stage_start,
-                              "summary": manifest["summary"]})
+        record("data", {"seconds": time.time() - stage_start, "summary": manifest["summary"]})
+
+    # The two classifiers that need no pre-training come first: pre-training then gets exactly
+    # the time left, less what fine-tuning its own checkpoint takes, which is known by then (the
+    # random-init mini is the same network on the same data).
+    labels = state.classifiers(settings)
+    for number, stage in ((3, "finetune-minilm"), (4, "finetune-random")):
+        if not state.done(stage):
+            _stage(f"{number}/7 fine-tuning on rt-polarity: {labels[stage]}")
+            record(stage, _finetune(run_dir, settings, stage))
 
     if not state.done("pretrain"):
-        _stage("3/6 pre-training a mini BERT (MLM + NSP)")
+        _stage("5/7 pre-training a mini BERT (MLM + NSP)")
         from .pretrain import PretrainSettings, pretrain
 
         stage_start = time.time()
-        # Keep about 30% of what remains for fill-mask, three fine-tunings and the report.
-        minutes = max(1.0, (deadline - time.time()) / 60 * 0.7)
+        reserve = 1.2 * state.stages["finetune-random"]["seconds"] + FILL_MASK_AND_REPORT_SECONDS
+        minutes = max(MIN_PRETRAIN_MINUTES, (deadline - time.time() - reserve) / 60)
         pretrain_resume = (run_dir / "pretrain" / "checkpoints").is_dir()
         result = pretrain(PretrainSettings(
             data=str(run_dir / "data"), out=str(run_dir / "pretrain"), model=settings.preset,
@@ -151,47 +167,46 @@ def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
             resume=pretrain_resume)
         if result["stopped"]:
             raise KeyboardInterrupt
-        elapsed()
-        state.record("pretrain", {**result, "seconds": time.time() - stage_start})
+        record("pretrain", {**result, "seconds": time.time() - stage_start})
 
     if not state.done("fill-mask"):
-        _stage("4/6 fill-mask with the new model")
-        state.record("fill-mask", _fill_mask(run_dir))
-        elapsed()
+        _stage("6/7 fill-mask with the new model")
+        record("fill-mask", _fill_mask(run_dir))
 
-    from .finetune import finetune
+    if not state.done("finetune-pretrained"):
+        _stage(f"7/7 fine-tuning on rt-polarity: {labels['finetune-pretrained']}")
+        record("finetune-pretrained", _finetune(run_dir, settings, "finetune-pretrained"))
 
-    for stage, label in state.classifiers(settings).items():
-        if state.done(stage):
-            continue
-        _stage(f"5/6 fine-tuning on rt-polarity: {label}")
-        model = {"finetune-pretrained": str(run_dir / "pretrain" / "model"),
-                 "finetune-random": settings.preset,
-                 "finetune-minilm": "all-minilm-l6-v2"}[stage]
-        tokenizer = str(run_dir / "vocab") if stage == "finetune-random" else None
-        stage_start = time.time()
-        out = run_dir / stage
-        shutil.rmtree(out, ignore_errors=True)
-        minilm = stage == "finetune-minilm"
-        result = finetune("classification", model, "rt-polarity", "rt-polarity:validation",
-                          "rt-polarity:test", out, tokenizer=tokenizer, lr=5e-5 if minilm else 1e-4,
-                          epochs=settings.minilm_epochs if minilm else settings.finetune_epochs,
-                          max_train_examples=(settings.minilm_examples if minilm
-                                              else settings.finetune_examples),
-                          max_eval_examples=settings.eval_examples, seeds=settings.seed)
-        if result.get("stopped"):
-            raise KeyboardInterrupt
-        elapsed()
-        state.record(stage, {"test_accuracy": result["test"]["accuracy"],
-                             "validation_accuracy": result["validation"]["accuracy"],
-                             "seconds": time.time() - stage_start, "out": str(out)})
-
-    _stage("6/6 report")
+    _stage("report")
     report = write_report(run_dir, settings, state)
-    elapsed()
-    state.record("report", {"path": str(report)})
+    record("report", {"path": str(report)})
     print(f"\nEverything is in {run_dir}: report {report}")
     return run_dir
+
+
+def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
+    """One of the three rt-polarity classifiers; raises KeyboardInterrupt if it was stopped."""
+    from .finetune import finetune
+
+    model = {"finetune-pretrained": str(run_dir / "pretrain" / "model"),
+             "finetune-random": settings.preset,
+             "finetune-minilm": "all-minilm-l6-v2"}[stage]
+    tokenizer = str(run_dir / "vocab") if stage == "finetune-random" else None
+    stage_start = time.time()
+    out = run_dir / stage
+    shutil.rmtree(out, ignore_errors=True)
+    minilm = stage == "finetune-minilm"
+    result = finetune("classification", model, "rt-polarity", "rt-polarity:validation",
+                      "rt-polarity:test", out, tokenizer=tokenizer, lr=5e-5 if minilm else 1e-4,
+                      epochs=settings.minilm_epochs if minilm else settings.finetune_epochs,
+                      max_train_examples=(settings.minilm_examples if minilm
+                                          else settings.finetune_examples),
+                      max_eval_examples=settings.eval_examples, seeds=settings.seed)
+    if result.get("stopped"):
+        raise KeyboardInterrupt
+    return {"test_accuracy": result["test"]["accuracy"],
+            "validation_accuracy": result["validation"]["accuracy"],
+            "seconds": time.time() - stage_start, "out": str(out)}
 
 
 def _fill_mask(run_dir: Path) -> dict:
@@ -202,11 +217,18 @@ def _fill_mask(run_dir: Path) -> dict:
     fill = FillMask(run_dir / "pretrain" / "model")
     tokenizer = fill.tokenizer
     templates = []
-    for text, predictions in zip(FILL_MASK_TEMPLATES, fill(FILL_MASK_TEMPLATES, top_k=5),
-                                 strict=True):
+    texts = list(FILL_MASK_TEMPLATES)
+    for text, predictions in zip(texts, fill(texts, top_k=5), strict=True):
         guesses = [(p.token, round(p.score, 3)) for p in predictions[0]]
-        templates.append({"text": text, "top5": guesses})
-        print(f"  {text:48} " + ", ".join(f"{t} ({s:.2f})" for t, s in guesses))
+        sensible = FILL_MASK_TEMPLATES[text]
+        templates.append({"text": text, "top5": guesses, "sensible": sorted(sensible),
+                          "top1_sensible": guesses[0][0] in sensible,
+                          "top5_sensible": any(token in sensible for token, _ in guesses)})
+        print(f"  {text:52} " + ", ".join(f"{t} ({s:.2f})" for t, s in guesses)
+              + ("  ✓" if templates[-1]["top5_sensible"] else ""))
+    print(f"  a sensible word first for {sum(t['top1_sensible'] for t in templates)} of "
+          f"{len(templates)} contexts, in the top 5 for "
+          f"{sum(t['top5_sensible'] for t in templates)}")
     held_out = []
     validation = PretrainingDataset(run_dir / "data", split="validation")
     for index in range(min(3, len(validation))):
@@ -246,7 +268,8 @@ def write_report(run_dir: Path, settings: DemoSettings, state: DemoState) -> Pat
 
     stages = state.stages
     pre = stages["pretrain"]
-    rows = [("held-out masked-token accuracy", f"{pre['val_mlm_accuracy']:.1%}"),
+    rows = [("held-out masked-token accuracy", f"{pre['val_mlm_accuracy']:.1%} (always the most "
+             f"frequent token: {pre['most_frequent_token_accuracy']:.1%})"),
             ("held-out next-sentence accuracy", f"{pre.get('val_nsp_accuracy', 0):.1%}"),
             ("pre-training steps", f"{pre['steps']} ({pre['seconds'] / 60:.1f} min, "
                                    f"{pre['tokens_per_second']:.0f} tokens/s)")]
@@ -257,20 +280,27 @@ def write_report(run_dir: Path, settings: DemoSettings, state: DemoState) -> Pat
         accuracies[label] = result["test_accuracy"]
         rows.append((f"rt-polarity test accuracy, {label}",
                      f"{result['test_accuracy']:.1%} ({result['seconds'] / 60:.1f} min)"))
+    templates = stages["fill-mask"]["templates"]
+    rows.insert(2, ("fill-mask contexts with a sensible word first / in the top 5",
+                    f"{sum(t['top1_sensible'] for t in templates)} / "
+                    f"{sum(t['top5_sensible'] for t in templates)} of {len(templates)}"))
     rows.append(("total time", f"{stages['elapsed']['seconds'] / 60:.1f} min"))
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"  {name:<{width}}  {value}" for name, value in rows))
     plot_bars(accuracies, run_dir / "classifiers.png", title="rt-polarity test accuracy",
               ylabel="accuracy")
 
-    fill = stages["fill-mask"]
+    def guesses(top5, sensible):
+        return ", ".join(f"<b>{escape(w)}</b> ({s:.2f})" if w in sensible
+                         else f"{escape(w)} ({s:.2f})" for w, s in top5)
+
     fill_rows = "".join(
-        f"<tr><td>{t['text']}</td><td>{', '.join(f'{w} ({s:.2f})' for w, s in t['top5'])}"
-        f"</td></tr>" for t in fill["templates"])
+        f"<tr><td>{escape(t['text'])}</td><td>{', '.join(t['sensible'])}</td>"
+        f"<td>{guesses(t['top5'], t['sensible'])}</td></tr>" for t in templates)
     held_rows = "".join(
-        f"<tr><td>{h['text']}</td><td>{h['answer']}</td>"
-        f"<td>{', '.join(f'{w} ({s:.2f})' for w, s in h['top5'])}</td></tr>"
-        for h in fill["held_out"])
+        f"<tr><td>{escape(h['text'])}</td><td>{escape(h['answer'])}</td>"
+        f"<td>{guesses(h['top5'], {h['answer']})}</td></tr>"
+        for h in stages["fill-mask"]["held_out"])
     table = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
     html = f"""<!doctype html><meta charset="utf-8"><title>bertkit demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
@@ -285,7 +315,8 @@ are where pre-training shows), and the real all-MiniLM-L6-v2 fine-tuned on
 Settings: <code>{json.dumps(asdict(settings))}</code></p>
 <h2>Results</h2><table>{table}</table>
 <h2>Pre-training curves</h2>{_image(run_dir / "pretrain" / "curves.png")}
-<h2>Fill-mask</h2><table><tr><th>text</th><th>top 5</th></tr>{fill_rows}</table>
+<h2>Fill-mask</h2><table><tr><th>text</th><th>sensible</th><th>top 5 (sensible in bold)</th></tr>
+{fill_rows}</table>
 <h3>Held-out sentences</h3>
 <table><tr><th>text</th><th>answer</th><th>top 5</th></tr>{held_rows}</table>
 <h2>Classifiers</h2>{_image(run_dir / "classifiers.png")}

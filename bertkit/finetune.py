@@ -74,15 +74,19 @@ def load_tokenizer(model: str | Path, tokenizer: str | Path | None = None) -> Be
 
 
 def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size: int,
-               reinit_head: bool = False, random_init: bool = False) -> nn.Module:
+               reinit_head: bool = False, random_init: bool = False,
+               dropout: float | None = None) -> nn.Module:
     """``task``'s model from a checkpoint folder (or fetchable name), or a preset at random init.
 
     A checkpoint that already has this task's head keeps it when its labels are the training
     data's (in its own order); a head for other labels is an error unless ``reinit_head``.
     ``random_init`` builds the checkpoint's architecture (its config.json) with fresh weights:
-    the baseline that shows what pre-training brings.
+    the baseline that shows what pre-training brings. ``dropout`` replaces the checkpoint's
+    hidden and attention dropout (one pre-trained without dropout still wants it here).
     """
     overrides: dict = {}
+    if dropout is not None:
+        overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if task.has_labels:
         overrides["id2label"] = dict(enumerate(label_names))
     if task.name == "regression":
@@ -235,7 +239,8 @@ def finetune(task: str, model: str | Path, train: str | Path, validation: str | 
              batch_size: int = 32, epochs: int = 3, warmup: float = 0.1,
              weight_decay: float = 0.01, max_train_examples: int | None = None,
              max_eval_examples: int | None = None, reinit_head: bool = False,
-             random_init: bool = False, device: str | None = None, precision: str = "auto",
+             random_init: bool = False, dropout: float | None = None,
+             device: str | None = None, precision: str = "auto",
              eval_batch_size: int = 64, log_every: int = 20, progress: bool = True,
              **task_options) -> dict:
     """Fine-tune ``model`` on ``task`` and return the results (also in ``OUT/results.json``).
@@ -253,7 +258,8 @@ def finetune(task: str, model: str | Path, train: str | Path, validation: str | 
                   tokenizer=tokenizer, lr=lr, batch_size=batch_size, epochs=epochs,
                   warmup=warmup, weight_decay=weight_decay,
                   max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
-                  reinit_head=reinit_head, random_init=random_init, device=device,
+                  reinit_head=reinit_head, random_init=random_init, dropout=dropout,
+                  device=device,
                   precision=precision,
                   eval_batch_size=eval_batch_size, log_every=log_every, progress=progress,
                   **task_options)
@@ -288,7 +294,7 @@ def _read(task: Task, spec, split: str, limit: int | None = None) -> list:
 
 def _finetune_once(*, task, model, train, validation, test, out: Path, seed: int, tokenizer,
                    lr, batch_size, epochs, warmup, weight_decay, max_train_examples,
-                   max_eval_examples, reinit_head, random_init, device, precision,
+                   max_eval_examples, reinit_head, random_init, dropout, device, precision,
                    eval_batch_size,
                    log_every, progress, **task_options) -> dict:
     started = time.time()
@@ -308,7 +314,7 @@ def _finetune_once(*, task, model, train, validation, test, out: Path, seed: int
                            if validation is not None else None)
     seed_everything(seed)  # the new head's initial weights depend on it
     net = load_model(task, model, task.label_names(train_examples), tok.vocab_size, reinit_head,
-                     random_init)
+                     random_init, dropout)
     net.to(device)
     task.use_labels(net.config.id2label)
     label2id = net.config.label2id if task.has_labels else None

@@ -182,6 +182,15 @@ def evaluate(model, dataset, *, device, precision, batch_size=64, max_examples=N
     return result
 
 
+def most_frequent_token_accuracy(train: PretrainingDataset,
+                                 validation: PretrainingDataset) -> float:
+    """Masked-token accuracy of always guessing the token most often masked in training: the
+    floor a model that ignores the context reaches."""
+    most_frequent = np.bincount(train.masked_labels()).argmax()
+    held_out = validation.masked_labels()
+    return float((held_out == most_frequent).mean()) if len(held_out) else 0.0
+
+
 def _build_model(settings: PretrainSettings, tokenizer: BertTokenizer, max_seq_length: int):
     overrides = dict(hidden_dropout_prob=settings.dropout,
                      attention_probs_dropout_prob=settings.dropout)
@@ -369,13 +378,14 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
     elapsed = time.perf_counter() - started
     speed = tokens * distributed.world_size / elapsed
     if main:
+        result["most_frequent_token_accuracy"] = most_frequent_token_accuracy(train, validation)
         model.save_pretrained(run / "model")
         tokenizer.save_pretrained(run / "model")
         _plot(run)
         print(f"\npre-training done: {step} steps in {elapsed / 60:.1f} min, "
               f"{speed:.0f} tokens/s ({precision})")
         for key, value in result.items():
-            print(f"  {key:18} {value:.4f}")
+            print(f"  {key:28} {value:.4f}")
         print(f"model (HuggingFace layout): {run / 'model'}\ncurves: {run / 'curves.png'}\n"
               f"metrics: {run / 'metrics.jsonl'}")
     return {**result, "steps": step, "total_steps": total_steps, "tokens_per_second": speed,

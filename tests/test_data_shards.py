@@ -72,6 +72,22 @@ def test_batches_are_padded_long_tensors_a_model_trains_on(sharded, tokenizer):
     out["loss"].backward()
 
 
+def test_masked_labels_and_the_most_frequent_token_baseline(sharded, tokenizer):
+    from bertkit.pretrain import most_frequent_token_accuracy
+
+    dataset = PretrainingDataset(sharded)
+    assert len(dataset.shards) > 1
+    by_item = torch.cat([dataset[i]["labels"] for i in range(len(dataset))])
+    labels = dataset.masked_labels()
+    assert np.array_equal(labels, by_item[by_item != -100].numpy())
+    tokens, counts = np.unique(labels, return_counts=True)
+    most_frequent = tokens[counts.argmax()]
+    share = counts.max() / len(labels)
+    assert most_frequent_token_accuracy(dataset, dataset) == pytest.approx(share)
+    assert tokenizer.convert_ids_to_tokens(int(most_frequent)) in {".", "the", ","}
+    assert 0.02 < share < 0.2  # a few percent in real English text
+
+
 def test_shards_are_standard_safetensors(sharded):
     dataset = PretrainingDataset(sharded)
     first = 0

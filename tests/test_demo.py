@@ -55,7 +55,8 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     before = json.loads((out / STATE_NAME).read_text())
-    assert set(before) >= {"vocab", "data"} and "pretrain" not in before
+    assert set(before) >= {"vocab", "data", "finetune-minilm", "finetune-random"}
+    assert "pretrain" not in before
     shard = next((out / "data" / "train").iterdir())
     shard_time = shard.stat().st_mtime_ns
     saved = sorted((out / "pretrain" / "checkpoints").glob("step-*"))
@@ -63,17 +64,23 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
 
     run(tiny(out, corpus, budget=0.8), resume=True)
     after = json.loads((out / STATE_NAME).read_text())
-    assert after["vocab"] == before["vocab"] and after["data"] == before["data"]
+    for stage in ("vocab", "data", "finetune-minilm", "finetune-random"):
+        assert after[stage] == before[stage], stage  # not redone
     assert shard.stat().st_mtime_ns == shard_time  # the examples were not rebuilt
     assert after["pretrain"]["steps"] > int(saved[-1].name[5:])  # continued past the stop
     for stage in ("fill-mask", "finetune-pretrained", "finetune-random", "finetune-minilm",
                   "report"):
         assert stage in after, stage
     assert 0 <= after["pretrain"]["val_mlm_accuracy"] <= 1
-    assert len(after["fill-mask"]["templates"][0]["top5"]) == 5
+    assert 0 <= after["pretrain"]["most_frequent_token_accuracy"] <= 1
+    for template in after["fill-mask"]["templates"]:
+        assert len(template["top5"]) == 5
+        assert template["top5_sensible"] == any(w in template["sensible"]
+                                                for w, _ in template["top5"])
     for stage in ("finetune-pretrained", "finetune-random", "finetune-minilm"):
         assert 0 <= after[stage]["test_accuracy"] <= 1
     html = (out / "report.html").read_text()
+    assert "always the most frequent token" in html and "sensible word first" in html
     assert html.count("data:image/png;base64") >= 3  # curves, bar chart, fine-tuning curves
     for path in ("pretrain/model/model.safetensors", "pretrain/model/vocab.txt",
                  "pretrain/metrics.jsonl", "classifiers.png"):

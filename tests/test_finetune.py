@@ -9,6 +9,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from bertkit.cli import main
 from bertkit.finetune import evaluate, finetune, load_model, predict
@@ -108,6 +109,22 @@ def test_a_pretrain_run_folder_loads_and_random_init_keeps_only_its_shape(classi
     assert fresh.config.to_dict() == trained.config.to_dict()
     weights = "bert.encoder.layer.0.attention.self.query.weight"
     assert not trained.state_dict()[weights].equal(fresh.state_dict()[weights])
+
+
+def test_dropout_replaces_the_checkpoints_and_leaves_the_weights(classification_run):
+    _, out, _, _ = classification_run
+    task = build_task("classification")
+    checkpoint = out / "seed-1" / "best"
+    saved = load_model(task, checkpoint, ["fresh", "rotten"], 30522)
+    changed = load_model(task, checkpoint, ["fresh", "rotten"], 30522, dropout=0.0)
+    assert saved.config.hidden_dropout_prob == 0.1
+    assert changed.config.hidden_dropout_prob == changed.config.attention_probs_dropout_prob == 0
+    assert all(t.equal(changed.state_dict()[k]) for k, t in saved.state_dict().items())
+    changed.train()
+    batch = torch.randint(1000, 2000, (2, 12))
+    assert changed(batch).logits.equal(changed(batch).logits)  # no dropout left in training
+    assert load_model(task, "tiny", ["a", "b"], 30522, dropout=0.3).config.hidden_dropout_prob \
+        == 0.3
 
 
 def test_unseen_validation_labels_stop_the_run_before_training(tmp_path):

@@ -295,6 +295,12 @@ class PretrainingDataset(torch.utils.data.Dataset):
                 "positions": positions, "labels": labels,
                 "next_sentence_label": None if nsp is None else int(nsp[local])}
 
+    def masked_labels(self) -> np.ndarray:
+        """The original ids at every predicted position of the split (of this epoch's masks)."""
+        if self.config.dynamic_masking:
+            return np.concatenate([self.arrays(i)["labels"] for i in range(len(self))])
+        return np.concatenate([shard["masked_labels"] for shard in self.shards]).astype(np.int64)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = self.arrays(index)
         length = len(example["input_ids"])
