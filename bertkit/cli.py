@@ -521,10 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole of BERT on real data in minutes: vocabulary, pre-training, "
         "fill-mask, fine-tuning, report (what `make run` does)",
         description="Trains a WordPiece vocabulary on the Wikipedia leads, builds MLM + NSP "
-        "examples, pre-trains a mini BERT for what the time budget leaves, shows fill-mask "
-        "predictions, fine-tunes on rt-polarity from the new checkpoint, from random "
-        "initialisation and from all-MiniLM-L6-v2, and writes a report with plots. Ctrl-C "
-        "stops cleanly; --resume continues without redoing finished stages.")
+        "examples, fine-tunes all-MiniLM-L6-v2 and a randomly initialised mini BERT on "
+        "rt-polarity, pre-trains a mini BERT for the time the budget leaves, shows its "
+        "fill-mask predictions, fine-tunes it as the random one was, and writes a report with "
+        "plots (runs/demo-DATE-TIME/report.html). Ctrl-C stops cleanly; --resume continues "
+        "without redoing finished stages.")
     demo.add_argument("--budget", type=float, default=17.0, metavar="MINUTES",
                       help="wall time for the whole job (default 17, so that with setting up "
                       ".venv `make run` ends within 20); pre-training gets what the other stages "

@@ -201,7 +201,8 @@ def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
                       epochs=settings.minilm_epochs if minilm else settings.finetune_epochs,
                       max_train_examples=(settings.minilm_examples if minilm
                                           else settings.finetune_examples),
-                      max_eval_examples=settings.eval_examples, seeds=settings.seed)
+                      max_eval_examples=settings.eval_examples, seeds=settings.seed,
+                      dropout=0.1)  # the paper's, whatever pre-training used
     if result.get("stopped"):
         raise KeyboardInterrupt
     return {"test_accuracy": result["test"]["accuracy"],
