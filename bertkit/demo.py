@@ -44,6 +44,7 @@ FILL_MASK_TEMPLATES = {
 CLASSIFIER_STAGES = ("finetune-pretrained", "finetune-random", "finetune-minilm")
 FILL_MASK_AND_REPORT_SECONDS = 20
 MIN_PRETRAIN_MINUTES = 0.25
+HELD_OUT_SHOWN = 4
 
 
 @dataclass
@@ -241,8 +242,12 @@ def _fill_mask(run_dir: Path) -> dict:
           f"{sum(t['top5_sensible'] for t in templates)}")
     held_out = []
     validation = PretrainingDataset(run_dir / "data", split="validation")
-    for index in range(min(3, len(validation))):
+    for index in range(len(validation)):
         example = validation.arrays(index)
+        if len(held_out) == HELD_OUT_SHOWN:
+            break
+        if example["next_sentence_label"]:  # a random second segment: text that does not read on
+            continue
         ids = example["input_ids"].copy()
         ids[example["positions"]] = example["labels"]  # restore the text, then hide one word
         tokens = tokenizer.convert_ids_to_tokens(ids.tolist()) + ["[SEP]"]
@@ -259,10 +264,16 @@ def _fill_mask(run_dir: Path) -> dict:
         answer = tokenizer.convert_ids_to_tokens(truth)
         held_out.append({"text": text, "answer": answer,
                          "top5": [(p.token, round(p.score, 3)) for p in guesses]})
-        shown = text if len(text) < 160 else text[:157] + "..."
-        print(f"  held out: {shown}\n    answer {answer!r}; model: "
+        print(f"  held out: {_around_mask(text)}\n    answer {answer!r}; model: "
               + ", ".join(f"{p.token} ({p.score:.2f})" for p in guesses))
     return {"templates": templates, "held_out": held_out}
+
+
+def _around_mask(text: str, width: int = 75) -> str:
+    """The words within ``width`` characters of [MASK], for a one-line display."""
+    at = text.index("[MASK]")
+    start, end = max(0, at - width), min(len(text), at + len("[MASK]") + width)
+    return ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
 
 
 def _image(path: Path) -> str:

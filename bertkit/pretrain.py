@@ -45,10 +45,10 @@ from .training import (
 SETTINGS_NAME = "pretrain_settings.json"
 BUDGET_PROVISIONAL_STEPS = 1_000_000
 # With --budget-minutes the schedule is sized from the step time measured from step 10 (the first
-# steps, with allocations and a cold page cache, are slower) at step 30, and sized again at step
-# 300 when the early estimate has been corrected by a longer average (evaluations included).
+# steps, with allocations and a cold page cache, are slower) at step 30, and sized again at steps
+# 300 and 1500 as longer averages take in the evaluations, checkpoints and plots.
 SIZING_TIMED_FROM = 10
-SIZING_AT = (30, 300)
+SIZING_AT = (30, 300, 1500)
 
 
 @dataclass
