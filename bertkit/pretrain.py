@@ -186,9 +186,11 @@ def most_frequent_token_accuracy(train: PretrainingDataset,
                                  validation: PretrainingDataset) -> float:
     """Masked-token accuracy of always guessing the token most often masked in training: the
     floor a model that ignores the context reaches."""
-    most_frequent = np.bincount(train.masked_labels()).argmax()
     held_out = validation.masked_labels()
-    return float((held_out == most_frequent).mean()) if len(held_out) else 0.0
+    if not len(held_out):
+        return 0.0
+    most_frequent = np.bincount(train.masked_labels()).argmax()
+    return float((held_out == most_frequent).mean())
 
 
 def _build_model(settings: PretrainSettings, tokenizer: BertTokenizer, max_seq_length: int):

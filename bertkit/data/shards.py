@@ -298,8 +298,10 @@ class PretrainingDataset(torch.utils.data.Dataset):
     def masked_labels(self) -> np.ndarray:
         """The original ids at every predicted position of the split (of this epoch's masks)."""
         if self.config.dynamic_masking:
-            return np.concatenate([self.arrays(i)["labels"] for i in range(len(self))])
-        return np.concatenate([shard["masked_labels"] for shard in self.shards]).astype(np.int64)
+            parts = [self.arrays(i)["labels"] for i in range(len(self))]
+        else:
+            parts = [shard["masked_labels"].astype(np.int64) for shard in self.shards]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = self.arrays(index)
