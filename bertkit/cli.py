@@ -532,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "leave")
     demo.add_argument("--out", help="run folder (default runs/demo-DATE-TIME)")
     demo.add_argument("--resume", action="store_true",
-                      help="continue --out (default: the latest runs/demo-*) where it stopped")
+                      help="continue --out (default: the latest runs/demo-*) where it stopped, "
+                      "with the settings it was started with")
     demo.add_argument("--finetune-examples", type=int, default=2000, metavar="N",
                       help="rt-polarity training examples for the pre-trained and the random "
                       "mini (default 2000; all-MiniLM-L6-v2 trains on all 10,202)")

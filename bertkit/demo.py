@@ -25,6 +25,7 @@ from html import escape
 from pathlib import Path
 
 STATE_NAME = "demo_state.json"
+SETTINGS_NAME = "demo_settings.json"
 # Contexts frequent in the Wikipedia leads (the phrase with the answer occurs there 8 to 183
 # times, "capital of" most), each with the words that fill it sensibly; "the cat sat on the" is
 # the classic example, rare in an encyclopedia.
@@ -117,6 +118,11 @@ def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
         raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that run, or "
                               "choose another --out.")
     run_dir.mkdir(parents=True, exist_ok=True)
+    saved_settings = run_dir / SETTINGS_NAME
+    if resume and saved_settings.is_file():  # a resumed run keeps its budget, sizes and seed
+        settings = DemoSettings(**{**json.loads(saved_settings.read_text()), "out": str(run_dir)})
+    else:
+        saved_settings.write_text(json.dumps(asdict(settings), indent=2) + "\n")
     state = DemoState(run_dir)
     started = time.time() - state.stages.get("elapsed", {}).get("seconds", 0)
     deadline = started + settings.budget_minutes * 60

@@ -62,7 +62,7 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
     saved = sorted((out / "pretrain" / "checkpoints").glob("step-*"))
     assert saved, "the interrupted pre-training saved no checkpoint"
 
-    run(tiny(out, corpus, budget=0.8), resume=True)
+    run(tiny(out, corpus, budget=5), resume=True)  # the run keeps the budget it started with
     after = json.loads((out / STATE_NAME).read_text())
     for stage in ("vocab", "data", "finetune-minilm", "finetune-random"):
         assert after[stage] == before[stage], stage  # not redone
@@ -79,6 +79,9 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
                                                 for w, _ in template["top5"])
     for stage in ("finetune-pretrained", "finetune-random", "finetune-minilm"):
         assert 0 <= after[stage]["test_accuracy"] <= 1
+    assert json.loads((out / "demo_settings.json").read_text())["budget_minutes"] == 0.8
+    assert json.loads((out / "pretrain" / "pretrain_settings.json").read_text())[
+        "budget_minutes"] <= 0.8
     html = (out / "report.html").read_text()
     assert "always the most frequent token" in html and "sensible word first" in html
     assert html.count("data:image/png;base64") >= 3  # curves, bar chart, fine-tuning curves
