@@ -329,11 +329,15 @@ def write_report(run_dir: Path, settings: DemoSettings, state: DemoState) -> Pat
         f"<td>{guesses(h['top5'], {h['answer']})}</td></tr>"
         for h in stages["fill-mask"]["held_out"])
     table = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
+    corpus = ("the 10,033 Wikipedia lead sections (wiki-leads)" if settings.corpus == "wiki-leads"
+              else settings.corpus)
     html = f"""<!doctype html><meta charset="utf-8"><title>bertkit demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
 td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}</style>
 <h1>bertkit demo</h1>
-<p>A {settings.preset} BERT pre-trained from scratch on the 10,033 Wikipedia lead sections
+<p>A {settings.preset} BERT pre-trained from scratch with masked LM + next sentence prediction
+(AdamW {settings.pretrain_lr:g}, β2 {settings.pretrain_beta2:g}, dropout
+{settings.pretrain_dropout:g}, length {settings.max_seq_length}) on {escape(corpus)}
 (vocabulary of {stages['vocab']['vocab_size']} WordPieces trained on the same text), then
 fine-tuned on {settings.finetune_examples or "all"} Rotten Tomatoes snippets
 ({settings.finetune_epochs} epochs) next to the same model from random initialisation (few labels
