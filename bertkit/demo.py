@@ -243,15 +243,15 @@ def _fill_mask(run_dir: Path) -> dict:
                           "top5_sensible": any(token in sensible for token, _ in guesses)})
         print(f"  {text:52} " + ", ".join(f"{t} ({s:.2f})" for t, s in guesses)
               + ("  ✓" if templates[-1]["top5_sensible"] else ""))
-    print(f"  a sensible word first for {sum(t['top1_sensible'] for t in templates)} of "
-          f"{len(templates)} contexts, in the top 5 for "
-          f"{sum(t['top5_sensible'] for t in templates)}")
+    first, top5 = _sensible_counts(templates)
+    print(f"  a sensible word first for {first} of {len(templates)} contexts, in the top 5 for "
+          f"{top5}")
     held_out = []
     validation = PretrainingDataset(run_dir / "data", split="validation")
     for index in range(len(validation)):
-        example = validation.arrays(index)
         if len(held_out) == HELD_OUT_SHOWN:
             break
+        example = validation.arrays(index)
         if example["next_sentence_label"]:  # a random second segment: text that does not read on
             continue
         ids = example["input_ids"].copy()
@@ -273,6 +273,12 @@ def _fill_mask(run_dir: Path) -> dict:
         print(f"  held out: {_around_mask(text)}\n    answer {answer!r}; model: "
               + ", ".join(f"{p.token} ({p.score:.2f})" for p in guesses))
     return {"templates": templates, "held_out": held_out}
+
+
+def _sensible_counts(templates: list[dict]) -> tuple[int, int]:
+    """How many fill-mask contexts have a sensible word first, and in the top 5."""
+    return (sum(t["top1_sensible"] for t in templates),
+            sum(t["top5_sensible"] for t in templates))
 
 
 def _around_mask(text: str, width: int = 75) -> str:
@@ -308,9 +314,9 @@ def write_report(run_dir: Path, settings: DemoSettings, state: DemoState) -> Pat
         rows.append((f"rt-polarity test accuracy, {label}",
                      f"{result['test_accuracy']:.1%} ({result['seconds'] / 60:.1f} min)"))
     templates = stages["fill-mask"]["templates"]
+    first, top5 = _sensible_counts(templates)
     rows.insert(2, ("fill-mask contexts with a sensible word first / in the top 5",
-                    f"{sum(t['top1_sensible'] for t in templates)} / "
-                    f"{sum(t['top5_sensible'] for t in templates)} of {len(templates)}"))
+                    f"{first} / {top5} of {len(templates)}"))
     rows.append(("total time", f"{stages['elapsed']['seconds'] / 60:.1f} min"))
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"  {name:<{width}}  {value}" for name, value in rows))
