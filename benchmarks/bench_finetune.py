@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertkit.device import autocast, resolve_precision
 from bertkit.finetune import (
     batches,
     evaluate_examples,
@@ -34,10 +35,8 @@ from bertkit.tasks import build_task
 from bertkit.tasks.datasets import resolve_data
 from bertkit.training import (
     Trainer,
-    autocast,
     build_optimizer,
     parameter_groups,
-    resolve_precision,
     seed_everything,
     warmup_linear_decay,
 )

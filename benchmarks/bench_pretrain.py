@@ -19,9 +19,10 @@ import torch
 import transformers
 
 import bertkit
+from bertkit.device import autocast
 from bertkit.model import BertForPreTraining
 from bertkit.tokenizer import BertTokenizer
-from bertkit.training import autocast, build_optimizer
+from bertkit.training import build_optimizer
 
 
 def real_batches(count, batch_size, length, seed=0):

@@ -20,8 +20,7 @@ from .model import (
 )
 from .sources import fetch
 from .tokenizer import BertTokenizer, train_vocab
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "BertConfig",
@@ -47,4 +46,5 @@ __all__ = [
     "load_finetuned",
     "predict",
     "train_vocab",
+    "__version__",
 ]

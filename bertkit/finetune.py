@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import PRESETS, BertConfig
+from .device import autocast, choose_device, resolve_precision
 from .report import plot_metrics
 from .sources import resolve_pretrained
 from .tasks import Task, build_task
@@ -33,10 +34,7 @@ from .training import (
     GracefulStop,
     MetricsLog,
     Trainer,
-    autocast,
     build_optimizer,
-    choose_device,
-    resolve_precision,
     seed_everything,
     warmup_linear_decay,
 )

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .config import PRESETS, BertConfig
 from .data import PretrainingDataset
 from .data.shards import TOKENIZER_FOLDER
+from .device import autocast, choose_device, resolve_precision
 from .model import BertForPreTraining
 from .report import plot_metrics
 from .tokenizer import BertTokenizer
@@ -31,11 +32,8 @@ from .training import (
     MetricsLog,
     NonFiniteLoss,
     Trainer,
-    autocast,
     build_optimizer,
-    choose_device,
     init_distributed,
-    resolve_precision,
     restore_rng_states,
     seed_everything,
     truncate_metrics,

@@ -1,6 +1,6 @@
 """The training machinery shared by pre-training and fine-tuning.
 
-Device and precision, the optimiser with the paper's settings, the warm-up + linear-decay schedule,
+The optimiser with the paper's settings, the warm-up + linear-decay schedule,
 gradient accumulation and clipping, non-finite loss handling, atomic checkpoints with exact
 resume, a JSONL metrics log, clean stops on SIGINT/SIGTERM, and PyTorch's own DDP under torchrun.
 What differs between the two jobs is only the batch and the loss, which the model computes.
@@ -24,13 +24,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .device import autocast
+
 OPTIMIZERS = ("adamw", "lamb")
 STATE_NAME = "trainer_state.pt"
 
 
 # --------------------------------------------------------------------------------------------
-# Where and how to compute
+# Where to compute: one process, or one rank of a torchrun job
 
 
 @dataclass(frozen=True)
@@ -53,43 +54,6 @@ def init_distributed(device: torch.device) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
-
-
-def choose_device(requested: str | None = None) -> torch.device:
-    """The requested device, else this rank's GPU when there is one, else the CPU."""
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` means bf16 where the hardware computes it natively, else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 with a loss scaler needs a CUDA GPU; on the CPU use bf16 or fp32.")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..tokenizer import BertTokenizer
+from ..version import __version__
 from .corpora import Corpus, Skip
 from .pretraining import PretrainingConfig, Vocabulary, create_examples_from_document, mask_tokens
 from .shards import (
@@ -150,7 +151,6 @@ def create_pretraining_data(corpus: Corpus | str | os.PathLike | Iterable[str | 
 def _new_manifest(config: PretrainingConfig, corpus: Corpus, tokenizer: BertTokenizer,
                   vocab_sha256: str, dtype: type) -> dict:
     """The manifest of a run that has just started: settings, inputs, vocabulary, no shards."""
-    from .. import __version__  # here, not above: bertkit/__init__ may import this module
 
     roles = ("cls", "sep", "mask", "pad", "unk")
     return {

@@ -1,0 +1,59 @@
+"""Writing outputs so that a crash, a full disk or Ctrl-C never leaves one that looks complete.
+
+Everything is written under a temporary sibling name and renamed into place once whole: readers
+see the old version or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def staging_path(path: Path) -> Path:
+    """The hidden sibling a file or folder is written under before it is renamed into place."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling of ``path`` to write (a file, or a folder to fill); when the
+    block ends without an error it replaces ``path``, otherwise it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_path(path)
+    _remove(staging)
+    try:
+        yield staging
+        if staging.is_dir() and path.is_dir():  # a folder cannot be replaced by rename
+            old = path.with_name(f".{path.name}.old")
+            _remove(old)
+            os.replace(path, old)
+            os.replace(staging, path)
+            _remove(old)
+        else:
+            os.replace(staging, path)
+    finally:
+        _remove(staging)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) atomically."""
+    with atomic_path(path) as staging:
+        staging.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, value) -> None:
+    """Replace ``path`` with ``value`` as indented JSON, atomically."""
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
