@@ -27,7 +27,7 @@ from bertkit.finetune import (
     batches,
     evaluate_examples,
     load_model,
-    load_tokenizer,
+    tokenizer_for,
     train_epoch,
 )
 from bertkit.sources import fetch
@@ -101,7 +101,7 @@ def main() -> None:
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
     task = build_task("classification", max_length=128)
-    tokenizer = load_tokenizer(MODEL)
+    tokenizer = tokenizer_for(MODEL)
     rng = np.random.default_rng(0)
     train = task.read(resolve_data("rt-polarity", "train"))
     train = [train[i] for i in rng.permutation(len(train))[: args.train_examples]]

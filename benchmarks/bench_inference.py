@@ -30,7 +30,8 @@ import torch
 import transformers
 
 from bertkit.config import BertConfig
-from bertkit.inference import Embedder, export_onnx, length_sorted_batches, padded
+from bertkit.embeddings import Embedder, length_sorted_batches, padded
+from bertkit.export import export_onnx
 from bertkit.model import BertModel
 from bertkit.sources import fetch
 from bertkit.tokenizer import BertTokenizer
@@ -81,7 +82,7 @@ class HuggingFace:
 
 
 class OnnxRuntime:
-    """The encoder exported by `bertkit.inference.export_onnx`, run by onnxruntime on bertkit's
+    """The encoder exported by `bertkit.export.export_onnx`, run by onnxruntime on bertkit's
     length-sorted batches."""
 
     def __init__(self, folder: Path, scratch: Path, batch_tokens: int):

@@ -6,8 +6,11 @@ The names mirror the ones users know: ``BertTokenizer``, ``BertConfig``, ``BertM
 
 from .config import BertConfig
 from .data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
+from .embed_files import embed_file
+from .embeddings import Embedder
+from .export import export_onnx
+from .fill_mask import FillMask
 from .finetune import finetune, load_finetuned, predict
-from .inference import Embedder, FillMask, embed_file, export_onnx
 from .model import (
     BertForMaskedLM,
     BertForMultipleChoice,

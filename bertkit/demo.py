@@ -18,11 +18,14 @@ import base64
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
+
+from . import files
+from .config import PRESETS
+from .settings import Settings, option
 
 STATE_NAME = "demo_state.json"
 SETTINGS_NAME = "demo_settings.json"
@@ -49,31 +52,56 @@ HELD_OUT_SHOWN = 4
 
 
 @dataclass
-class DemoSettings:
-    out: str
-    budget_minutes: float = 17.0  # the whole job; pre-training gets what the rest leaves
-    corpus: str = "wiki-leads"  # a built-in corpus name or files bertkit.data.Corpus reads
-    vocab_size: int = 8192
-    preset: str = "mini"
-    dupe_factor: int = 5
+class DemoSettings(Settings):
+    """The demo's whole recipe; saved in the run folder, so the report and --resume see it."""
+
+    out: str | None = option(None, "run folder (default runs/demo-DATE-TIME)")
+    budget_minutes: float = option(17.0, "wall time for the whole job (default 17, so that with "
+                                   "setting up .venv `make run` ends within 20); pre-training "
+                                   "gets what the other stages leave", above=0, flag="--budget",
+                                   metavar="MINUTES")
+    corpus: str = option("wiki-leads", "a built-in corpus name or files bertkit.data.Corpus "
+                         "reads")
+    vocab_size: int = option(8192, "WordPiece vocabulary size", at_least=100)
+    preset: str = option("mini", "the model size pre-trained and fine-tuned",
+                         choices=tuple(PRESETS))
+    dupe_factor: int = option(5, "times each document is made into examples", at_least=1)
     # Length 64 (Google's phase 1 uses 128): twice the optimiser steps in the same time, which is
     # what a short run on a CPU is short of (18% held-out masked-token accuracy after 8.6 minutes
     # at 64, against 15% at 128 after 9.6).
-    max_seq_length: int = 64
+    max_seq_length: int = option(64, "tokens per pre-training example", at_least=16)
+    masked_lm_prob: float = option(0.15, "share of tokens predicted (the paper's)", above=0,
+                                   at_most=1)
+    validation_fraction: float = option(0.05, "share of documents held out", above=0, at_most=0.5)
     # The paper's AdamW but with RoBERTa's beta2 and no dropout, which leave the MLM plateau
     # ~1,500 steps sooner in a run this short (README, "The demo's recipe"); fine-tuning puts
     # the paper's dropout back.
-    pretrain_lr: float = 7e-4
-    pretrain_beta2: float = 0.98
-    pretrain_dropout: float = 0.0
+    pretrain_batch_size: int = option(32, "pre-training examples per step", at_least=1)
+    pretrain_lr: float = option(7e-4, "pre-training peak learning rate", above=0)
+    pretrain_beta2: float = option(0.98, "pre-training Adam beta2", at_least=0, at_most=1)
+    pretrain_warmup: float = option(0.06, "pre-training warm-up share", at_least=0, at_most=1)
+    pretrain_dropout: float = option(0.0, "pre-training dropout", at_least=0, at_most=1)
+    pretrain_eval_every: int = option(500, "steps between held-out evaluations", at_least=1)
+    pretrain_eval_examples: int = option(4096, "held-out examples per evaluation", at_least=1)
     # Pre-trained vs random init on few labels, where pre-training shows (on all 10,202 a
     # random mini catches up with a 10-minute pre-training); MiniLM on all of them, as a user would.
-    finetune_examples: int | None = 2000  # rt-polarity training examples for the two minis
-    finetune_epochs: int = 3
-    minilm_examples: int | None = None  # None: all 10,202
-    minilm_epochs: int = 2
-    eval_examples: int | None = None  # None: the whole validation and test splits
-    seed: int = 12345
+    finetune_examples: int | None = option(2000, "rt-polarity training examples for the "
+                                           "pre-trained and the random mini (all-MiniLM-L6-v2 "
+                                           "trains on all 10,202)", at_least=1, metavar="N")
+    finetune_epochs: int = option(3, "epochs for the two minis", at_least=1)
+    finetune_lr: float = option(1e-4, "fine-tuning learning rate of the two minis", above=0)
+    finetune_dropout: float = option(0.1, "fine-tuning dropout (the paper's), whatever "
+                                     "pre-training used", at_least=0, at_most=1)
+    minilm_examples: int | None = option(None, "MiniLM's training examples (default all)",
+                                         at_least=1, metavar="N")
+    minilm_epochs: int = option(2, "MiniLM's epochs", at_least=1)
+    minilm_lr: float = option(5e-5, "MiniLM's fine-tuning learning rate", above=0)
+    eval_examples: int | None = option(None, "validation/test examples (default: all)",
+                                       at_least=1, metavar="N")
+    # Fine-tuning the new checkpoint costs what the random-init one took; this keeps a margin.
+    finetune_reserve: float = option(1.2, "time kept for the last fine-tuning, as a multiple of "
+                                     "the random-init one's", at_least=1)
+    seed: int = option(12345, "random seed")
 
 
 def _stage(title: str) -> None:
@@ -98,9 +126,7 @@ class DemoState:
 
     def record(self, stage: str, result: dict) -> None:
         self.stages[stage] = result
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.stages, indent=2) + "\n")
-        temporary.replace(self.path)
+        files.write_json(self.path, self.stages)
 
 
 def latest_run(root: Path = Path("runs")) -> Path | None:
@@ -109,95 +135,114 @@ def latest_run(root: Path = Path("runs")) -> Path | None:
 
 
 def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
-    """Run (or resume) the demo; returns the run folder."""
-    settings = settings or DemoSettings(out=f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = Path(settings.out)
+    """Run (or resume) the demo; returns the run folder. A resumed run keeps the settings it
+    was started with (its budget, sizes and seed)."""
+    settings = settings or DemoSettings()
+    run_dir = Path(settings.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    saved_settings = run_dir / SETTINGS_NAME
     if resume and not (run_dir / STATE_NAME).is_file():
         raise FileNotFoundError(f"--resume: {run_dir} holds no demo run to continue.")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty: pass --resume to continue that run, or "
                               "choose another --out.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved_settings = run_dir / SETTINGS_NAME
-    if resume and saved_settings.is_file():  # a resumed run keeps its budget, sizes and seed
-        settings = DemoSettings(**{**json.loads(saved_settings.read_text()), "out": str(run_dir)})
+    if resume and saved_settings.is_file():
+        settings = DemoSettings.from_file(saved_settings, out=str(run_dir))
     else:
-        saved_settings.write_text(json.dumps(asdict(settings), indent=2) + "\n")
-    state = DemoState(run_dir)
-    started = time.time() - state.stages.get("elapsed", {}).get("seconds", 0)
-    deadline = started + settings.budget_minutes * 60
+        settings = DemoSettings.from_dict(asdict(settings), out=str(run_dir))
+        settings.save(saved_settings)
+    demo = Demo(settings, run_dir)
     print(f"bertkit demo: {run_dir} (budget {settings.budget_minutes:g} min"
           f"{', resuming' if resume else ''})")
-
-    def record(stage: str, result: dict) -> None:
-        state.stages["elapsed"] = {"seconds": time.time() - started}
-        state.record(stage, result)
-
-    if not state.done("vocab"):
-        _stage("1/7 WordPiece vocabulary from the Wikipedia leads")
-        from .data import train_vocab_on_corpus
-
-        stage_start = time.time()
-        tokenizer = train_vocab_on_corpus(settings.corpus, run_dir / "vocab",
-                                          vocab_size=settings.vocab_size)
-        print(f"{tokenizer.vocab_size} entries -> {run_dir / 'vocab' / 'vocab.txt'}")
-        record("vocab", {"vocab_size": tokenizer.vocab_size, "seconds": time.time() - stage_start})
-
-    if not state.done("data"):
-        _stage("2/7 pre-training examples (masked LM + next sentence)")
-        from .data import PretrainingConfig, create_pretraining_data, format_summary
-
-        stage_start = time.time()
-        shutil.rmtree(run_dir / "data", ignore_errors=True)
-        manifest = create_pretraining_data(
-            settings.corpus, run_dir / "data", run_dir / "vocab",
-            PretrainingConfig(max_seq_length=settings.max_seq_length,
-                              max_predictions_per_seq=math.ceil(0.15 * settings.max_seq_length),
-                              dupe_factor=settings.dupe_factor, validation_fraction=0.05,
-                              seed=settings.seed))
-        print(format_summary(manifest))
-        record("data", {"seconds": time.time() - stage_start, "summary": manifest["summary"]})
-
+    labels = demo.state.classifiers(settings)
+    demo.stage("vocab", "1/7 WordPiece vocabulary from the Wikipedia leads", demo.vocabulary)
+    demo.stage("data", "2/7 pre-training examples (masked LM + next sentence)", demo.examples)
     # The two classifiers that need no pre-training come first: pre-training then gets exactly
     # the time left, less what fine-tuning its own checkpoint takes, which is known by then (the
     # random-init mini is the same network on the same data).
-    labels = state.classifiers(settings)
     for number, stage in ((3, "finetune-minilm"), (4, "finetune-random")):
-        if not state.done(stage):
-            _stage(f"{number}/7 fine-tuning on rt-polarity: {labels[stage]}")
-            record(stage, _finetune(run_dir, settings, stage))
-
-    if not state.done("pretrain"):
-        _stage("5/7 pre-training a mini BERT (MLM + NSP)")
-        from .pretrain import PretrainSettings, pretrain
-
-        stage_start = time.time()
-        reserve = 1.2 * state.stages["finetune-random"]["seconds"] + FILL_MASK_AND_REPORT_SECONDS
-        minutes = max(MIN_PRETRAIN_MINUTES, (deadline - time.time() - reserve) / 60)
-        pretrain_resume = (run_dir / "pretrain" / "checkpoints").is_dir()
-        result = pretrain(PretrainSettings(
-            data=str(run_dir / "data"), out=str(run_dir / "pretrain"), model=settings.preset,
-            batch_size=32, lr=settings.pretrain_lr, beta2=settings.pretrain_beta2,
-            dropout=settings.pretrain_dropout, warmup=0.06, budget_minutes=minutes, eval_every=500,
-            eval_examples=4096, save_every=500, log_every=10, seed=settings.seed),
-            resume=pretrain_resume)
-        if result["stopped"]:
-            raise KeyboardInterrupt
-        record("pretrain", {**result, "seconds": time.time() - stage_start})
-
-    if not state.done("fill-mask"):
-        _stage("6/7 fill-mask with the new model")
-        record("fill-mask", _fill_mask(run_dir))
-
-    if not state.done("finetune-pretrained"):
-        _stage(f"7/7 fine-tuning on rt-polarity: {labels['finetune-pretrained']}")
-        record("finetune-pretrained", _finetune(run_dir, settings, "finetune-pretrained"))
-
+        demo.stage(stage, f"{number}/7 fine-tuning on rt-polarity: {labels[stage]}",
+                   lambda stage=stage: _finetune(run_dir, settings, stage))
+    demo.stage("pretrain", "5/7 pre-training a mini BERT (MLM + NSP)", demo.pretraining)
+    demo.stage("fill-mask", "6/7 fill-mask with the new model", lambda: _fill_mask(run_dir))
+    demo.stage("finetune-pretrained",
+               f"7/7 fine-tuning on rt-polarity: {labels['finetune-pretrained']}",
+               lambda: _finetune(run_dir, settings, "finetune-pretrained"))
     _stage("report")
-    report = write_report(run_dir, settings, state)
-    record("report", {"path": str(report)})
+    report = write_report(run_dir, settings, demo.state)
+    demo.record("report", {"path": str(report)})
     print(f"\nEverything is in {run_dir}: report {report}")
     return run_dir
+
+
+class Demo:
+    """The stages of one demo run and the clock they share."""
+
+    def __init__(self, settings: DemoSettings, run_dir: Path):
+        self.settings, self.run_dir = settings, run_dir
+        self.state = DemoState(run_dir)
+        self.started = time.time() - self.state.stages.get("elapsed", {}).get("seconds", 0)
+        self.deadline = self.started + settings.budget_minutes * 60
+
+    def record(self, stage: str, result: dict) -> None:
+        self.state.stages["elapsed"] = {"seconds": time.time() - self.started}
+        self.state.record(stage, result)
+
+    def stage(self, name: str, title: str, work) -> None:
+        """Run ``work`` for a stage not done yet and record its result and time."""
+        if self.state.done(name):
+            return
+        _stage(title)
+        stage_start = time.time()
+        result = work()
+        self.record(name, {**result, "seconds": time.time() - stage_start})
+
+    def vocabulary(self) -> dict:
+        from .data import train_vocab_on_corpus
+
+        tokenizer = train_vocab_on_corpus(self.settings.corpus, self.run_dir / "vocab",
+                                          vocab_size=self.settings.vocab_size)
+        print(f"{tokenizer.vocab_size} entries -> {self.run_dir / 'vocab' / 'vocab.txt'}")
+        return {"vocab_size": tokenizer.vocab_size}
+
+    def examples(self) -> dict:
+        from .data import PretrainingConfig, create_pretraining_data, format_summary
+
+        s = self.settings
+        shutil.rmtree(self.run_dir / "data", ignore_errors=True)
+        manifest = create_pretraining_data(
+            s.corpus, self.run_dir / "data", self.run_dir / "vocab",
+            PretrainingConfig(max_seq_length=s.max_seq_length, masked_lm_prob=s.masked_lm_prob,
+                              max_predictions_per_seq=math.ceil(s.masked_lm_prob
+                                                                * s.max_seq_length),
+                              dupe_factor=s.dupe_factor,
+                              validation_fraction=s.validation_fraction, seed=s.seed))
+        print(format_summary(manifest))
+        return {"summary": manifest["summary"]}
+
+    def pretraining(self) -> dict:
+        """Pre-train for the time the budget leaves; raises KeyboardInterrupt if stopped."""
+        from .pretrain import SETTINGS_NAME as PRETRAIN_SETTINGS
+        from .pretrain import PretrainSettings, pretrain
+
+        s, out = self.settings, self.run_dir / "pretrain"
+        resume = (out / "checkpoints").is_dir() and (out / PRETRAIN_SETTINGS).is_file()
+        if resume:  # an interrupted pre-training keeps the settings (and budget) it began with
+            settings = PretrainSettings.from_file(out / PRETRAIN_SETTINGS)
+        else:
+            reserve = (s.finetune_reserve * self.state.stages["finetune-random"]["seconds"]
+                       + FILL_MASK_AND_REPORT_SECONDS)
+            minutes = max(MIN_PRETRAIN_MINUTES, (self.deadline - time.time() - reserve) / 60)
+            shutil.rmtree(out, ignore_errors=True)
+            settings = PretrainSettings(
+                data=str(self.run_dir / "data"), out=str(out), model=s.preset,
+                batch_size=s.pretrain_batch_size, lr=s.pretrain_lr, beta2=s.pretrain_beta2,
+                dropout=s.pretrain_dropout, warmup=s.pretrain_warmup, budget_minutes=minutes,
+                eval_every=s.pretrain_eval_every, eval_examples=s.pretrain_eval_examples,
+                save_every=s.pretrain_eval_every, log_every=10, seed=s.seed)
+        result = pretrain(settings, resume=resume)
+        if result["stopped"]:
+            raise KeyboardInterrupt
+        return result
 
 
 def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
@@ -208,28 +253,27 @@ def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
              "finetune-random": settings.preset,
              "finetune-minilm": "all-minilm-l6-v2"}[stage]
     tokenizer = str(run_dir / "vocab") if stage == "finetune-random" else None
-    stage_start = time.time()
     out = run_dir / stage
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)  # a stage not recorded as done starts afresh
     minilm = stage == "finetune-minilm"
     result = finetune("classification", model, "rt-polarity", "rt-polarity:validation",
-                      "rt-polarity:test", out, tokenizer=tokenizer, lr=5e-5 if minilm else 1e-4,
+                      "rt-polarity:test", out, tokenizer=tokenizer,
+                      lr=settings.minilm_lr if minilm else settings.finetune_lr,
                       epochs=settings.minilm_epochs if minilm else settings.finetune_epochs,
                       max_train_examples=(settings.minilm_examples if minilm
                                           else settings.finetune_examples),
                       max_eval_examples=settings.eval_examples, seeds=settings.seed,
-                      dropout=0.1)  # the paper's, whatever pre-training used
-    if result.get("stopped"):
+                      dropout=settings.finetune_dropout)
+    if result["stopped"]:
         raise KeyboardInterrupt
     return {"test_accuracy": result["test"]["accuracy"],
-            "validation_accuracy": result["validation"]["accuracy"],
-            "seconds": time.time() - stage_start, "out": str(out)}
+            "validation_accuracy": result["validation"]["accuracy"], "out": str(out)}
 
 
 def _fill_mask(run_dir: Path) -> dict:
     """Predictions for common contexts and for masked tokens of held-out examples."""
     from .data import PretrainingDataset
-    from .inference import FillMask
+    from .fill_mask import FillMask
 
     fill = FillMask(run_dir / "pretrain" / "model")
     tokenizer = fill.tokenizer
@@ -368,8 +412,3 @@ Settings: <code>{json.dumps(asdict(settings))}</code></p>
 def _curves(folder: Path) -> Path:
     found = sorted(folder.rglob("*.png"))
     return found[0] if found else folder / "missing.png"
-
-
-def main_interrupted(run_dir: Path) -> None:
-    print(f"\nbertkit demo: interrupted; continue with `bertkit demo --resume --out {run_dir}`",
-          file=sys.stderr)

@@ -14,9 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def staging_path(path: Path) -> Path:
-    """The hidden sibling a file or folder is written under before it is renamed into place."""
-    return path.with_name(f".{path.name}.tmp")
+def staging_path(path: Path, suffix: str = "tmp") -> Path:
+    """The hidden sibling a file or folder is written under before it is renamed into place.
+
+    It names the process, so two processes writing the same path at once (ranks fetching the
+    same model into an empty cache) never remove each other's work in progress.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.{suffix}")
 
 
 @contextlib.contextmanager
@@ -26,19 +30,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_path(path)
-    _remove(staging)
+    remove(staging)
     try:
         yield staging
-        if staging.is_dir() and path.is_dir():  # a folder cannot be replaced by rename
-            old = path.with_name(f".{path.name}.old")
-            _remove(old)
-            os.replace(path, old)
-            os.replace(staging, path)
-            _remove(old)
-        else:
-            os.replace(staging, path)
+        replace(staging, path)
     finally:
-        _remove(staging)
+        remove(staging)
+
+
+def replace(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the finished file or folder ``source`` to ``path``, replacing what is there."""
+    source, path = Path(source), Path(path)
+    if source.is_dir() and path.is_dir():  # a folder cannot be replaced by rename
+        old = staging_path(path, "old")
+        remove(old)
+        os.replace(path, old)
+        os.replace(source, path)
+        remove(old)
+    else:
+        os.replace(source, path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -52,7 +62,8 @@ def write_json(path: str | os.PathLike, value) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a file or a folder tree, if it exists."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:

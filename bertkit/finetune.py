@@ -16,6 +16,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +24,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import files
 from .config import PRESETS, BertConfig
-from .device import autocast, choose_device, resolve_precision
+from .device import PRECISIONS, autocast, choose_device, resolve_precision
 from .report import plot_metrics
+from .settings import Settings, SettingsError, comma_ints, option
 from .sources import resolve_pretrained
-from .tasks import Task, build_task
-from .tasks.datasets import resolve_data
+from .tasks import TASKS, Task, build_task
+from .tasks.datasets import builtin_task, resolve_data
 from .tokenizer import BertTokenizer
-from .training import (
-    GracefulStop,
-    MetricsLog,
-    Trainer,
-    build_optimizer,
-    seed_everything,
-    warmup_linear_decay,
-)
+from .training import GracefulStop, MetricsLog, Trainer, build_trainer, seed_everything
 
 logger = logging.getLogger("bertkit")
 
 TASK_FILE = "task.json"
+SETTINGS_FILE = "finetune_settings.json"
+RESULTS_FILE = "results.json"
 DEFAULT_VOCAB = "all-minilm-l6-v2"  # the bert-base-uncased vocabulary, for presets
 SUBSET_SEED = 0  # the same training subset for every seed: seeds vary only the training itself
 
@@ -60,7 +58,7 @@ def checkpoint_dir(model: str | Path) -> Path:
     return directory
 
 
-def load_tokenizer(model: str | Path, tokenizer: str | Path | None = None) -> BertTokenizer:
+def tokenizer_for(model: str | Path, tokenizer: str | Path | None = None) -> BertTokenizer:
     """The tokenizer given, else the checkpoint's own, else (for a preset) bert-base's vocab."""
     if tokenizer is not None:
         return BertTokenizer.from_pretrained(checkpoint_dir(tokenizer))
@@ -145,16 +143,10 @@ def load_finetuned(directory: str | Path, device=None) -> tuple[Task, nn.Module,
 
 def save_finetuned(directory: Path, task: Task, model: nn.Module, tokenizer) -> None:
     """Model, tokenizer and task options, written beside and renamed into place."""
-    staging = directory.with_name(f".{directory.name}.tmp")
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / TASK_FILE).write_text(json.dumps(task.options(), indent=2) + "\n",
-                                     encoding="utf-8")
-    if directory.exists():
-        for old in directory.iterdir():
-            old.unlink()
-        directory.rmdir()
-    staging.rename(directory)
+    with files.atomic_path(directory) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        files.write_json(staging / TASK_FILE, task.options())
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,45 +220,186 @@ def evaluate_examples(model, task: Task, tokenizer, examples: list, *, batch_siz
 
 
 # --------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class FinetuneSettings(Settings):
+    """Everything a fine-tuning run depends on; saved as ``OUT/finetune_settings.json``.
+
+    Task options (``max_length``, ``text_field`` ...) left at None take the task family's own
+    defaults; a family reads the ones its ``__init__`` accepts.
+    """
+
+    task: str | None = option(None, "the task family (default: the built-in data set's)",
+                              choices=tuple(TASKS))
+    model: str | None = option(None, "checkpoint folder (HF layout), all-minilm-l6-v2, or a "
+                               "preset for random init: tiny, mini, small, medium, base, large")
+    train: str | None = option(None, "training file or built-in name", metavar="FILE")
+    validation: str | None = option(None, "validation file (picks the best epoch)",
+                                    metavar="FILE")
+    test: str | None = option(None, "test file, scored once at the end", metavar="FILE")
+    out: str = option("runs/finetune", "run folder")
+    data: str | None = option(None, "a built-in data set for all splits (NAME)", metavar="NAME")
+    seeds: list[int] = option([1], "comma-separated seeds, e.g. 1,2,3: one run each, reported "
+                              "as mean ± std", parse=comma_ints, metavar="1,2,3")
+    tokenizer: str | None = option(None, "tokenizer folder (default: the model's; bert-base's "
+                                   "uncased vocab for presets)")
+    lr: float = option(3e-5, "peak learning rate", above=0)
+    batch_size: int = option(32, "examples per step", at_least=1)
+    epochs: int = option(3, "passes over the data", at_least=1)
+    warmup: float = option(0.1, "warm-up: a fraction of the steps (< 1) or a number of steps",
+                           at_least=0)
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)",
+                                 at_least=0)
+    beta1: float = option(0.9, "Adam beta1", at_least=0, at_most=1)
+    beta2: float = option(0.999, "Adam beta2", at_least=0, at_most=1)
+    eps: float = option(1e-6, "Adam epsilon", above=0)
+    optimizer: str = option("adamw", "adamw (the paper's) or lamb", choices=("adamw", "lamb"))
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)",
+                                  at_least=0)
+    skip_nonfinite: bool = option(False, "skip steps whose loss is NaN/inf instead of stopping")
+    max_train_examples: int | None = option(None, "train on a fixed random subset of N examples",
+                                            at_least=1, metavar="N")
+    max_eval_examples: int | None = option(None, "evaluate on a fixed random subset of N "
+                                           "examples", at_least=1, metavar="N")
+    reinit_head: bool = option(False, "start a fresh output layer even if the checkpoint has "
+                               "one (e.g. for other labels)")
+    random_init: bool = option(False, "the --model checkpoint's architecture with fresh random "
+                               "weights (the no-pre-training baseline)")
+    dropout: float | None = option(None, "hidden and attention dropout (default: the "
+                                   "checkpoint's config, 0.1 for presets)", at_least=0,
+                                   at_most=1)
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: GPU if any)")
+    precision: str = option("auto", "auto, fp32, bf16, fp16", choices=PRECISIONS)
+    eval_batch_size: int = option(64, "examples per evaluation batch", at_least=1)
+    log_every: int = option(20, "steps between loss records", at_least=1)
+    progress: bool = option(True, "progress bars")
+    # Task options: None leaves the family's default.
+    max_length: int | None = option(None, "tokens per input, longer inputs are truncated with a "
+                                    "warning (128; QA windows 384)", at_least=8)
+    text_field: str | None = option(None, "field of the text (text; MC: question)")
+    pair_field: str | None = option(None, "field of the second text (text_pair)")
+    label_field: str | None = option(None, "field of the label (label)")
+    choices_field: str | None = option(None, "MC: field of the choices (choices)")
+    context_field: str | None = option(None, "MC: field of an optional context (context)")
+    doc_stride: int | None = option(None, "QA: tokens between window starts (128)", at_least=1)
+    max_query_length: int | None = option(None, "QA: question tokens kept (64)", at_least=1)
+    max_answer_length: int | None = option(None, "QA: longest answer (30 tokens)", at_least=1)
+    n_best_size: int | None = option(None, "QA: start/end candidates (20)", at_least=1)
+    allow_null: bool | None = option(None, "QA: SQuAD v2.0, questions may have no answer "
+                                     "(automatic when the training data has some)")
+    null_threshold: float | None = option(None, "QA v2.0: answer empty when null score - best "
+                                          "span > this (0)")
+
+    def __post_init__(self):
+        if isinstance(self.seeds, int):
+            self.seeds = [self.seeds]
+        if self.data is not None:  # a built-in data set gives every split, and its task
+            self.train = self.train or self.data
+            self.validation = self.validation or self.data
+            self.test = self.test or self.data
+        if self.train is not None:
+            self.train, self.validation, self.test = (
+                None if spec is None else str(spec) for spec in (self.train, self.validation,
+                                                                self.test))
+            self.task = self.task or builtin_task(self.train)
+        self.out, self.model = str(self.out), None if self.model is None else str(self.model)
+        if self.model is None:
+            raise SettingsError("fine-tuning needs a --model (a checkpoint folder, "
+                                "all-minilm-l6-v2, or a preset such as mini).")
+        if self.train is None:
+            raise SettingsError("fine-tuning needs --train FILE (or --data NAME for a built-in "
+                                "data set).")
+        if self.task is None:
+            raise SettingsError(f"--task is needed for {self.train} (it is not a built-in data "
+                                "set).")
+        if not self.seeds:
+            raise SettingsError("--seeds lists no seed; give e.g. 1 or 1,2,3.")
+        super().__post_init__()
+
+    def build_task(self) -> Task:
+        return build_task(self.task, **asdict(self))
+
+
+# --------------------------------------------------------------------------------------------
 # Fine-tuning
 
 
-def finetune(task: str, model: str | Path, train: str | Path, validation: str | Path | None = None,
-             test: str | Path | None = None, out: str | Path = "runs/finetune", *,
-             seeds: list[int] | int = 1, tokenizer: str | Path | None = None, lr: float = 3e-5,
-             batch_size: int = 32, epochs: int = 3, warmup: float = 0.1,
-             weight_decay: float = 0.01, max_train_examples: int | None = None,
-             max_eval_examples: int | None = None, reinit_head: bool = False,
-             random_init: bool = False, dropout: float | None = None,
-             device: str | None = None, precision: str = "auto",
-             eval_batch_size: int = 64, log_every: int = 20, progress: bool = True,
-             **task_options) -> dict:
-    """Fine-tune ``model`` on ``task`` and return the results (also in ``OUT/results.json``).
+def finetune(*args, resume: bool = False, overwrite: bool = False, **options) -> dict:
+    """Fine-tune a model on a task and return the results (also in ``OUT/results.json``).
 
-    ``train``/``validation``/``test`` are files or built-in data set names (``rt-polarity``,
-    ``snli:test`` ...). ``model`` is a checkpoint folder, a fetchable model name or a size preset
-    (random initialisation; ``random_init`` gives a checkpoint's architecture fresh weights).
-    ``task_options`` go to the task family (``max_length``,
-    ``text_field``, ``doc_stride`` ...). With several ``seeds`` each run goes to ``OUT/seed-N``
-    and the results hold every run plus the mean and standard deviation of each metric.
+    The arguments are `FinetuneSettings`' fields (``task, model, train, validation, test, out``
+    may be given in that order), or one `FinetuneSettings`. ``train``/``validation``/``test``
+    are files or built-in data set names (``rt-polarity``, ``snli:test`` ...); ``model`` is a
+    checkpoint folder, a fetchable model name or a size preset (random initialisation). With
+    several ``seeds`` each run goes to ``OUT/seed-N`` and the results hold every run plus the
+    mean and standard deviation of each metric.
+
+    An ``out`` holding earlier results is refused unless ``overwrite`` (the new run is written
+    beside it and replaces it only once finished) or ``resume`` (finished seeds are kept and the
+    rest run again). SIGINT/SIGTERM stops every seed: the results then say ``stopped`` (with
+    ``exit_code``) and ``resume`` finishes the run.
     """
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    out = Path(out)
-    common = dict(task=task, model=model, train=train, validation=validation, test=test,
-                  tokenizer=tokenizer, lr=lr, batch_size=batch_size, epochs=epochs,
-                  warmup=warmup, weight_decay=weight_decay,
-                  max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
-                  reinit_head=reinit_head, random_init=random_init, dropout=dropout,
-                  device=device,
-                  precision=precision,
-                  eval_batch_size=eval_batch_size, log_every=log_every, progress=progress,
-                  **task_options)
-    if len(seeds) == 1:
-        return _finetune_once(out=out, seed=seeds[0], **common)
-    runs = [_finetune_once(out=out / f"seed-{seed}", seed=seed, **common) for seed in seeds]
-    summary = {"seeds": seeds, "runs": runs, "summary": summarise(runs)}
-    _write_json(out / "results.json", summary)
-    return summary
+    settings = (args[0] if len(args) == 1 and isinstance(args[0], FinetuneSettings)
+                else FinetuneSettings(*args, **options))
+    out = Path(settings.out)
+    for split in ("train", "validation", "test"):  # a missing file stops before --out is touched
+        if getattr(settings, split) is not None:
+            resolve_data(getattr(settings, split), split)
+    work = _work_folder(out, settings, resume, overwrite)
+    with GracefulStop() as stop:
+        runs = []
+        for seed in settings.seeds:
+            folder = work if len(settings.seeds) == 1 else work / f"seed-{seed}"
+            runs.append(_finished(folder) or FinetuneRun(settings, seed, folder).run(stop))
+            if stop.requested:
+                break
+    results = runs[0] if len(settings.seeds) == 1 else {
+        "seeds": settings.seeds, "runs": runs, "summary": summarise(runs)}
+    if stop.requested:
+        results = {**results, "stopped": True, "exit_code": stop.exit_code}
+    else:
+        results["stopped"] = False
+    files.write_json(work / RESULTS_FILE, results)
+    if not stop.requested and work != out:
+        files.replace(work, out)
+    return results
+
+
+def _work_folder(out: Path, settings: FinetuneSettings, resume: bool, overwrite: bool) -> Path:
+    """The folder this run writes: ``out`` itself, or (overwriting a finished run) a sibling
+    that replaces it at the end, so a run that fails leaves the earlier results as they were."""
+    beside = out.with_name(f".{out.name}.new")
+    if resume:
+        work = beside if beside.is_dir() else out
+        saved = work / SETTINGS_FILE
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no fine-tuning run to continue.")
+        settings.check_resumes(FinetuneSettings.from_file(saved), ignore=("progress",))
+        return work
+    if (out / SETTINGS_FILE).is_file() or (out / RESULTS_FILE).is_file() or (out / "best").is_dir():
+        if not overwrite:
+            raise FileExistsError(f"{out} holds an earlier fine-tuning run: pass --overwrite to "
+                                  "replace it (it is kept until the new run finishes), --resume "
+                                  "to continue it, or choose another --out.")
+        files.remove(beside)
+        work = beside
+    else:
+        work = out
+    work.mkdir(parents=True, exist_ok=True)
+    settings.save(work / SETTINGS_FILE)
+    return work
+
+
+def _finished(folder: Path) -> dict | None:
+    """The results of a seed that ran to the end before (a resumed run keeps them)."""
+    path = folder / RESULTS_FILE
+    if path.is_file():
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if results.get("stopped") is False:
+            return results
+    return None
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -290,110 +423,129 @@ def _read(task: Task, spec, split: str, limit: int | None = None) -> list:
     return examples
 
 
-def _finetune_once(*, task, model, train, validation, test, out: Path, seed: int, tokenizer,
-                   lr, batch_size, epochs, warmup, weight_decay, max_train_examples,
-                   max_eval_examples, reinit_head, random_init, dropout, device, precision,
-                   eval_batch_size,
-                   log_every, progress, **task_options) -> dict:
-    started = time.time()
-    task_name = task
-    task = build_task(task_name, **task_options)
-    device = choose_device(device)
-    precision = resolve_precision(precision, device)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "metrics.jsonl"
-    log_path.unlink(missing_ok=True)
-    log = MetricsLog(log_path)
+class FinetuneRun:
+    """One seed's run: data, model and trainer, then epochs with an evaluation after each, the
+    best checkpoint kept in ``folder/best``."""
 
-    tok = load_tokenizer(model, tokenizer)
-    train_examples = _read(task, train, "train", max_train_examples)
-    task.prepare(train_examples)
-    validation_examples = (_read(task, validation, "validation", max_eval_examples)
-                           if validation is not None else None)
-    seed_everything(seed)  # the new head's initial weights depend on it
-    net = load_model(task, model, task.label_names(train_examples), tok.vocab_size, reinit_head,
-                     random_init, dropout)
-    net.to(device)
-    task.use_labels(net.config.id2label)
-    label2id = net.config.label2id if task.has_labels else None
-    if label2id is not None:
-        task.check_labels(train_examples, label2id)
-        if validation_examples:
-            task.check_labels(validation_examples, label2id)
-    features = task.encode(train_examples, tok, label2id)
+    def __init__(self, settings: FinetuneSettings, seed: int, folder: Path):
+        self.settings, self.seed, self.folder = settings, seed, folder
+        self.started = time.time()
+        self.task = settings.build_task()
+        self.device = choose_device(settings.device)
+        self.precision = resolve_precision(settings.precision, self.device)
+        self.tokenizer = tokenizer_for(settings.model, settings.tokenizer)
+        self.train_examples = _read(self.task, settings.train, "train",
+                                    settings.max_train_examples)
+        self.task.prepare(self.train_examples)
+        self.validation_examples = (
+            _read(self.task, settings.validation, "validation", settings.max_eval_examples)
+            if settings.validation is not None else None)
+        seed_everything(seed)  # the new head's initial weights depend on it
+        self.model = load_model(self.task, settings.model,
+                                self.task.label_names(self.train_examples),
+                                self.tokenizer.vocab_size, settings.reinit_head,
+                                settings.random_init, settings.dropout).to(self.device)
+        self.task.use_labels(self.model.config.id2label)
+        self.label2id = self.model.config.label2id if self.task.has_labels else None
+        if self.label2id is not None:
+            for examples in (self.train_examples, self.validation_examples or []):
+                self.task.check_labels(examples, self.label2id)
+        self.features = self.task.encode(self.train_examples, self.tokenizer, self.label2id)
+        self.steps_per_epoch = math.ceil(len(self.features) / settings.batch_size)
+        self.trainer = build_trainer(self.model, settings,
+                                     self.steps_per_epoch * settings.epochs,
+                                     device=self.device, precision=self.precision)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log_path = folder / "metrics.jsonl"
+        self.log_path.unlink(missing_ok=True)
+        self.log = MetricsLog(self.log_path)
+        self.history: list[dict] = []
+        self.best_score = self.best_validation = None
 
-    steps_per_epoch = math.ceil(len(features) / batch_size)
-    total_steps = steps_per_epoch * epochs
-    optimizer = build_optimizer(net, lr=lr, weight_decay=weight_decay)
-    scheduler = warmup_linear_decay(optimizer, round(warmup * total_steps), total_steps)
-    trainer = Trainer(net, optimizer, scheduler, device=device, precision=precision,
-                      max_grad_norm=1.0)
-    _print(f"fine-tuning {model} on {task.name}: {len(train_examples)} examples "
-           f"({len(features)} features), {epochs} epochs x {steps_per_epoch} steps, batch "
-           f"{batch_size}, lr {lr}, seed {seed}, {device} {precision} -> {out}")
-
-    best_dir, best_score, best_validation, epoch_seconds, step = out / "best", None, None, [], 0
-    history = []
-    with GracefulStop() as stop:
-        for epoch in range(1, epochs + 1):
+    def run(self, stop: GracefulStop) -> dict:
+        s = self.settings
+        _print(f"fine-tuning {s.model} on {self.task.name}: {len(self.train_examples)} examples "
+               f"({len(self.features)} features), {s.epochs} epochs x {self.steps_per_epoch} "
+               f"steps, batch {s.batch_size}, lr {s.lr}, seed {self.seed}, {self.device} "
+               f"{self.precision} -> {self.folder}")
+        step = 0
+        for epoch in range(1, s.epochs + 1):
             epoch_start = time.time()
-            step = train_epoch(trainer, task, features, batch_size, seed=seed * 1000 + epoch,
-                               log=log, step=step, epoch=epoch, log_every=log_every,
-                               progress=progress, stop=stop)
-            epoch_seconds.append(round(time.time() - epoch_start, 2))
-            record = {"epoch": epoch, "step": step, "epoch_seconds": epoch_seconds[-1]}
-            if validation_examples:
-                metrics, _ = evaluate_examples(net, task, tok, validation_examples,
-                                               batch_size=eval_batch_size, precision=precision)
-                record.update({f"validation_{k}": v for k, v in metrics.items()})
-            log.write(**record)
-            history.append(record)
-            score = record.get(f"validation_{task.metric}", epoch)
-            _print(f"epoch {epoch}: {_format(record)}")
-            if best_score is None or score > best_score:
-                best_score, best_validation = score, metrics if validation_examples else None
-                save_finetuned(best_dir, task, net, tok)
+            step = train_epoch(self.trainer, self.task, self.features, s.batch_size,
+                               seed=self.seed * 1000 + epoch, log=self.log, step=step,
+                               epoch=epoch, log_every=s.log_every, progress=s.progress,
+                               stop=stop)
             if stop.requested:
-                _print("stopped early on request; the best checkpoint so far is kept.")
-                break
+                _print(f"stopped in epoch {epoch} of seed {self.seed}; --resume runs it again.")
+                return {"seed": self.seed, "stopped": True}
+            self.end_epoch(epoch, step, round(time.time() - epoch_start, 2))
+        return self.finish()
 
-    net = task.model_class.from_pretrained(best_dir).to(device)
-    results = {"task": task.name, "model": str(model), "random_init": random_init or
-               str(model) in PRESETS, "seed": seed, "out": str(out),
-               "train": str(train), "train_examples": len(train_examples), "epochs": epochs,
-               "lr": lr, "batch_size": batch_size, "precision": precision,
-               "options": task.options(), "epoch_seconds": epoch_seconds,
-               "best_epoch": max(history, key=lambda r: r.get(f"validation_{task.metric}",
-                                                             r["epoch"]))["epoch"],
-               "history": history}
-    for split, spec, examples in (("validation", validation, validation_examples),
-                                  ("test", test, None)):
-        if spec is None:
-            continue
+    def end_epoch(self, epoch: int, step: int, seconds: float) -> None:
+        """Evaluate on validation, log, and keep the checkpoint if it is the best so far."""
+        record = {"epoch": epoch, "step": step, "epoch_seconds": seconds}
+        metrics = None
+        if self.validation_examples:
+            metrics, _ = evaluate_examples(self.model, self.task, self.tokenizer,
+                                           self.validation_examples,
+                                           batch_size=self.settings.eval_batch_size,
+                                           precision=self.precision)
+            record.update({f"validation_{k}": v for k, v in metrics.items()})
+        self.log.write(**record)
+        self.history.append(record)
+        _print(f"epoch {epoch}: {_format(record)}")
+        score = record.get(f"validation_{self.task.metric}", epoch)
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_validation = score, metrics
+            save_finetuned(self.folder / "best", self.task, self.model, self.tokenizer)
+
+    def finish(self) -> dict:
+        """The best checkpoint scored on validation and test; results, curves."""
+        s = self.settings
+        model = self.task.model_class.from_pretrained(self.folder / "best").to(self.device)
+        best = max(self.history, key=lambda r: r.get(f"validation_{self.task.metric}",
+                                                      r["epoch"]))
+        results = {"task": self.task.name, "model": s.model,
+                   "random_init": s.random_init or s.model in PRESETS, "seed": self.seed,
+                   "out": str(self.folder), "train": s.train,
+                   "train_examples": len(self.train_examples), "epochs": s.epochs, "lr": s.lr,
+                   "batch_size": s.batch_size, "precision": self.precision,
+                   "options": self.task.options(),
+                   "epoch_seconds": [r["epoch_seconds"] for r in self.history],
+                   "best_epoch": best["epoch"], "history": self.history}
+        for split, spec in (("validation", s.validation), ("test", s.test)):
+            if spec is not None:
+                results.update(self.score_split(model, split, spec))
+        results["seconds"] = round(time.time() - self.started, 1)
+        results["stopped"] = False
+        files.write_json(self.folder / RESULTS_FILE, results)
+        panels = {"training loss": ["loss"]}
+        if self.validation_examples:
+            panels["validation"] = [f"validation_{m}" for m in self.task.metrics if m != "mse"]
+        plot_metrics(self.log_path, self.folder / "curves.png", panels,
+                     title=f"{self.task.name}: {s.model} (seed {self.seed})")
+        return results
+
+    def score_split(self, model, split: str, spec) -> dict:
+        """Metrics (and trivial baselines) of the best checkpoint on one split."""
+        examples = self.validation_examples if split == "validation" else None
         if examples is None:
-            examples = _read(task, spec, split, max_eval_examples)
-            if label2id is not None:
-                task.check_labels(examples, label2id)
-        if split == "validation" and best_validation is not None:
-            metrics = best_validation  # the best checkpoint was scored when it was saved
+            examples = _read(self.task, spec, split, self.settings.max_eval_examples)
+            if self.label2id is not None:
+                self.task.check_labels(examples, self.label2id)
+        if split == "validation" and self.best_validation is not None:
+            metrics = self.best_validation  # the best checkpoint was scored when it was saved
         else:
-            metrics, _ = evaluate_examples(net, task, tok, examples,
-                                           batch_size=eval_batch_size, precision=precision)
-        results[split] = metrics
-        baselines = task.baselines(train_examples, examples)
+            metrics, _ = evaluate_examples(model, self.task, self.tokenizer, examples,
+                                           batch_size=self.settings.eval_batch_size,
+                                           precision=self.precision)
+        scored = {split: metrics}
+        baselines = self.task.baselines(self.train_examples, examples)
         if baselines:
-            results[f"{split}_baselines"] = baselines
+            scored[f"{split}_baselines"] = baselines
         _print(f"best checkpoint on {split} ({len(examples)} examples): {_format(metrics)}"
                + (f"; baselines {_format(baselines)}" if baselines else ""))
-    results["seconds"] = round(time.time() - started, 1)
-    _write_json(out / "results.json", results)
-    panels = {"training loss": ["loss"]}
-    if validation_examples:
-        panels["validation"] = [f"validation_{m}" for m in task.metrics
-                                if m not in ("mse",)]
-    plot_metrics(log_path, out / "curves.png", panels,
-                 title=f"{task.name}: {model} (seed {seed})")
-    return results
+        return scored
 
 
 def train_epoch(trainer: Trainer, task: Task, features: list[dict], batch_size: int, *,
@@ -480,8 +632,3 @@ def _format(metrics: dict) -> str:
 
 def _print(message: str) -> None:
     print(f"bertkit: {message}", file=sys.stderr, flush=True)
-
-
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")

@@ -1,28 +1,25 @@
-"""BERT (Devlin et al. 2018): the encoder, its pre-training and fine-tuning heads, and checkpoints.
+"""BERT (Devlin et al. 2018): the encoder, then its pre-training and fine-tuning heads.
 
 Module and parameter names follow the HuggingFace layout (``embeddings.word_embeddings``,
 ``encoder.layer.0.attention.self.query``, ``cls.predictions``, ...), so a state dict moves between
 bertkit and every tool of that ecosystem as it is. Shapes: B batch, T tokens, H hidden size,
-A attention heads, C choices, V vocabulary.
+A attention heads, C choices, V vocabulary. Checkpoint reading and writing live in
+`bertkit.checkpoint`, the layers' speed-ups (fast CPU dropout, padding removal) in
+`bertkit.speedups`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from contextvars import ContextVar
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import checkpoint
 from .config import BertConfig
-from .sources import resolve_pretrained
-
-logger = logging.getLogger("bertkit")
+from .speedups import Dropout, Packing, dropout
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -40,26 +37,6 @@ class Output(dict):
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
-
-
-class Packing:
-    """Where the N real tokens of a padded [B, T] batch sit, to run layers on real tokens only.
-
-    Every Linear, LayerNorm and GELU acts on each token alone, so they run on the packed [N, ...]
-    rows and padding costs nothing there; only attention needs the [B, T] grid back. Both moves
-    are index copies, so gradients flow through them.
-    """
-
-    def __init__(self, attention_mask):  # [B, T], 1 for real tokens
-        self.shape = attention_mask.shape
-        self.index = attention_mask.flatten().nonzero().squeeze(1)  # [N] positions in B * T
-
-    def unpad(self, x):  # [B, T, ...] -> [N, ...]
-        return x.flatten(0, 1).index_select(0, self.index)
-
-    def pad(self, x):  # [N, ...] -> [B, T, ...], zeros at padding
-        grid = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index, x)
-        return grid.view(*self.shape, *x.shape[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,30 +60,6 @@ class BertEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings(positions)
         return self.dropout(self.LayerNorm(x))
-
-
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout (zero each element with probability p, scale the rest by 1/(1-p)).
-
-    On CPU the keep-mask comes from 16 random bits per element, four to a 64-bit draw: PyTorch's
-    CPU dropout draws every Bernoulli sample one by one on a single thread, which made dropout a
-    fifth of a training step. The keep probability is exact to 1/65536.
-    """
-    if p == 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, training=True)
-    words = torch.randint(-2**63, 2**63 - 1, (-(-x.numel() // 4),), dtype=torch.int64)
-    bits = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform on [-32768, 32767]
-    keep = bits < round((1 - p) * 65536) - 32768
-    return x * (keep.to(x.dtype) * (1 / (1 - p)))
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` with the fast CPU mask of `dropout`."""
-
-    def forward(self, x):
-        return dropout(x, self.p) if self.training else x
 
 
 class BertSelfAttention(nn.Module):
@@ -216,14 +169,7 @@ class BertPooler(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Shared machinery: initialisation and HuggingFace-layout checkpoints
-
-WEIGHTS_NAME = "model.safetensors"
-LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
-TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
-
-
-_BUILDING_FOR_LOAD = ContextVar("bertkit_building_for_load", default=False)
+# Shared machinery: initialisation, and checkpoints through bertkit.checkpoint
 
 
 class BertPreTrainedModel(nn.Module):
@@ -237,10 +183,10 @@ class BertPreTrainedModel(nn.Module):
         """The paper's initialisation: truncated normal (std 0.02), zero biases, unit LayerNorm.
 
         ``only`` limits it to the modules owning those parameter names (the new head weights of a
-        loaded checkpoint); while ``from_pretrained`` builds a model it does nothing, since the
-        checkpoint overwrites the weights (truncated-normal init of a 30k vocab takes seconds).
+        loaded checkpoint); inside ``checkpoint.skipping_init()``, where ``from_pretrained``
+        builds a model, it does nothing, since the checkpoint overwrites the weights.
         """
-        if _BUILDING_FOR_LOAD.get():
+        if checkpoint.init_skipped():
             return
         std = self.config.initializer_range
         seen = set()  # the MLM decoder shares the word embeddings: initialise them once
@@ -272,134 +218,17 @@ class BertPreTrainedModel(nn.Module):
         ``ignore_mismatched_sizes=True`` a head whose shape differs from the checkpoint's (another
         number of labels) is re-initialised instead of raising.
         """
-        directory = resolve_pretrained(name_or_path)
-        config = BertConfig.from_json_file(directory / "config.json")
-        if config_overrides:
-            num_labels = config_overrides.pop("num_labels", None)
-            config = BertConfig.from_dict({**config.to_dict(), **config_overrides})
-            if num_labels is not None and num_labels != config.num_labels:
-                config = config.with_labels(num_labels)
-        _check_vocab_file(directory, config)
-        state = _read_weights(directory)
-        token = _BUILDING_FOR_LOAD.set(True)
-        try:
-            model = cls(config)
-        finally:
-            _BUILDING_FOR_LOAD.reset(token)
-        new = _load_checkpoint_state(model, state, directory, ignore_mismatched_sizes)
-        if new:
-            model.init_weights(only=set(new))
-        return model
+        return checkpoint.load_pretrained(cls, name_or_path,
+                                          ignore_mismatched_sizes=ignore_mismatched_sizes,
+                                          **config_overrides)
 
     def save_pretrained(self, directory) -> None:
         """Write ``config.json`` and ``model.safetensors`` the way HuggingFace does."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.architectures = [type(self).__name__]
-        self.config.save(directory)
-        # The decoder shares its weight with the word embeddings; safetensors stores one copy and
-        # loaders (ours and HuggingFace's) tie them again.
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
-                 if k not in TIED_KEYS}
-        save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        checkpoint.save_pretrained(self, directory)
 
     def _head_output(self, out: Output, **values) -> Output:
         extras = {k: out[k] for k in ("hidden_states", "attentions") if k in out}
         return Output(**values, **extras)
-
-
-def _check_vocab_file(directory: Path, config: BertConfig) -> None:
-    vocab = directory / "vocab.txt"
-    if vocab.is_file():
-        size = sum(1 for _ in vocab.open(encoding="utf-8", errors="replace"))
-        if size > config.vocab_size:
-            raise ValueError(
-                f"{vocab} has {size} entries but config.json says vocab_size "
-                f"{config.vocab_size}: ids from {config.vocab_size} on would fall outside the "
-                "embedding table. Use the vocab the model was trained with, or fix vocab_size."
-            )
-
-
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    if (directory / WEIGHTS_NAME).is_file():
-        return load_file(directory / WEIGHTS_NAME)
-    if (directory / LEGACY_WEIGHTS_NAME).is_file():
-        # weights_only: a pickled checkpoint may carry code; never run it.
-        return torch.load(directory / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
-    present = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
-    raise FileNotFoundError(
-        f"{directory} has no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} (it holds: {present})."
-    )
-
-
-def _normalise_key(key: str) -> str:
-    """Old TF-converted checkpoints name LayerNorm parameters gamma/beta."""
-    if key.endswith(".gamma"):
-        return key[: -len("gamma")] + "weight"
-    if key.endswith(".beta"):
-        return key[: -len("beta")] + "bias"
-    return key
-
-
-def _load_checkpoint_state(model: BertPreTrainedModel, state: dict, source: Path,
-                           ignore_mismatched_sizes: bool) -> list[str]:
-    state = {_normalise_key(k): v for k, v in state.items()
-             if not k.endswith("position_ids") and k not in TIED_KEYS}
-    is_head_model = hasattr(model, "bert")
-    has_prefix = any(k.startswith("bert.") for k in state)
-    if is_head_model and not has_prefix:  # a bare BertModel checkpoint under a head model
-        state = {f"bert.{k}": v for k, v in state.items()}
-    elif not is_head_model and has_prefix:  # a head checkpoint under a bare BertModel
-        state = {k.removeprefix("bert."): v for k, v in state.items()}
-
-    expected = {k: v for k, v in model.state_dict().items() if k not in TIED_KEYS}
-    body = ("bert.embeddings.", "bert.encoder.") if is_head_model else ("embeddings.", "encoder.")
-
-    def is_body(key):  # the encoder proper; the pooler and heads may be new or left out
-        return key.startswith(body)
-
-    mismatched = []
-    for key in sorted(state.keys() & expected.keys()):
-        if state[key].shape != expected[key].shape:
-            if is_body(key) or not ignore_mismatched_sizes:
-                hint = ("pass ignore_mismatched_sizes=True to re-initialise this head"
-                        if not is_body(key) else "config.json does not match these weights")
-                raise ValueError(
-                    f"{source}: tensor {key} has shape {tuple(state[key].shape)} in the "
-                    f"checkpoint but {tuple(expected[key].shape)} in the model built from "
-                    f"config.json; {hint}."
-                )
-            mismatched.append(key)
-    for key in mismatched:
-        del state[key]
-
-    missing = sorted(expected.keys() - state.keys())
-    unused = sorted(state.keys() - expected.keys())
-    body_missing = [k for k in missing if is_body(k)]
-    body_unused = [k for k in unused if is_body(k)]
-    if body_missing or body_unused:
-        raise ValueError(
-            f"{source}: the weights do not match config.json ("
-            f"{len(body_missing)} encoder tensors missing, e.g. {body_missing[:3]}; "
-            f"{len(body_unused)} unexpected, e.g. {body_unused[:3]}). Check num_hidden_layers, "
-            "hidden_size and the other sizes in config.json."
-        )
-    model.load_state_dict(state, strict=False)
-    new = [k for k in missing if k not in mismatched] + mismatched
-    report = []
-    if new:
-        report.append(f"initialised new weights {_summarise(new)} (train them before use)")
-    if unused:
-        report.append(f"ignored checkpoint weights {_summarise(unused)}")
-    if report:
-        logger.warning("%s from %s: %s", type(model).__name__, source, "; ".join(report))
-    return new
-
-
-def _summarise(keys: list[str]) -> str:
-    """``cls.predictions.*`` for whole modules, to keep the report on one line."""
-    groups = sorted({".".join(k.split(".")[:2]) if k.count(".") > 1 else k for k in keys})
-    return ", ".join(f"{g}*" if g not in keys else g for g in groups)
 
 
 # --------------------------------------------------------------------------------------------

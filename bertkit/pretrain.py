@@ -8,10 +8,11 @@ exactly where the run stopped: same examples, same masks, same random state.
 
 from __future__ import annotations
 
-import json
-import sys
+import hashlib
+import itertools
 import time
-from dataclasses import asdict, dataclass, fields
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,145 +21,109 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .config import PRESETS, BertConfig
-from .data import PretrainingDataset
+from .data import PretrainingDataset, example_stream, micro_batches
 from .data.shards import TOKENIZER_FOLDER
 from .device import autocast, choose_device, resolve_precision
 from .model import BertForPreTraining
 from .report import plot_metrics
+from .settings import Settings, SettingsError, option
 from .tokenizer import BertTokenizer
 from .training import (
     Checkpoints,
+    Distributed,
     GracefulStop,
     MetricsLog,
-    NonFiniteLoss,
-    Trainer,
-    build_optimizer,
+    build_trainer,
     init_distributed,
     restore_rng_states,
     seed_everything,
     truncate_metrics,
-    warmup_linear_decay,
 )
 
 SETTINGS_NAME = "pretrain_settings.json"
 BUDGET_PROVISIONAL_STEPS = 1_000_000
-# With --budget-minutes the schedule is sized from the step time measured from step 10 (the first
-# steps, with allocations and a cold page cache, are slower) at step 30, and sized again at steps
-# 300 and 1500 as longer averages take in the evaluations, checkpoints and plots.
-SIZING_TIMED_FROM = 10
-SIZING_AT = (30, 300, 1500)
 
 
 @dataclass
-class PretrainSettings:
+class PretrainSettings(Settings):
     """Everything a run depends on; saved in the run folder and reloaded by ``resume``."""
 
-    data: str  # a folder written by `bertkit data pretrain`
-    out: str = "runs/pretrain"
-    model: str = "mini"  # a preset name, or a checkpoint folder to continue pre-training from
-    phase2_data: str | None = None  # examples of length 512 for the last phase2_fraction of steps
-    phase2_fraction: float = 0.1
-    batch_size: int = 32  # examples per optimisation step, over all ranks and micro-batches
-    accumulation: int = 1  # micro-batches per rank per step
-    steps: int | None = None  # optimisation steps; None: `epochs` passes over the data
-    epochs: float = 1.0
-    budget_minutes: float | None = None  # size the run to this wall time (measured at the start)
-    lr: float = 1e-4
-    warmup: float = 0.1  # a fraction of the steps (< 1) or a number of steps (>= 1)
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-6
-    optimizer: str = "adamw"
-    max_grad_norm: float = 1.0
-    precision: str = "auto"
-    compile: bool = False
-    device: str | None = None
-    nsp: bool = True
-    dropout: float = 0.1
-    eval_every: int = 200
-    eval_examples: int = 2048
-    log_every: int = 10
-    save_every: int = 500
-    keep_checkpoints: int = 3
-    skip_nonfinite: bool = False
-    seed: int = 12345
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> PretrainSettings:
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError as error:
-                raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or "
-                                 "write the settings as JSON.") from error
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}.")
-        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+    data: str = option(help="folder of examples written by `bertkit data pretrain` (with its "
+                       "vocab)")
+    out: str = option("runs/pretrain", "run folder: checkpoints, metrics.jsonl, curves.png, the "
+                      "final model")
+    model: str = option("mini", "a preset (tiny, mini, small, medium, base, large) or a "
+                        "checkpoint folder to continue pre-training from")
+    phase2_data: str | None = option(None, "examples of length 512 used for the last "
+                                     "--phase2-fraction of the steps")
+    phase2_fraction: float = option(0.1, "share of the steps on --phase2-data", at_least=0,
+                                    at_most=1)
+    batch_size: int = option(32, "examples per optimisation step over all ranks", at_least=1)
+    accumulation: int = option(1, "micro-batches per rank per step (gradient accumulation)",
+                               at_least=1)
+    steps: int | None = option(None, "optimisation steps (default: --epochs passes over the "
+                               "data)", at_least=1)
+    epochs: float = option(1.0, "passes over the data when --steps is not given", above=0)
+    budget_minutes: float | None = option(None, "size the run to this many minutes, from the "
+                                          "step time measured at the start", above=0)
+    lr: float = option(1e-4, "peak learning rate", above=0)
+    warmup: float = option(0.1, "warm-up: a fraction of the steps (< 1) or a number of steps",
+                           at_least=0)
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)",
+                                 at_least=0)
+    beta1: float = option(0.9, "Adam beta1", at_least=0, at_most=1)
+    beta2: float = option(0.999, "Adam beta2", at_least=0, at_most=1)
+    eps: float = option(1e-6, "Adam epsilon", above=0)
+    optimizer: str = option("adamw", "adamw (the paper's) or lamb (large batches)",
+                            choices=("adamw", "lamb"))
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)",
+                                  at_least=0)
+    precision: str = option("auto", "auto (bf16 where the hardware has it), fp32, bf16, or "
+                            "fp16 (CUDA)", choices=("auto", "fp32", "bf16", "fp16"))
+    compile: bool = option(False, "torch.compile the model")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: this rank's GPU if any)")
+    nsp: bool = option(True, "train next sentence prediction too (the paper's objective)")
+    dropout: float = option(0.1, "hidden and attention dropout", at_least=0, at_most=1)
+    eval_every: int = option(200, "steps between held-out evaluations", at_least=1)
+    eval_examples: int = option(2048, "held-out examples per evaluation", at_least=1)
+    log_every: int = option(10, "steps between metrics records", at_least=1)
+    save_every: int = option(500, "steps between checkpoints", at_least=1)
+    keep_checkpoints: int = option(3, "newest checkpoints kept", at_least=1)
+    skip_nonfinite: bool = option(False, "skip steps whose loss is NaN/inf (counted) instead "
+                                  "of stopping")
+    seed: int = option(12345, "random seed (data order, dropout, initialisation)")
 
 
-class ExampleOrder:
-    """The example indices a run reads, position by position: a seeded shuffle of the data for
-    every pass, so any position (and so any resume point) is found without replaying the run."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed = size, seed
-        self._passes: dict[int, np.ndarray] = {}
-
-    def __getitem__(self, positions: np.ndarray) -> np.ndarray:
-        passes, offsets = np.divmod(positions, self.size)
-        for number in np.unique(passes):
-            if number not in self._passes:
-                self._passes = {k: v for k, v in self._passes.items() if k >= number - 1}
-                self._passes[number] = np.random.default_rng([self.seed, number]).permutation(
-                    self.size)
-        return np.array([self._passes[p][o] for p, o in zip(passes, offsets, strict=True)])
+# --------------------------------------------------------------------------------------------
+# Measuring: accuracies on training batches and held-out data
 
 
-def _micro_batches(order: ExampleOrder, step: int, settings: PretrainSettings, rank: int,
-                   world_size: int) -> list[np.ndarray]:
-    """This rank's micro-batches of step ``step``.
-
-    The global batch is cut into world_size x accumulation equal micro-batches in order and rank r
-    takes its consecutive share, so a run on N ranks sees exactly the examples (and averages the
-    same per-micro-batch losses) as one process with N times the accumulation.
-    """
-    start = step * settings.batch_size
-    batch = order[np.arange(start, start + settings.batch_size)]
-    parts = np.array_split(batch, world_size * settings.accumulation)
-    return parts[rank * settings.accumulation:(rank + 1) * settings.accumulation]
+def count_predictions(outputs, batch: dict, counts: Counter) -> None:
+    """Add one batch's right and total masked-token (and NSP) predictions to ``counts``."""
+    targets = batch["labels"][batch["labels"] != -100]
+    logits = outputs["prediction_logits"]
+    counts["mlm_right"] += (logits.argmax(-1).cpu() == targets.cpu()).sum().item()
+    counts["mlm_total"] += targets.numel()
+    if "next_sentence_label" in batch:
+        guesses = outputs["seq_relationship_logits"].argmax(-1).cpu()
+        counts["nsp_right"] += (guesses == batch["next_sentence_label"].cpu()).sum().item()
+        counts["nsp_total"] += batch["next_sentence_label"].numel()
 
 
-def _accuracies(outputs: list, batches: list[dict]) -> dict:
-    """Masked-token and NSP accuracy over this step's micro-batches."""
-    mlm_right = mlm_total = nsp_right = nsp_total = 0
-    for out, batch in zip(outputs, batches, strict=True):
-        targets = batch["labels"][batch["labels"] != -100]
-        mlm_right += (out["prediction_logits"].argmax(-1).cpu() == targets).sum().item()
-        mlm_total += targets.numel()
-        if "next_sentence_label" in batch:
-            guesses = out["seq_relationship_logits"].argmax(-1).cpu()
-            nsp_right += (guesses == batch["next_sentence_label"]).sum().item()
-            nsp_total += batch["next_sentence_label"].numel()
-    result = {"mlm_accuracy": mlm_right / max(1, mlm_total)}
-    if nsp_total:
-        result["nsp_accuracy"] = nsp_right / nsp_total
+def accuracies(counts: Counter, prefix: str = "") -> dict:
+    result = {f"{prefix}mlm_accuracy": counts["mlm_right"] / max(1, counts["mlm_total"])}
+    if counts["nsp_total"]:
+        result[f"{prefix}nsp_accuracy"] = counts["nsp_right"] / counts["nsp_total"]
     return result
 
 
 @torch.no_grad()
-def evaluate(model, dataset, *, device, precision, batch_size=64, max_examples=None) -> dict:
+def held_out_metrics(model, dataset, *, device, precision, batch_size=64,
+                     max_examples=None) -> dict:
     """Held-out MLM loss (mean over predicted tokens), masked-token accuracy and NSP accuracy."""
     model.eval()
     count = len(dataset) if max_examples is None else min(len(dataset), max_examples)
-    mlm_loss = mlm_right = mlm_total = nsp_right = nsp_total = 0.0
+    counts, mlm_loss = Counter(), 0.0
     for start in range(0, count, batch_size):
         batch = dataset.collate([dataset[i] for i in range(start, min(count, start + batch_size))])
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -167,17 +132,9 @@ def evaluate(model, dataset, *, device, precision, batch_size=64, max_examples=N
         targets = batch["labels"][batch["labels"] != -100]
         logits = out["prediction_logits"].float()
         mlm_loss += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        mlm_right += (logits.argmax(-1) == targets).sum().item()
-        mlm_total += targets.numel()
-        if "next_sentence_label" in batch:
-            guesses = out["seq_relationship_logits"].argmax(-1)
-            nsp_right += (guesses == batch["next_sentence_label"]).sum().item()
-            nsp_total += batch["next_sentence_label"].numel()
-    result = {"val_mlm_loss": mlm_loss / max(1, mlm_total),
-              "val_mlm_accuracy": mlm_right / max(1, mlm_total)}
-    if nsp_total:
-        result["val_nsp_accuracy"] = nsp_right / nsp_total
-    return result
+        count_predictions(out, batch, counts)
+    return {"val_mlm_loss": mlm_loss / max(1, counts["mlm_total"]),
+            **accuracies(counts, "val_")}
 
 
 def most_frequent_token_accuracy(train: PretrainingDataset,
@@ -191,7 +148,49 @@ def most_frequent_token_accuracy(train: PretrainingDataset,
     return float((held_out == most_frequent).mean())
 
 
-def _build_model(settings: PretrainSettings, tokenizer: BertTokenizer, max_seq_length: int):
+def plot(run: str | Path) -> Path | None:
+    """Draw a run's curves into RUN/curves.png (None while its log holds nothing to draw)."""
+    run = Path(run)
+    return plot_metrics(run / "metrics.jsonl", run / "curves.png",
+                        {"loss": ["loss", "val_mlm_loss"],
+                         "accuracy": ["mlm_accuracy", "val_mlm_accuracy", "nsp_accuracy",
+                                      "val_nsp_accuracy"],
+                         "learning rate": ["lr"]},
+                        title=f"pre-training {run.name}")
+
+
+# --------------------------------------------------------------------------------------------
+# The parts of a run
+
+
+def vocabulary_sha256(tokenizer: BertTokenizer) -> str:
+    """The sha256 of the vocab.txt bertkit writes for ``tokenizer``: the one test of whether
+    two data sets or checkpoints share a vocabulary (ids mean the same tokens)."""
+    tokens = tokenizer.convert_ids_to_tokens(range(tokenizer.vocab_size))
+    return hashlib.sha256("".join(t + "\n" for t in tokens).encode("utf-8")).hexdigest()
+
+
+def load_examples(settings: PretrainSettings):
+    """(train, validation, phase-2 or None, tokenizer), each checked to share one vocabulary."""
+    train = PretrainingDataset(settings.data, split="train")
+    validation = PretrainingDataset(settings.data, split="validation")
+    tokenizer = BertTokenizer.from_pretrained(Path(settings.data) / TOKENIZER_FOLDER)
+    recorded = train.manifest["tokenizer"]["vocab_sha256"]
+    if vocabulary_sha256(tokenizer) != recorded:
+        raise ValueError(f"{Path(settings.data) / TOKENIZER_FOLDER} is not the vocabulary the "
+                         f"examples in {settings.data} were made with (its sha256 differs from "
+                         "the manifest's): it was replaced after `bertkit data pretrain`. Build "
+                         "the examples again with the vocabulary you want.")
+    phase2 = PretrainingDataset(settings.phase2_data) if settings.phase2_data else None
+    if phase2 and phase2.manifest["tokenizer"]["vocab_sha256"] != recorded:
+        raise ValueError(f"{settings.phase2_data} was built with another vocabulary than "
+                         f"{settings.data}; build both phases with the same vocab.")
+    return train, validation, phase2, tokenizer
+
+
+def build_model(settings: PretrainSettings, tokenizer: BertTokenizer,
+                max_seq_length: int) -> BertForPreTraining:
+    """A preset at random initialisation, or the checkpoint to continue pre-training from."""
     overrides = dict(hidden_dropout_prob=settings.dropout,
                      attention_probs_dropout_prob=settings.dropout)
     if settings.model in PRESETS:
@@ -200,193 +199,241 @@ def _build_model(settings: PretrainSettings, tokenizer: BertTokenizer, max_seq_l
                                         **overrides)
         return BertForPreTraining(config)
     model = BertForPreTraining.from_pretrained(settings.model, **overrides)
-    checkpoint_vocab = Path(settings.model) / "vocab.txt"
-    if checkpoint_vocab.is_file():
-        vocab = checkpoint_vocab.read_text(encoding="utf-8").split("\n")
-        if [t for t in vocab if t] != tokenizer.convert_ids_to_tokens(range(tokenizer.vocab_size)):
-            raise ValueError(
-                f"{settings.model} was trained with another vocabulary than the examples in "
-                f"{settings.data}: build the examples with that checkpoint's vocab.txt "
-                f"(bertkit data pretrain --vocab {checkpoint_vocab})."
-            )
+    if (Path(settings.model) / "vocab.txt").is_file() and vocabulary_sha256(
+            BertTokenizer.from_pretrained(settings.model)) != vocabulary_sha256(tokenizer):
+        raise ValueError(
+            f"{settings.model} was trained with another vocabulary than the examples in "
+            f"{settings.data}: build the examples with that checkpoint's vocab.txt "
+            f"(bertkit data pretrain --vocab {settings.model}).")
     return model
 
 
-def _plot(run: Path) -> None:
-    plot_metrics(run / "metrics.jsonl", run / "curves.png",
-                 {"loss": ["loss", "val_mlm_loss"],
-                  "accuracy": ["mlm_accuracy", "val_mlm_accuracy", "nsp_accuracy",
-                               "val_nsp_accuracy"],
-                  "learning rate": ["lr"]},
-                 title=f"pre-training {run.name}")
+class BudgetSizer:
+    """Sizes a run to a wall-time budget from the step time it measures.
+
+    The first steps (allocations, a cold page cache) are slower, so timing starts at step
+    ``TIMED_FROM``; the length is set at each of ``AT`` steps into the run, later ones taking in
+    the evaluations, checkpoints and plots. A resumed run keeps the length it was given.
+    """
+
+    TIMED_FROM, AT = 10, (30, 300, 1500)
+
+    def __init__(self, minutes: float | None, first_step: int, sizings_done: int = 0):
+        self.seconds = minutes * 60 if minutes else None
+        self.first_step, self.done = first_step, sizings_done
+        self.started = time.perf_counter()
+        self.timed_from = None
+
+    def new_total(self, step: int, total_steps: int) -> int | None:
+        """The run's length sized at this step, or None when it is not a sizing step."""
+        into_run = step - self.first_step
+        if into_run == self.TIMED_FROM:
+            self.timed_from = time.perf_counter()
+        if (not self.seconds or self.done >= len(self.AT) or step >= total_steps
+                or into_run != self.AT[self.done]):
+            return None
+        now = time.perf_counter()
+        per_step = (now - self.timed_from) / (into_run - self.TIMED_FROM)
+        self.done += 1
+        return max(step + 1, step + int((self.seconds - (now - self.started)) / per_step))
+
+
+class Phases:
+    """Which examples a step reads: phase 1, then ``phase2`` for the run's last share."""
+
+    def __init__(self, settings: PretrainSettings, train, phase2, total_steps: int):
+        self.settings, self.train, self.phase2 = settings, train, phase2
+        self.resize(total_steps, step=0)
+        self._stream, self._dataset = None, None
+
+    def resize(self, total_steps: int, step: int) -> None:
+        share = 1 - self.settings.phase2_fraction
+        self.phase2_start = (max(step + 1, int(total_steps * share)) if self.phase2
+                             else total_steps)
+
+    def batch_indices(self, step: int) -> tuple[PretrainingDataset, np.ndarray]:
+        """The dataset of ``step`` and the global batch's example indices in it."""
+        in_phase2 = self.phase2 is not None and step >= self.phase2_start
+        dataset = self.phase2 if in_phase2 else self.train
+        position = (step - (self.phase2_start if in_phase2 else 0)) * self.settings.batch_size
+        if dataset is not self._dataset:  # the first step, a resume, or phase 2 starting
+            self._stream = example_stream(dataset, self.settings.seed, start=position)
+            self._dataset = dataset
+        dataset.set_epoch(position // len(dataset))  # dynamic masking: new masks each pass
+        return dataset, np.fromiter(itertools.islice(self._stream, self.settings.batch_size),
+                                    np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+class PretrainRun:
+    """One pre-training run's state: model, trainer, data position, log and checkpoints."""
+
+    def __init__(self, settings: PretrainSettings, resume: bool):
+        self.settings = settings
+        self.device = choose_device(settings.device)
+        self.distributed: Distributed = init_distributed(self.device)
+        self.precision = resolve_precision(settings.precision, self.device)
+        self.folder = Path(settings.out)
+        self.checkpoints = Checkpoints(self.folder / "checkpoints", keep=settings.keep_checkpoints)
+        latest = self._checkpoint_to_resume(resume)
+        if settings.batch_size % (self.distributed.world_size * settings.accumulation):
+            raise SettingsError(
+                f"batch_size {settings.batch_size} must split evenly into "
+                f"{self.distributed.world_size} ranks x {settings.accumulation} micro-batches.")
+        seed_everything(settings.seed + self.distributed.rank)  # ranks draw different masks
+        self.train, self.validation, phase2, self.tokenizer = load_examples(settings)
+        self.model = (BertForPreTraining.from_pretrained(latest) if latest else build_model(
+            settings, self.tokenizer, self.train.config.max_seq_length)).to(self.device)
+        state = Checkpoints.load_state(latest) if latest else {}
+        self.step = state.get("step", 0)
+        self.trainer = build_trainer(torch.compile(self.model) if settings.compile
+                                     else self.model, settings, self._planned_steps(),
+                                     device=self.device, precision=self.precision,
+                                     distributed=self.distributed)
+        if latest:
+            self.trainer.load_state_dict(state["trainer"])
+            restore_rng_states(state["rng"])
+        self.phases = Phases(settings, self.train, phase2, self.total_steps)
+        self.budget = BudgetSizer(settings.budget_minutes, self.step,
+                                  state.get("budget_sizings", 0))
+        self.main = self.distributed.is_main
+        self.log = MetricsLog(self.folder / "metrics.jsonl", enabled=self.main)
+        if self.main:
+            if latest:
+                truncate_metrics(self.log.path, self.step)
+            settings.save(self.folder / SETTINGS_NAME)
+        self.tokens, self.started, self.held_out = 0, time.perf_counter(), {}
+
+    @property
+    def total_steps(self) -> int:
+        return self.trainer.scheduler.total_steps
+
+    def _checkpoint_to_resume(self, resume: bool) -> Path | None:
+        latest = self.checkpoints.latest()
+        if resume and latest is None:
+            raise FileNotFoundError(f"--resume: {self.folder} holds no checkpoint to resume "
+                                    "from.")
+        if not resume and latest is not None:
+            raise FileExistsError(f"{self.folder} already holds checkpoints: pass --resume to "
+                                  "continue that run, or choose another --out.")
+        saved = self.folder / SETTINGS_NAME
+        if resume and saved.is_file():
+            self.settings.check_resumes(PretrainSettings.from_file(saved))
+        return latest if resume else None
+
+    def _planned_steps(self) -> int:
+        """The run's length before any budget sizing (a resumed run's comes from its state)."""
+        if self.settings.steps:
+            return self.settings.steps
+        if self.settings.budget_minutes:  # sized once the step time is known
+            return BUDGET_PROVISIONAL_STEPS
+        return max(1, int(self.settings.epochs * len(self.train) / self.settings.batch_size))
+
+    def train_step(self) -> dict | None:
+        """One optimisation step; returns the metrics record when this step logs one."""
+        dataset, indices = self.phases.batch_indices(self.step)
+        parts = micro_batches(indices, self.distributed.rank, self.distributed.world_size,
+                              self.settings.accumulation)
+        batches = [dataset.collate([dataset[int(i)] for i in part]) for part in parts]
+        if not self.settings.nsp:
+            for batch in batches:
+                batch.pop("next_sentence_label", None)
+        outputs, loss = self.trainer.step(batches)
+        self.step += 1
+        self.tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+        if self.main and self.due(self.settings.log_every):
+            counts = Counter()
+            for out, batch in zip(outputs, batches, strict=True):
+                count_predictions(out, batch, counts)
+            record = dict(step=self.step, loss=loss, lr=self.trainer.scheduler.get_last_lr()[0],
+                          tokens_per_second=self.tokens_per_second(), **accuracies(counts))
+            self.log.write(**record)
+            return record
+        return None
+
+    def size_to_budget(self) -> None:
+        total = self.budget.new_total(self.step, self.total_steps)
+        if total is None:
+            return
+        if self.distributed.world_size > 1:  # every rank must stop at the same step
+            agreed = torch.tensor([total], device=self.device)
+            dist.broadcast(agreed, src=0)
+            total = int(agreed.item())
+        self.trainer.scheduler.resize(total)  # the warm-up keeps its share of the run
+        if self.step < self.phases.phase2_start:  # phase 2 keeps its share too
+            self.phases.resize(total, self.step)
+
+    def due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.total_steps
+
+    def evaluate(self) -> None:
+        if not self.main:
+            return
+        self.held_out = held_out_metrics(self.model, self.validation, device=self.device,
+                                         precision=self.precision,
+                                         max_examples=self.settings.eval_examples)
+        self.log.write(step=self.step, **self.held_out)
+        plot(self.folder)
+
+    def save(self, reason: str) -> None:
+        if not self.main:
+            return
+        path = self.checkpoints.save(self.step, self.model, self.tokenizer,
+                                     {"trainer": self.trainer.state_dict(),
+                                      "budget_sizings": self.budget.done,
+                                      "examples_seen": self.step * self.settings.batch_size})
+        self.log.write(step=self.step, event=f"checkpoint ({reason})", path=str(path))
+
+    def tokens_per_second(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.tokens * self.distributed.world_size / max(elapsed, 1e-9)
+
+    def finish(self) -> dict:
+        """The final model and the last held-out metrics."""
+        result = {"steps": self.step, "total_steps": self.total_steps,
+                  "tokens_per_second": self.tokens_per_second(), "precision": self.precision,
+                  "seconds": time.perf_counter() - self.started, "stopped": False}
+        if not self.main:
+            return result
+        if not self.held_out:  # resumed from the final checkpoint: nothing left but to measure
+            self.evaluate()
+        self.model.save_pretrained(self.folder / "model")
+        self.tokenizer.save_pretrained(self.folder / "model")
+        plot(self.folder)
+        return {**self.held_out, "most_frequent_token_accuracy":
+                most_frequent_token_accuracy(self.train, self.validation), **result}
 
 
 def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
     """Run (or resume) pre-training.
 
     Returns the last held-out metrics with ``steps``, ``total_steps``, ``tokens_per_second`` and
-    ``stopped`` (True when SIGINT/SIGTERM ended the run early, after saving a checkpoint).
+    ``stopped`` (True when SIGINT/SIGTERM ended the run early, after saving a checkpoint; then
+    ``exit_code`` is the shell's code for that signal). A resumed run must be given the settings
+    it was started with (``PretrainSettings.from_file(RUN / SETTINGS_NAME)``).
     """
-    device = choose_device(settings.device)
-    distributed = init_distributed(device)
-    precision = resolve_precision(settings.precision, device)
-    run = Path(settings.out)
-    checkpoints = Checkpoints(run / "checkpoints", keep=settings.keep_checkpoints)
-    latest = checkpoints.latest() if resume else None
-    if resume and latest is None:
-        raise FileNotFoundError(f"--resume: {run} holds no checkpoint to resume from.")
-    if not resume and checkpoints.latest() is not None:
-        raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue that "
-                              "run, or choose another --out.")
-    if settings.batch_size % (distributed.world_size * settings.accumulation):
-        raise ValueError(f"batch_size {settings.batch_size} must split evenly into "
-                         f"{distributed.world_size} ranks x {settings.accumulation} micro-batches.")
-    seed_everything(settings.seed + distributed.rank)  # ranks draw different dropout masks
-
-    train = PretrainingDataset(settings.data, split="train")
-    validation = PretrainingDataset(settings.data, split="validation")
-    tokenizer = BertTokenizer.from_pretrained(Path(settings.data) / TOKENIZER_FOLDER)
-    model = BertForPreTraining.from_pretrained(latest) if latest else _build_model(
-        settings, tokenizer, train.config.max_seq_length)
-    model.to(device)
-    state = Checkpoints.load_state(latest) if latest else {}
-
-    epoch_steps = max(1, int(settings.epochs * len(train) / settings.batch_size))
-    # With a time budget the real length is set at SIZING_AT; until then, a long run.
-    provisional = BUDGET_PROVISIONAL_STEPS if settings.budget_minutes else epoch_steps
-    total_steps = state.get("total_steps") or settings.steps or provisional
-    optimizer = build_optimizer(model, name=settings.optimizer, lr=settings.lr,
-                                weight_decay=settings.weight_decay,
-                                betas=(settings.beta1, settings.beta2), eps=settings.eps)
-
-    def schedule(total_steps: int):
-        """Linear warm-up (a number of steps, or a share of the run) then linear decay to 0."""
-        warmup = settings.warmup if settings.warmup >= 1 else settings.warmup * total_steps
-        return warmup_linear_decay(optimizer, max(1, int(warmup)), total_steps)
-
-    scheduler = schedule(total_steps)
-    forward_model = torch.compile(model) if settings.compile else model
-    trainer = Trainer(forward_model, optimizer, scheduler, device=device, precision=precision,
-                      max_grad_norm=settings.max_grad_norm,
-                      skip_nonfinite=settings.skip_nonfinite, distributed=distributed)
-    step = 0
-    if latest:
-        trainer.load_state_dict(state["trainer"])
-        restore_rng_states(state["rng"])
-        step = state["step"]
-    main = distributed.is_main
-    log = MetricsLog(run / "metrics.jsonl", enabled=main)
-    if main and latest:
-        truncate_metrics(log.path, step)
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / SETTINGS_NAME).write_text(json.dumps(asdict(settings), indent=2) + "\n")
-
-    def save(reason: str) -> Path | None:
-        if not main:
-            return None
-        path = checkpoints.save(step, model, tokenizer,
-                                {"trainer": trainer.state_dict(), "total_steps": total_steps,
-                                 "budget_sizings": sizings,
-                                 "examples_seen": step * settings.batch_size})
-        log.write(step=step, event=f"checkpoint ({reason})", path=str(path))
-        return path
-
-    order = ExampleOrder(len(train), settings.seed)
-    phase2 = PretrainingDataset(settings.phase2_data) if settings.phase2_data else None
-    if phase2 and phase2.manifest["tokenizer"]["vocab_sha256"] != \
-            train.manifest["tokenizer"]["vocab_sha256"]:
-        raise ValueError(f"{settings.phase2_data} was built with another vocabulary than "
-                         f"{settings.data}; build both phases with the same vocab.")
-    phase2_start = int(total_steps * (1 - settings.phase2_fraction)) if phase2 else total_steps
-    budget_seconds = settings.budget_minutes * 60 if settings.budget_minutes else None
-    # A resumed run keeps the schedule it was given (its clock restarted with the resume).
-    sizings = len(SIZING_AT) if state.get("budget_sizings") or state.get("sized_to_budget") else 0
-    first_step = step
-    started = time.perf_counter()
-    tokens = 0
-    progress = tqdm(total=total_steps, initial=step, desc="pre-training", unit="step",
-                    disable=not main, dynamic_ncols=True)
-    result: dict = {}
-    with GracefulStop() as stop:
-        while step < total_steps:
-            dataset = phase2 if phase2 and step >= phase2_start else train
-            if dataset is phase2 and step == phase2_start:
-                order = ExampleOrder(len(phase2), settings.seed)
-            # Dynamic masking draws each pass over the data its own masks.
-            dataset.set_epoch(step * settings.batch_size // len(dataset))
-            parts = _micro_batches(order, step, settings, distributed.rank,
-                                   distributed.world_size)
-            batches = [dataset.collate([dataset[int(i)] for i in part]) for part in parts]
-            if not settings.nsp:
-                for batch in batches:
-                    batch.pop("next_sentence_label", None)
-            try:
-                outputs, loss = trainer.step(batches)
-            except NonFiniteLoss as error:
-                progress.close()
-                raise SystemExit(f"bertkit pretrain: {error}") from None
-            step += 1
-            tokens += sum(int(b["attention_mask"].sum()) for b in batches)
-            if main and (step % settings.log_every == 0 or step == total_steps):
-                elapsed = time.perf_counter() - started
-                record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                          "tokens_per_second": tokens * distributed.world_size / elapsed,
-                          **_accuracies(outputs, batches)}
-                log.write(**record)
-                progress.set_postfix(loss=f"{loss:.3f}", mlm=f"{record['mlm_accuracy']:.3f}",
+    run = PretrainRun(settings, resume)
+    progress = tqdm(total=run.total_steps, initial=run.step, desc="pre-training", unit="step",
+                    disable=not run.main, dynamic_ncols=True)
+    with GracefulStop() as stop, progress:
+        while run.step < run.total_steps and not stop.requested:
+            record = run.train_step()
+            if record:
+                progress.set_postfix(loss=f"{record['loss']:.3f}",
+                                     mlm=f"{record['mlm_accuracy']:.3f}",
                                      nsp=f"{record.get('nsp_accuracy', 0):.2f}",
-                                     lr=f"{record['lr']:.1e}",
                                      tok_s=f"{record['tokens_per_second']:.0f}")
+            run.size_to_budget()
+            progress.total = run.total_steps
             progress.update(1)
-            if step - first_step == SIZING_TIMED_FROM:
-                sizing_started = time.perf_counter()
-            if (budget_seconds and sizings < len(SIZING_AT) and step < total_steps
-                    and step - first_step == SIZING_AT[sizings]):
-                now = time.perf_counter()
-                per_step = (now - sizing_started) / (step - first_step - SIZING_TIMED_FROM)
-                total_steps = max(step + 1, step + int((budget_seconds - (now - started))
-                                                       / per_step))
-                if distributed.world_size > 1:  # every rank must stop at the same step
-                    agreed = torch.tensor([total_steps], device=device)
-                    dist.broadcast(agreed, src=0)
-                    total_steps = int(agreed.item())
-                sizings += 1
-                if phase2 and step < phase2_start:  # phase 2 keeps its share of the run
-                    phase2_start = max(step + 1,
-                                       int(total_steps * (1 - settings.phase2_fraction)))
-                scheduler = schedule(total_steps)  # the warm-up keeps its share of the run
-                scheduler.last_epoch = step
-                trainer.scheduler = scheduler
-                progress.total = total_steps
-            if main and (step % settings.eval_every == 0 or step == total_steps):
-                result = evaluate(model, validation, device=device, precision=precision,
-                                  max_examples=settings.eval_examples)
-                log.write(step=step, **result)
-                _plot(run)
-            if step % settings.save_every == 0 or step == total_steps or stop.requested:
-                save("stop requested" if stop.requested else "periodic")
-            if stop.requested:
-                progress.close()
-                print(f"bertkit pretrain: stopped at step {step}/{total_steps}; continue with "
-                      f"--resume --out {run}", file=sys.stderr)
-                return {**result, "steps": step, "total_steps": total_steps, "stopped": True}
-    progress.close()
-    if main and not result:  # resumed from the final checkpoint: nothing left but to measure
-        result = evaluate(model, validation, device=device, precision=precision,
-                          max_examples=settings.eval_examples)
-    elapsed = time.perf_counter() - started
-    speed = tokens * distributed.world_size / elapsed
-    if main:
-        result["most_frequent_token_accuracy"] = most_frequent_token_accuracy(train, validation)
-        model.save_pretrained(run / "model")
-        tokenizer.save_pretrained(run / "model")
-        _plot(run)
-        print(f"\npre-training done: {step} steps in {elapsed / 60:.1f} min, "
-              f"{speed:.0f} tokens/s ({precision})")
-        for key, value in result.items():
-            print(f"  {key:28} {value:.4f}")
-        print(f"model (HuggingFace layout): {run / 'model'}\ncurves: {run / 'curves.png'}\n"
-              f"metrics: {run / 'metrics.jsonl'}")
-    return {**result, "steps": step, "total_steps": total_steps, "tokens_per_second": speed,
-            "stopped": False}
+            if run.due(settings.eval_every):
+                run.evaluate()
+            if run.due(settings.save_every) or stop.requested:
+                run.save("stop requested" if stop.requested else "periodic")
+    if stop.requested:
+        return {**run.held_out, "steps": run.step, "total_steps": run.total_steps,
+                "stopped": True, "exit_code": stop.exit_code}
+    return run.finish()

@@ -17,10 +17,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,9 @@ def fetch(name: str, quiet: bool = False) -> Path:
     archive = _download(source, cache_dir() / "archives" / name)
     # Unpack beside the target and rename into place, so an interrupted run never leaves a
     # half-written folder that looks complete.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    staging.chmod(0o755)
-    try:
+    with atomic_path(target) as staging:
+        staging.mkdir()
+        staging.chmod(0o755)
         names, open_member = _open_archive(source, archive)
         wanted = [n for n in names if fnmatch.fnmatchcase(n, source.members)
                   and not (source.exclude and fnmatch.fnmatchcase(n, source.exclude))]
@@ -219,12 +219,6 @@ def fetch(name: str, quiet: bool = False) -> Path:
             with open_member(member) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         (staging / ".complete").write_text(f"{archive.name} {sha256_of(archive)}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return result
 
 

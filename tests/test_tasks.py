@@ -28,12 +28,6 @@ from bertkit.tasks.tagging import (
     first_subtoken_labels,
     most_frequent_tag_accuracy,
 )
-from bertkit.tokenizer import BertTokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return BertTokenizer.from_pretrained(minilm_dir)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@
 
 ``Corpus`` streams documents from files or a built-in corpus; ``create_pretraining_data`` turns
 them into sharded examples (``bertkit data pretrain`` on the command line); ``PretrainingDataset``
-and ``PretrainingSampler`` feed them to training. The pure steps (pairing, truncation, masking)
-live in `bertkit.data.pretraining`.
+and ``PretrainingSampler`` feed them to training (``example_stream`` runs the sampler pass after
+pass from any position, ``micro_batches`` deals a step's batch out to ranks and accumulation).
+The pure steps (pairing, truncation, masking) live in `bertkit.data.pretraining`.
 """
 
 from .corpora import BUILTIN_CORPORA, Corpus, fetch_corpus, split_sentences
@@ -22,7 +23,14 @@ from .pretraining import (
     mask_tokens,
     truncate_seq_pair,
 )
-from .shards import PretrainingDataset, PretrainingSampler, collate, read_manifest
+from .shards import (
+    PretrainingDataset,
+    PretrainingSampler,
+    collate,
+    example_stream,
+    micro_batches,
+    read_manifest,
+)
 
 __all__ = [
     "BUILTIN_CORPORA",
@@ -36,10 +44,12 @@ __all__ = [
     "collate",
     "create_examples_from_document",
     "create_pretraining_data",
+    "example_stream",
     "fetch_corpus",
     "format_summary",
     "load_tokenizer",
     "mask_tokens",
+    "micro_batches",
     "read_manifest",
     "split_sentences",
     "train_vocab_on_corpus",

@@ -14,9 +14,9 @@ documents or hundreds of long ones, which serves the same purpose.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import time
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..files import atomic_path
 from ..tokenizer import BertTokenizer
 from ..version import __version__
 from .corpora import Corpus, Skip
@@ -75,7 +76,10 @@ def create_pretraining_data(corpus: Corpus | str | os.PathLike | Iterable[str | 
     names). ``tokenizer`` is a BertTokenizer, its folder, a vocab.txt or a fetchable model name.
     ``workers`` processes make examples (default: one per available core). Shards hold about
     ``shard_mb`` MB of ids. Everything is checked before work starts; an existing output is
-    replaced only with ``overwrite``. Read the result with ``PretrainingDataset(output_dir)``.
+    replaced only with ``overwrite``, and only once the new data is complete: until then it
+    is written to a hidden sibling folder, so a failure leaves the old data as it was. A corpus
+    that yields no training example is an error. Read the result with
+    ``PretrainingDataset(output_dir)``.
     """
     config = config or PretrainingConfig()
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
@@ -85,8 +89,26 @@ def create_pretraining_data(corpus: Corpus | str | os.PathLike | Iterable[str | 
                           else os.cpu_count() or 1)
     if workers < 1 or shard_mb <= 0:
         raise ValueError(f"workers must be >= 1 and shard_mb > 0, got {workers} and {shard_mb}.")
-    output = _prepare_output(Path(output_dir), overwrite)
+    output = Path(output_dir)
+    write = functools.partial(_write_data, corpus=corpus, tokenizer=tokenizer, vocab=vocab,
+                              config=config, workers=workers, shard_mb=shard_mb,
+                              progress=progress)
+    if not _replaces_data(output, overwrite):
+        output.mkdir(parents=True, exist_ok=True)
+        return write(output)
+    with atomic_path(output) as staging:  # the old data stays until the new is complete
+        staging.mkdir()
+        manifest = write(staging)
+    return manifest
 
+
+def _write_data(output: Path, *, corpus: Corpus, tokenizer: BertTokenizer, vocab: Vocabulary,
+                config: PretrainingConfig, workers: int, shard_mb: float,
+                progress: bool) -> dict:
+    """Write the vocabulary, the shards and the manifest into the folder ``output``.
+
+    The manifest is rewritten as each shard lands, and says how the run ended if it fails.
+    """
     vocab_file, _ = tokenizer.save_pretrained(output / TOKENIZER_FOLDER)
     dtype = token_dtype(tokenizer.vocab_size)
     manifest = _new_manifest(config, corpus, tokenizer, sha256_of(vocab_file), dtype)
@@ -99,11 +121,34 @@ def create_pretraining_data(corpus: Corpus | str | os.PathLike | Iterable[str | 
 
     writers = {split: ShardWriter(output, split, dtype, int(shard_mb * 1e6), on_shard)
                for split in SPLITS}
+    started = time.perf_counter()
+    try:
+        totals = _write_examples(corpus, config, vocab, tokenizer, workers, writers, progress)
+        skipped = _skipped(corpus, totals)
+        _check_examples(manifest, corpus, totals, skipped)
+    except BaseException as error:
+        for writer in writers.values():
+            writer.discard()
+        manifest["status"] = ("interrupted" if isinstance(error, KeyboardInterrupt)
+                              else f"failed: {type(error).__name__}: {error}")
+        manifest["finished"] = _now()
+        write_manifest(output, manifest)
+        raise
+    manifest["summary"] = _summary(manifest, corpus, totals, skipped, workers,
+                                   time.perf_counter() - started)
+    manifest.update(complete=True, status="complete", finished=_now())
+    write_manifest(output, manifest)
+    return manifest
+
+
+def _write_examples(corpus: Corpus, config: PretrainingConfig, vocab: Vocabulary,
+                    tokenizer: BertTokenizer, workers: int, writers: dict[str, ShardWriter],
+                    progress: bool) -> Counter:
+    """Stream the workers' examples into the shard writers, with a progress bar; the totals."""
     totals: Counter = Counter()
     bar = tqdm(total=None if any(p.name.endswith(".gz") for p, _ in corpus.files)
                else corpus.input_bytes, unit="B", unit_scale=True, unit_divisor=1000,
                desc="bertkit data", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    started = time.perf_counter()
     try:
         initargs = (tokenizer.backend.to_str(), config, vocab)
         for split, batches, counts, bytes_read in _results(_chunks(corpus, config), workers,
@@ -116,36 +161,49 @@ def create_pretraining_data(corpus: Corpus | str | os.PathLike | Iterable[str | 
                             examples=f"{totals['examples']:,}", refresh=False)
         for writer in writers.values():
             writer.flush()
-    except BaseException as error:
-        for writer in writers.values():
-            writer.discard()
-        manifest["status"] = ("interrupted" if isinstance(error, KeyboardInterrupt)
-                              else f"failed: {type(error).__name__}: {error}")
-        manifest["finished"] = _now()
-        write_manifest(output, manifest)
-        raise
     finally:
         bar.close()
-    seconds = time.perf_counter() - started
+    return totals
+
+
+def _skipped(corpus: Corpus, totals: Counter) -> dict[str, int]:
+    """What was skipped and why: by the reader (files, documents) and by the workers."""
     skipped = Counter(corpus.skipped)
-    for key in [key for key in totals if key.startswith("skipped:")]:
-        skipped[key.removeprefix("skipped:")] += totals.pop(key)
-    manifest["summary"] = {
+    for key, count in totals.items():
+        if key.startswith("skipped:"):
+            skipped[key.removeprefix("skipped:")] += count
+    return {reason: count for reason, count in sorted(skipped.items()) if count}
+
+
+def _check_examples(manifest: dict, corpus: Corpus, totals: Counter,
+                    skipped: dict[str, int]) -> None:
+    """Raise when the run made no training example: data to train on is its whole point."""
+    if manifest["splits"]["train"]["examples"]:
+        return
+    reasons = "; ".join(f"{count:,} {reason}" for reason, count in skipped.items())
+    raise ValueError(
+        f"the input made no training examples: read {len(corpus.files):,} file(s) and "
+        f"{corpus.documents:,} document(s), {totals['documents']:,} of them usable "
+        f"({totals['validation_documents']:,} held out for validation); skipped: "
+        f"{reasons or 'nothing'}. Give documents of two or more sentences each.")
+
+
+def _summary(manifest: dict, corpus: Corpus, totals: Counter, skipped: dict[str, int],
+             workers: int, seconds: float) -> dict:
+    """The manifest's account of a finished run: what was read, made and skipped, how fast."""
+    return {
         "documents_read": corpus.documents,
         "documents": totals["documents"], "validation_documents": totals["validation_documents"],
         "sentences": totals["sentences"],
         "examples": {split: manifest["splits"][split]["examples"] for split in SPLITS},
         "random_next_examples": totals["random_next"], "tokens": totals["tokens"],
         "predictions": totals["predictions"],
-        "skipped": {reason: count for reason, count in sorted(skipped.items()) if count},
+        "skipped": skipped,
         "documents_cut_for_length": corpus.documents_cut,
         "text_mb": round(corpus.bytes_read / 1e6, 3), "seconds": round(seconds, 2),
         "mb_per_second": round(corpus.bytes_read / 1e6 / max(seconds, 1e-9), 3),
         "workers": workers,
     }
-    manifest.update(complete=True, status="complete", finished=_now())
-    write_manifest(output, manifest)
-    return manifest
 
 
 def _new_manifest(config: PretrainingConfig, corpus: Corpus, tokenizer: BertTokenizer,
@@ -195,21 +253,29 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _prepare_output(output: Path, overwrite: bool) -> Path:
+_OWN_ENTRIES = frozenset({MANIFEST_NAME, TOKENIZER_FOLDER, *SPLITS})
+
+
+def _replaces_data(output: Path, overwrite: bool) -> bool:
+    """Whether ``output`` holds pre-training data that this run is to replace; raise when it
+    may not be written at all (a file, a folder of other things, data without ``overwrite``)."""
     if output.exists() and not output.is_dir():
         raise ValueError(f"output {output} is a file; give a folder.")
     if (output / MANIFEST_NAME).exists():
         if not overwrite:
             raise ValueError(f"{output} already holds pre-training data; pass overwrite "
                              "(--overwrite) to replace it, or choose another folder.")
-        for name in (*SPLITS, TOKENIZER_FOLDER):
-            shutil.rmtree(output / name, ignore_errors=True)
-        (output / MANIFEST_NAME).unlink()
-    elif output.exists() and any(output.iterdir()):
+        # The new data replaces the whole folder: anything else in it would go with the old.
+        foreign = sorted(entry.name for entry in output.iterdir()
+                         if entry.name not in _OWN_ENTRIES)
+        if foreign:
+            raise ValueError(f"{output} holds pre-training data and also {', '.join(foreign)}; "
+                             "overwrite replaces the whole folder, so move those out first.")
+        return True
+    if output.exists() and any(output.iterdir()):
         raise ValueError(f"{output} is not empty and holds no bertkit data; choose a new or "
                          "empty folder, so nothing of yours is overwritten.")
-    output.mkdir(parents=True, exist_ok=True)
-    return output
+    return False
 
 
 # -- dealing documents out -------------------------------------------------------------------

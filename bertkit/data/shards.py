@@ -24,15 +24,18 @@ leaves intact shards and a manifest that says the run did not finish.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from ..files import atomic_path, write_json
 from ..sources import sha256_of
 from .pretraining import IGNORE_INDEX, PretrainingConfig, Vocabulary, mask_tokens
 
@@ -55,9 +58,7 @@ def token_dtype(vocab_size: int) -> type:
 
 def write_manifest(directory: Path, manifest: dict) -> None:
     """Replace the manifest atomically: readers see the old one or the new one, never half."""
-    temporary = directory / (MANIFEST_NAME + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, directory / MANIFEST_NAME)
+    write_json(directory / MANIFEST_NAME, manifest)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -145,13 +146,11 @@ class ShardWriter:
         encoded += b" " * (-len(encoded) % 8)
         name = f"{self.split}/shard-{self.shards_written:05d}.safetensors"
         path = self.directory.parent / name
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as shard:
+        with atomic_path(path) as temporary, open(temporary, "wb") as shard:
             shard.write(len(encoded).to_bytes(8, "little") + encoded)
             for key in order:
                 with open(self._part_path(key), "rb") as part:
                     shutil.copyfileobj(part, shard, 1 << 20)
-        os.replace(temporary, path)
         record = {"file": name, "examples": self.lengths["offsets"] - 1,
                   "tokens": self.lengths["input_ids"],
                   "predictions": self.lengths.get("masked_positions", 0),
@@ -404,3 +403,36 @@ class PretrainingSampler(torch.utils.data.Sampler[int]):
                 mine = local[lo - position:hi - position:self.world_size]
                 yield from (int(i) for i in mine + self.shard_starts[shard])
             position += count
+
+
+def example_stream(dataset: PretrainingDataset, seed: int, start: int = 0) -> Iterator[int]:
+    """Every example index a run reads, from global position ``start`` on, pass after pass
+    without end: pass ``p`` is ``PretrainingSampler(dataset, seed=seed)``'s order for epoch
+    ``p``. Position ``start`` is found without replaying the passes before it, so a resumed run
+    reads on exactly where it stopped; memory stays at one shard's worth of indices."""
+    size = len(dataset)
+    if size == 0:
+        raise ValueError("the data holds no examples to read.")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}.")
+    first_pass, offset = divmod(start, size)
+    for number in itertools.count(first_pass):
+        sampler = PretrainingSampler(dataset, seed=seed, start=offset if number == first_pass
+                                     else 0)
+        sampler.set_epoch(number)
+        yield from sampler
+
+
+def micro_batches(indices: np.ndarray, rank: int, world_size: int,
+                  accumulation: int) -> list[np.ndarray]:
+    """This rank's micro-batches of one step's global batch ``indices``.
+
+    The global batch is cut into world_size x accumulation equal micro-batches in order and rank
+    ``r`` takes its consecutive share, so a run on N ranks sees exactly the examples (and
+    averages the same per-micro-batch losses) as one process with N times the accumulation.
+    """
+    if not 0 <= rank < world_size or accumulation < 1:
+        raise ValueError(f"need 0 <= rank < world_size and accumulation >= 1, got rank {rank}, "
+                         f"world_size {world_size}, accumulation {accumulation}.")
+    parts = np.array_split(np.asarray(indices), world_size * accumulation)
+    return parts[rank * accumulation:(rank + 1) * accumulation]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_text
 from ..sources import cache_dir, fetch
 
 SPLIT_SEED = 0
@@ -254,12 +255,9 @@ def builtin_splits(name: str) -> dict[str, Path]:
     folder = cache_dir() / "datasets" / name
     done = folder / ".complete"
     if not done.exists():
-        folder.mkdir(parents=True, exist_ok=True)
         for file_name, content in BUILTINS[name].make().values():
-            staging = folder / f".{file_name}.tmp"
-            staging.write_text(content, encoding="utf-8")
-            staging.rename(folder / file_name)
-        done.write_text(f"seed {SPLIT_SEED}\n")
+            write_text(folder / file_name, content)
+        write_text(done, f"seed {SPLIT_SEED}\n")
     return {split: next(folder.glob(f"{split}.*")) for split in SPLITS}
 
 

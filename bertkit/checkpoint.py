@@ -1,0 +1,238 @@
+"""Checkpoints in the HuggingFace layout: ``config.json`` plus ``model.safetensors`` (or a legacy
+``pytorch_model.bin``), read into any bertkit model and written so that transformers reads them.
+
+`BertPreTrainedModel.from_pretrained` and ``save_pretrained`` call `load_pretrained` and
+`save_pretrained` here; this module takes the model class or instance and never imports
+`bertkit.model`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import BertConfig
+from .sources import resolve_pretrained
+
+if TYPE_CHECKING:
+    from .model import BertPreTrainedModel
+
+logger = logging.getLogger("bertkit")
+
+WEIGHTS_NAME = "model.safetensors"
+LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+# The MLM decoder shares its weight with the word embeddings: stored once, tied again on load.
+TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+_SKIPPING_INIT = ContextVar("bertkit_skipping_init", default=False)
+
+
+@contextmanager
+def skipping_init() -> Iterator[None]:
+    """Build models whose weights are about to be overwritten: meanwhile
+    ``BertPreTrainedModel.init_weights`` does nothing, so the modules are allocated but not
+    initialised (truncated-normal init of a 30k vocabulary takes seconds)."""
+    token = _SKIPPING_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIPPING_INIT.reset(token)
+
+
+def init_skipped() -> bool:
+    """Whether a `skipping_init` block is active here."""
+    return _SKIPPING_INIT.get()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_pretrained(model_class: type[BertPreTrainedModel], name_or_path, *,
+                    ignore_mismatched_sizes: bool = False,
+                    **config_overrides) -> BertPreTrainedModel:
+    """``model_class.from_pretrained``: see its docstring."""
+    directory = resolve_pretrained(name_or_path)
+    config = _read_config(directory, config_overrides)
+    _check_vocab_file(directory, config)
+    state = read_weights(directory)
+    with skipping_init():
+        model = model_class(config)
+    new = _load_checkpoint_state(model, state, directory, ignore_mismatched_sizes)
+    if new:
+        model.init_weights(only=set(new))
+    return model
+
+
+def _read_config(directory: Path, overrides: dict) -> BertConfig:
+    config = BertConfig.from_json_file(directory / "config.json")
+    if overrides:
+        overrides = dict(overrides)
+        num_labels = overrides.pop("num_labels", None)
+        config = BertConfig.from_dict({**config.to_dict(), **overrides})
+        if num_labels is not None and num_labels != config.num_labels:
+            config = config.with_labels(num_labels)
+    return config
+
+
+def _check_vocab_file(directory: Path, config: BertConfig) -> None:
+    vocab = directory / "vocab.txt"
+    if vocab.is_file():
+        size = sum(1 for _ in vocab.open(encoding="utf-8", errors="replace"))
+        if size > config.vocab_size:
+            raise ValueError(
+                f"{vocab} has {size} entries but config.json says vocab_size "
+                f"{config.vocab_size}: ids from {config.vocab_size} on would fall outside the "
+                "embedding table. Use the vocab the model was trained with, or fix vocab_size."
+            )
+
+
+def read_weights(directory) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder: its model.safetensors, else its pytorch_model.bin."""
+    directory = Path(directory)
+    if (directory / WEIGHTS_NAME).is_file():
+        return load_file(directory / WEIGHTS_NAME)
+    if (directory / LEGACY_WEIGHTS_NAME).is_file():
+        return _read_pickled_weights(directory / LEGACY_WEIGHTS_NAME)
+    present = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
+    raise FileNotFoundError(
+        f"{directory} has no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} (it holds: {present})."
+    )
+
+
+def _read_pickled_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:  # weights_only: a pickled checkpoint may carry code; never run it.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        what = f" (e.g. {found[1]})" if found else ""
+        safe = path.with_name(WEIGHTS_NAME)
+        raise ValueError(
+            f"bertkit refused to load {path}: besides tensors it holds Python objects{what}, "
+            "and unpickling those could run code. Only if you trust the file, convert it once "
+            "to safetensors, which holds tensors alone:\n"
+            "    import torch, safetensors.torch\n"
+            f"    state = torch.load({str(path)!r}, weights_only=False)\n"
+            f"    safetensors.torch.save_file({{k: v.clone() for k, v in state.items()}}, "
+            f"{str(safe)!r})"
+        ) from None
+
+
+def _normalise_key(key: str) -> str:
+    """Old TF-converted checkpoints name LayerNorm parameters gamma/beta."""
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def _load_checkpoint_state(model: BertPreTrainedModel, state: dict, source: Path,
+                           ignore_mismatched_sizes: bool) -> list[str]:
+    """Load ``state`` into ``model``; returns the names of the weights left to initialise.
+
+    The encoder proper (embeddings, layers) must match exactly; the pooler and the heads may be
+    new, left out, or (with ``ignore_mismatched_sizes``) of another shape.
+    """
+    is_head_model = hasattr(model, "bert")
+    state = _align_keys(state, is_head_model)
+    expected = {k: v for k, v in model.state_dict().items() if k not in TIED_KEYS}
+    body = ("bert.embeddings.", "bert.encoder.") if is_head_model else ("embeddings.", "encoder.")
+    mismatched = _drop_mismatched(state, expected, body, source, ignore_mismatched_sizes)
+    missing = sorted(expected.keys() - state.keys())
+    unused = sorted(state.keys() - expected.keys())
+    _check_encoder_complete(missing, unused, body, source)
+    model.load_state_dict(state, strict=False)
+    new = [k for k in missing if k not in mismatched] + mismatched
+    _report(model, source, new, unused)
+    return new
+
+
+def _align_keys(state: dict, is_head_model: bool) -> dict:
+    """Checkpoint names as the model names them: gamma/beta renamed, buffers and tied copies
+    dropped, the ``bert.`` prefix added or removed when a bare encoder meets a head model."""
+    state = {_normalise_key(k): v for k, v in state.items()
+             if not k.endswith("position_ids") and k not in TIED_KEYS}
+    has_prefix = any(k.startswith("bert.") for k in state)
+    if is_head_model and not has_prefix:  # a bare BertModel checkpoint under a head model
+        return {f"bert.{k}": v for k, v in state.items()}
+    if not is_head_model and has_prefix:  # a head checkpoint under a bare BertModel
+        return {k.removeprefix("bert."): v for k, v in state.items()}
+    return state
+
+
+def _drop_mismatched(state: dict, expected: dict, body: tuple[str, ...], source: Path,
+                     ignore_mismatched_sizes: bool) -> list[str]:
+    """Remove (and return) the head tensors whose shape differs; raise for any other."""
+    mismatched = []
+    for key in sorted(state.keys() & expected.keys()):
+        if state[key].shape != expected[key].shape:
+            in_body = key.startswith(body)
+            if in_body or not ignore_mismatched_sizes:
+                hint = ("config.json does not match these weights" if in_body
+                        else "pass ignore_mismatched_sizes=True to re-initialise this head")
+                raise ValueError(
+                    f"{source}: tensor {key} has shape {tuple(state[key].shape)} in the "
+                    f"checkpoint but {tuple(expected[key].shape)} in the model built from "
+                    f"config.json; {hint}."
+                )
+            mismatched.append(key)
+    for key in mismatched:
+        del state[key]
+    return mismatched
+
+
+def _check_encoder_complete(missing: list[str], unused: list[str], body: tuple[str, ...],
+                            source: Path) -> None:
+    body_missing = [k for k in missing if k.startswith(body)]
+    body_unused = [k for k in unused if k.startswith(body)]
+    if body_missing or body_unused:
+        raise ValueError(
+            f"{source}: the weights do not match config.json ("
+            f"{len(body_missing)} encoder tensors missing, e.g. {body_missing[:3]}; "
+            f"{len(body_unused)} unexpected, e.g. {body_unused[:3]}). Check num_hidden_layers, "
+            "hidden_size and the other sizes in config.json."
+        )
+
+
+def _report(model: BertPreTrainedModel, source: Path, new: list[str], unused: list[str]) -> None:
+    """One warning line naming the weights initialised fresh and those ignored."""
+    report = []
+    if new:
+        report.append(f"initialised new weights {_summarise(new)} (train them before use)")
+    if unused:
+        report.append(f"ignored checkpoint weights {_summarise(unused)}")
+    if report:
+        logger.warning("%s from %s: %s", type(model).__name__, source, "; ".join(report))
+
+
+def _summarise(keys: list[str]) -> str:
+    """``cls.predictions.*`` for whole modules, to keep the report on one line."""
+    groups = sorted({".".join(k.split(".")[:2]) if k.count(".") > 1 else k for k in keys})
+    return ", ".join(f"{g}*" if g not in keys else g for g in groups)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_pretrained(model: BertPreTrainedModel, directory) -> None:
+    """``model.save_pretrained``: ``config.json`` and ``model.safetensors``, as HuggingFace does."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]
+    model.config.save(directory)
+    # The decoder shares its weight with the word embeddings; safetensors stores one copy and
+    # loaders (ours and HuggingFace's) tie them again.
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if k not in TIED_KEYS}
+    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})

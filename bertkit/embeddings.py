@@ -1,0 +1,361 @@
+"""Feature-based embeddings from a pre-trained BERT: `Embedder` and what it is built from.
+
+The paper's second way to use BERT (section 5.3) is feature-based: run the pre-trained encoder
+once and hand its hidden states to another model. `Embedder` gives those features from any layer
+or from the paper's combinations of layers, pooled per text (sentence embeddings for search and
+clustering) or per token with its character offsets (for tagging).
+
+Fast paths that leave the results unchanged are always on: texts are sorted by length and
+batched up to a token budget (little padding), a batch that still carries much padding runs on
+its real tokens only (`BertModel(skip_padding=True)`), and layers above the deepest one a
+feature needs are not run.
+Opt-in modes trade accuracy for speed (see benchmarks/bench_inference.py for what they cost):
+``precision="bf16"``, ``quantize="int8"`` (CPU), ``compile=True``, and `bertkit.export.export_onnx`
+for serving the encoder elsewhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import skipping_init
+from .config import BertConfig
+from .device import DTYPES, choose_device
+from .model import BertModel
+from .sources import resolve_pretrained
+from .tokenizer import BertTokenizer
+
+logger = logging.getLogger("bertkit")
+
+# The paper's feature-based strategies (section 5.3, table 7), as hidden-state indices (0 is the
+# embedding output, L the last layer, negative indices count from the end; None: every layer
+# 1..L) and how to combine them. The paper's "weighted sum" does not give its weights; these sum
+# with equal weights (concatenation keeps every layer for a downstream model to weigh).
+STRATEGIES: dict[str, tuple[tuple[int, ...] | None, str]] = {
+    "last": ((-1,), "sum"),
+    "second_to_last": ((-2,), "sum"),
+    "sum_last_four": ((-4, -3, -2, -1), "sum"),
+    "concat_last_four": ((-4, -3, -2, -1), "concat"),
+    "sum_all": (None, "sum"),
+    "embeddings": ((0,), "sum"),
+}
+COMBINES = ("sum", "mean", "concat")
+POOLINGS = ("mean", "cls", "max", "tokens")
+PRECISIONS = ("fp32", "bf16")
+# Batches whose real tokens fill less of the [B, T] grid than this run packed (skip_padding).
+PACK_BELOW_FILL = 0.9
+
+
+def resolve_layers(layers: str | int | Sequence[int], num_layers: int,
+                   combine: str = "sum") -> tuple[tuple[int, ...], str]:
+    """A layer choice as absolute hidden-state indices (0 = embeddings, ``num_layers`` = last)
+    and how to combine them: a strategy name, one layer index, or a sequence of indices."""
+    if isinstance(layers, str):
+        if layers not in STRATEGIES:
+            raise ValueError(f"unknown layer strategy {layers!r}; choose one of "
+                             f"{', '.join(STRATEGIES)}, a layer number, or a list of them.")
+        indices, combine = STRATEGIES[layers]
+        indices = indices if indices is not None else tuple(range(1, num_layers + 1))
+    elif isinstance(layers, int):
+        indices = (layers,)
+    else:
+        indices = tuple(layers)
+        if not indices or not all(isinstance(i, int) for i in indices):
+            raise ValueError(f"layers must be a strategy name, an int or a non-empty sequence of "
+                             f"ints, got {layers!r}.")
+    if combine not in COMBINES:
+        raise ValueError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}.")
+    if any(not -num_layers - 1 <= i <= num_layers for i in indices):
+        raise ValueError(f"layers {list(indices)} do not all exist: this model has {num_layers} "
+                         f"layers, so use 0 (the embedding output) to {num_layers}, or -1 (the "
+                         f"last) to {-num_layers - 1}.")
+    return tuple(i % (num_layers + 1) for i in indices), combine
+
+
+def combine_layers(hidden_states: Sequence[torch.Tensor], indices: Sequence[int],
+                   combine: str) -> torch.Tensor:
+    """[B, T, H] states of the chosen layers -> [B, T, H] (sum, mean) or [B, T, k*H] (concat)."""
+    chosen = [hidden_states[i] for i in indices]
+    if combine == "concat":
+        return torch.cat(chosen, dim=-1)
+    total = torch.stack(chosen).sum(0)
+    return total / len(chosen) if combine == "mean" else total
+
+
+def pool(hidden, attention_mask, pooling: str):
+    """[B, T, H] token states -> [B, H], over the real (non-padding) tokens only."""
+    mask = attention_mask.bool()[..., None]  # [B, T, 1]
+    if pooling == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+    if pooling == "max":
+        return hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(1)
+    if pooling == "cls":
+        return hidden[:, 0]
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS[:3])}.")
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_tokens: int,
+                          sort: bool = True) -> list[np.ndarray]:
+    """Row indices in batches of at most ``batch_tokens`` tokens once padded (a longer row goes
+    alone). Sorted by length, rows of a batch are nearly equally long: little padding."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
+    batches, start, longest = [], 0, 0
+    for end, row in enumerate(order):
+        longest = max(longest, lengths[row])
+        if end > start and (end - start + 1) * longest > batch_tokens:
+            batches.append(order[start:end])
+            start, longest = end, lengths[row]
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def padded(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged id lists -> ([B, T] ids with 0 at padding, [B, T] attention mask)."""
+    lengths = torch.tensor([len(s) for s in sequences])
+    mask = torch.arange(int(lengths.max())) < lengths[:, None]
+    ids = torch.zeros(mask.shape, dtype=torch.long)
+    ids[mask] = torch.tensor(list(itertools.chain.from_iterable(sequences)), dtype=torch.long)
+    return ids, mask.long()
+
+
+@dataclass
+class TokenVectors:
+    """Per-token features of one text: its WordPiece tokens ([CLS]/[SEP] left out), their
+    (start, end) character offsets in the text, and one vector per token."""
+
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    vectors: np.ndarray  # [tokens, D]
+
+
+@dataclass
+class Embedded:
+    """One text's output: its position in the input, its vector (or per-token vectors), and
+    whether it was empty (no tokens: a zero vector) or cut to the maximum length."""
+
+    index: int
+    value: np.ndarray | TokenVectors
+    empty: bool
+    truncated: bool
+
+
+class Embedder:
+    """Texts in, features out: one vector per text, or one per token with tokens and offsets.
+
+    ``model``: a checkpoint folder, a model name bertkit can fetch, or a loaded `BertModel` (or
+    head model, e.g. one just fine-tuned) with its ``tokenizer``: its weights are shared, not
+    copied or changed.
+
+    ``layers``: a strategy from `STRATEGIES` (the paper's feature-based ones: "last",
+    "second_to_last", "sum_last_four", "concat_last_four", "sum_all", "embeddings"), one
+    hidden-state index (0 = embedding output, -1 = last layer), or a list of them combined by
+    ``combine`` ("sum", "mean" or "concat"). ``pooling``: "mean" over real tokens, "cls",
+    "max", or "tokens" (per-token output, see `encode_tokens`). Mean pooling + ``normalize``
+    (L2, on every output vector) is the sentence-transformers recipe.
+
+    Texts longer than ``max_length`` tokens are truncated (and counted); an empty text (no
+    tokens) gets a zero vector. Opt-in speed modes: ``precision="bf16"`` (bfloat16 weights
+    and activations: AMX/AVX512-BF16 CPUs, GPUs), ``quantize="int8"`` (dynamic int8 Linear
+    layers, CPU) and ``compile=True`` (torch.compile; slow first batches).
+    ``batch_tokens`` bounds the padded tokens of a batch (default 2048 on CPU, 16384 on GPU).
+    ``sort_by_length`` and ``skip_padding`` are exact speed-ups, on by default (switch them off
+    only to compare).
+    """
+
+    def __init__(self, model="all-minilm-l6-v2", *, tokenizer=None, layers="last", combine="sum",
+                 pooling="mean", normalize=True, max_length=None, batch_tokens=None,
+                 device=None, precision="fp32", quantize=None, compile=False,
+                 sort_by_length=True, skip_padding=True):
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of "
+                             f"{', '.join(PRECISIONS)}.")
+        if quantize not in (None, "int8"):
+            raise ValueError(f"unknown quantize {quantize!r}; the one mode is 'int8'.")
+        if quantize and precision != "fp32":
+            raise ValueError("quantize='int8' replaces the fp32 Linear layers; use it with "
+                             "precision='fp32'.")
+        if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
+            raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}.")
+        self.device = choose_device(device)
+        # Measured on CPU: batches whose activations stay in the L2 cache run fastest; a GPU
+        # wants large batches to fill its cores.
+        self.batch_tokens = batch_tokens or (2048 if self.device.type == "cpu" else 16384)
+        if quantize and self.device.type != "cpu":
+            raise ValueError("quantize='int8' is a CPU mode; on a GPU use precision='bf16'.")
+        if isinstance(model, torch.nn.Module):
+            loaded = getattr(model, "bert", model)  # a head model embeds with its encoder
+            if not isinstance(loaded, BertModel) or tokenizer is None:
+                raise ValueError("model must be a checkpoint folder, a model name, or a loaded "
+                                 "BertModel (or BertFor* model) given with its tokenizer=.")
+            config = loaded.config
+        else:
+            loaded, directory = None, resolve_pretrained(model)
+            config = BertConfig.from_json_file(directory / "config.json")  # check before loading
+        self.layers, self.combine = resolve_layers(layers, config.num_hidden_layers, combine)
+        self.max_length = max_length or config.max_position_embeddings
+        if not 2 < self.max_length <= config.max_position_embeddings:
+            raise ValueError(f"max_length must be between 3 and the model's "
+                             f"{config.max_position_embeddings} positions, got {max_length}.")
+        self.tokenizer = tokenizer or BertTokenizer.from_pretrained(directory)
+        loaded = loaded or BertModel.from_pretrained(directory)
+        encoder = _encoder_view(loaded, max(self.layers)).to(self.device, DTYPES[precision])
+        if quantize:
+            encoder = _quantize_int8(encoder)
+        self.model = encoder
+        self._forward = torch.compile(encoder, dynamic=True) if compile else encoder
+        width = 1 if self.combine != "concat" else len(self.layers)
+        self.dim = config.hidden_size * width
+        self.pooling, self.normalize = pooling, normalize
+        self.sort_by_length, self.skip_padding = sort_by_length, skip_padding
+
+    def encode(self, texts: str | Sequence[str], progress: bool = False) -> np.ndarray:
+        """[N, D] float32 vectors of ``texts`` (a str is a batch of one), in input order."""
+        if self.pooling == "tokens":
+            raise ValueError("pooling='tokens' gives per-token vectors: use encode_tokens().")
+        results = self._encode_all(texts, progress)
+        if not results:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([r.value for r in results])
+
+    def encode_tokens(self, texts: str | Sequence[str],
+                      progress: bool = False) -> list[TokenVectors]:
+        """Per-token vectors, tokens and character offsets of each text, in input order."""
+        if self.pooling != "tokens":
+            raise ValueError("encode_tokens() gives per-token vectors: build the Embedder with "
+                             "pooling='tokens'.")
+        return [r.value for r in self._encode_all(texts, progress)]
+
+    def _encode_all(self, texts, progress) -> list[Embedded]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        # All texts are in memory already: one chunk sorts them all by length.
+        results = list(self.stream(texts, chunk_size=max(1, len(texts)), progress=progress))
+        empty, truncated = sum(r.empty for r in results), sum(r.truncated for r in results)
+        if empty:
+            logger.warning("%d of %d texts are empty (no tokens) and got zero vectors.",
+                           empty, len(texts))
+        if truncated:
+            logger.warning("%d of %d texts are longer than %d tokens and were truncated.",
+                           truncated, len(texts), self.max_length)
+        return results
+
+    def stream(self, texts: Iterable[str], chunk_size: int = 1024,
+               progress: bool = False) -> Iterator[Embedded]:
+        """Embed an iterable of texts lazily, ``chunk_size`` at a time (each chunk sorted by
+        length), yielding one `Embedded` per text in input order: memory stays flat however
+        long the input."""
+        texts = iter(texts)
+        bar = tqdm(total=getattr(texts, "__length_hint__", lambda: None)(), desc="embedding",
+                   unit="text", disable=not progress)
+        with bar:
+            for first in itertools.count(0, chunk_size):
+                chunk = list(itertools.islice(texts, chunk_size))
+                if not chunk:
+                    return
+                for offset, result in enumerate(self._embed_chunk(chunk, bar)):
+                    result.index = first + offset
+                    yield result
+
+    @torch.inference_mode()
+    def _embed_chunk(self, texts: list[str], bar) -> list[Embedded]:
+        per_token = self.pooling == "tokens"
+        encoded = self.tokenizer(texts, return_offsets_mapping=per_token)
+        ids = encoded["input_ids"]
+        truncated = [len(row) > self.max_length for row in ids]
+        # Cut to max_length, keeping the final [SEP] (Google's truncation of a single text).
+        ids = [row[:self.max_length - 1] + row[-1:] if cut else row
+               for row, cut in zip(ids, truncated, strict=True)]
+        lengths = [len(row) for row in ids]
+        empty = [n <= 2 for n in lengths]  # only [CLS] and [SEP]
+        results = [Embedded(i, self._empty_value(), True, cut) if blank else None
+                   for i, (blank, cut) in enumerate(zip(empty, truncated, strict=True))]
+        rows = [i for i, blank in enumerate(empty) if not blank]
+        bar.update(len(texts) - len(rows))
+        for batch in length_sorted_batches([lengths[i] for i in rows], self.batch_tokens,
+                                           self.sort_by_length):
+            batch_rows = [rows[b] for b in batch]
+            features, mask = self._features([ids[i] for i in batch_rows])
+            if per_token:
+                features = features.cpu().numpy()
+                for b, i in enumerate(batch_rows):
+                    inner = slice(1, lengths[i] - 1)  # without [CLS] and [SEP]
+                    value = TokenVectors(
+                        self.tokenizer.convert_ids_to_tokens(ids[i][inner]),
+                        [tuple(o) for o in encoded["offset_mapping"][i][inner]],
+                        features[b, inner].copy())
+                    results[i] = Embedded(i, value, False, truncated[i])
+            else:
+                vectors = pool(features, mask.to(self.device), self.pooling)
+                if self.normalize:
+                    vectors = F.normalize(vectors, dim=-1)
+                for b, vector in zip(batch_rows, vectors.cpu().numpy(), strict=True):
+                    results[b] = Embedded(b, vector, False, truncated[b])
+            bar.update(len(batch_rows))
+        return results
+
+    def _features(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T, D] float32 features (normalised per token for pooling='tokens') and the mask."""
+        input_ids, mask = padded(sequences)
+        # The encoder stops at the deepest chosen layer, so one chosen layer is the last state.
+        several = len(self.layers) > 1
+        out = self._forward(input_ids.to(self.device), mask.to(self.device),
+                            output_hidden_states=several, skip_padding=self._worth_packing(mask))
+        features = (combine_layers(out.hidden_states, self.layers, self.combine) if several
+                    else out.last_hidden_state)
+        features = features.float()
+        if self.pooling == "tokens" and self.normalize:
+            features = F.normalize(features, dim=-1)
+        return features, mask
+
+    def _worth_packing(self, mask: torch.Tensor) -> bool:
+        """Packing the real tokens costs a few copies per layer: worth it for a batch with much
+        padding (unsorted input), not for length-sorted batches."""
+        return self.skip_padding and mask.float().mean().item() < PACK_BELOW_FILL
+
+    def _empty_value(self) -> np.ndarray | TokenVectors:
+        if self.pooling == "tokens":
+            return TokenVectors([], [], np.zeros((0, self.dim), dtype=np.float32))
+        return np.zeros(self.dim, dtype=np.float32)
+
+
+def _encoder_view(model: BertModel, num_layers: int) -> BertModel:
+    """An eval-mode encoder sharing ``model``'s weights (not copied, not changed) that stops
+    after ``num_layers`` layers and has no pooler: layers above the deepest chosen one cannot
+    change the features. Nothing is initialised only to be replaced (`skipping_init`)."""
+    config = replace(model.config, num_hidden_layers=num_layers)
+    with skipping_init():
+        view = BertModel(config, add_pooling_layer=False)
+    missing, _ = view.load_state_dict(model.state_dict(), strict=False, assign=True)
+    assert not missing, missing
+    return view.eval()
+
+
+def _quantize_int8(model: BertModel) -> BertModel:
+    """Dynamic int8 quantization of every Linear layer (weights per output channel, activations
+    per batch), for CPUs. torch.ao's eager quantization is deprecated upstream in favour of
+    torchao, but it is the one that needs no extra package; fbgemm packs the weights because
+    the default x86 engine runs per-channel weights several times slower."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    engine = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "fbgemm"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
+            return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                    dtype=torch.qint8)
+    finally:
+        torch.backends.quantized.engine = engine

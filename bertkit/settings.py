@@ -1,0 +1,186 @@
+"""Settings of a job: one dataclass is the API's keyword arguments, the CLI's flags and their help,
+the ``--settings FILE`` format and what a run saves and ``--resume`` reads back.
+
+A field's help, allowed range and CLI form live in its metadata (``option(...)``), so adding an
+option to a job is adding one field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from . import files
+
+
+def option(default: Any = MISSING, help: str = "", *, at_least: float | None = None,
+           above: float | None = None, at_most: float | None = None,
+           choices: tuple | None = None, flag: str | None = None, cli: bool = True,
+           parse=None, metavar: str | None = None):
+    """A settings field: its default, its help, and what values it accepts.
+
+    ``at_least``/``above``/``at_most`` bound numbers, ``choices`` lists the allowed values;
+    ``parse`` turns the flag's text into the value (e.g. comma-separated seeds); ``cli=False``
+    keeps a field off the command line.
+    """
+    metadata = dict(help=help, at_least=at_least, above=above, at_most=at_most,
+                    choices=choices, flag=flag, cli=cli, parse=parse, metavar=metavar)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def comma_ints(text: str) -> list[int]:
+    """``"1,2,3"`` -> [1, 2, 3]."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected whole numbers separated by commas, got {text!r}") from None
+
+
+class SettingsError(ValueError):
+    """A setting out of its range, unknown, or differing from the run being resumed."""
+
+
+@dataclass
+class Settings:
+    """Base of every job's settings dataclass."""
+
+    def __post_init__(self):
+        for spec in fields(self):
+            check_value(spec, getattr(self, spec.name), f"{self.job_name()} setting {spec.name}")
+
+    @classmethod
+    def job_name(cls) -> str:
+        return cls.__name__.removesuffix("Settings").lower()
+
+    # -- files ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "settings", **overrides):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SettingsError(f"{source}: unknown settings {unknown}; known: {sorted(known)}.")
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides):
+        """Settings from a JSON (or YAML) file; ``overrides`` that are not None win."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as error:
+                raise SettingsError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), "
+                                    "or write the settings as JSON.") from error
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+        return cls.from_dict(values, str(path), **overrides)
+
+    def save(self, path: str | Path) -> None:
+        files.write_json(path, asdict(self))
+
+    def differences(self, other: Settings, ignore: tuple[str, ...] = ()) -> dict:
+        """{name: (mine, other's)} for every field whose values differ."""
+        mine, theirs = asdict(self), asdict(other)
+        return {k: (v, theirs[k]) for k, v in mine.items() if k not in ignore and theirs[k] != v}
+
+    def check_resumes(self, saved: Settings, ignore: tuple[str, ...] = ()) -> None:
+        """A resumed run keeps the settings it started with: refuse any other value."""
+        changed = saved.differences(self, ignore)
+        if changed:
+            shown = "; ".join(f"--{k.replace('_', '-')} {new!r} (the run has {old!r})"
+                              for k, (old, new) in changed.items())
+            raise SettingsError(f"--resume continues a run with the settings it was started with, "
+                                f"but {shown}. Leave those flags out, or start a new run in "
+                                "another --out.")
+
+    # -- the command line ------------------------------------------------------------------------
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """One ``--flag`` per field; they default to None, so what is not given is not set."""
+        for spec in fields(cls):
+            meta = spec.metadata
+            if not meta.get("cli", True):
+                continue
+            flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
+            default = None if spec.default is MISSING else spec.default
+            text = meta.get("help") or spec.name.replace("_", " ")
+            if str(spec.type).startswith("bool"):
+                shown = {True: " (default on)", False: " (default off)"}.get(default, "")
+                parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction,
+                                    default=None, help=text + shown)
+                continue
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            parser.add_argument(flag, dest=spec.name, default=None, type=_flag_type(spec, flag),
+                                choices=meta.get("choices"),
+                                metavar=meta.get("metavar") or spec.name.upper(),
+                                help=f"{text} (default {shown})" if default is not None
+                                else text)
+
+    @classmethod
+    def given(cls, args: argparse.Namespace) -> dict:
+        """The fields set on the command line."""
+        return {f.name: getattr(args, f.name) for f in fields(cls)
+                if getattr(args, f.name, None) is not None}
+
+
+def check_value(spec, value, name: str) -> None:
+    """Refuse a value outside the field's range or choices, naming the setting."""
+    meta = spec.metadata
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise SettingsError(f"{name} is {value!r}; choose one of {', '.join(map(str, choices))}.")
+    values = value if isinstance(value, list) else [value]
+    for number in values:
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            continue
+        low, above, high = meta.get("at_least"), meta.get("above"), meta.get("at_most")
+        if (math.isnan(number) or (low is not None and number < low)
+                or (above is not None and number <= above)
+                or (high is not None and number > high)):
+            raise SettingsError(f"{name} is {number!r}; it must be {_range_text(meta)}.")
+
+
+def _range_text(meta) -> str:
+    parts = []
+    if meta.get("at_least") is not None:
+        parts.append(f"at least {meta['at_least']:g}")
+    if meta.get("above") is not None:
+        parts.append(f"above {meta['above']:g}")
+    if meta.get("at_most") is not None:
+        parts.append(f"at most {meta['at_most']:g}")
+    return " and ".join(parts)
+
+
+def _flag_type(spec, flag: str):
+    """Text -> value for a flag, checked against the field's range where it is parsed."""
+    annotation = str(spec.type)
+    parse = spec.metadata.get("parse")
+    if parse is None:
+        parse = (int if annotation.startswith("int") else
+                 float if annotation.startswith("float") else str)
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: {error}") from None
+        try:
+            check_value(spec, value, flag)
+        except SettingsError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
+
+    convert.__name__ = parse.__name__  # argparse names the type in its messages
+    return convert
