@@ -60,7 +60,7 @@ def settings_from_args(settings_class, args, saved: Path | None = None):
             raise FileNotFoundError(f"--resume: {saved.parent} holds no run to continue "
                                     f"({saved.name} is missing).")
         settings = settings_class.from_file(saved)
-        settings.check_resumes(settings_class.from_file(saved, **given))
+        settings_class.from_file(saved, **given).check_resumes(settings)
         return settings
     if getattr(args, "settings", None):
         return settings_class.from_file(args.settings, **given)
@@ -205,11 +205,18 @@ with tokens and offsets) or FILE.jsonl / - (one JSON object per line). Examples:
 """
 
 
+def _command(commands, name: str, **texts) -> argparse.ArgumentParser:
+    """A subcommand whose help keeps the line breaks of its epilog (examples, lists)."""
+    return commands.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter,
+                               **texts)
+
+
 def add_inference_commands(commands) -> None:
     """The embed and fill-mask subcommands."""
-    embed = commands.add_parser(
-        "embed", help="embed text lines: sentence vectors or per-token features, streamed",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EMBED_EPILOG,
+    embed = _command(
+        commands, "embed",
+        help="embed text lines: sentence vectors or per-token features, streamed",
+        epilog=EMBED_EPILOG,
         description="Embed every line of a UTF-8 text file with a pre-trained encoder "
         "(feature-based BERT).\nThe default, mean pooling + L2 on all-MiniLM-L6-v2, is the "
         "sentence-transformers recipe.\nInput is streamed: memory stays flat on any size.")
@@ -253,8 +260,9 @@ def add_inference_commands(commands) -> None:
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
     embed.set_defaults(handler=cmd_embed)
 
-    fill_mask = commands.add_parser(
-        "fill-mask", help="top-k tokens with probabilities for each [MASK] in a text",
+    fill_mask = _command(
+        commands, "fill-mask",
+        help="top-k tokens with probabilities for each [MASK] in a text",
         description="Predict the words hidden behind [MASK] with a model that has the masked-LM "
         "head (a BertForMaskedLM/BertForPreTraining checkpoint, e.g. from `bertkit pretrain`).")
     fill_mask.add_argument("text", nargs="+", help='text with [MASK], e.g. "Paris is the [MASK] '
@@ -277,13 +285,23 @@ vader-movies, snli, wnut16, wsj-pos, squad-sample, wiki-topics, wiki-qa (derived
 """
 
 
+def _add_finetuned_model_flags(parser, precision: str) -> None:
+    """The flags of a command that runs a model `bertkit finetune` wrote."""
+    parser.add_argument("--model", required=True, help="a folder written by finetune")
+    parser.add_argument("--batch-size", type=int, default=64, help="inputs per batch (64)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
+    parser.add_argument("--precision", default=precision, choices=("auto", "fp32", "bf16", "fp16"),
+                        help=f"numeric precision (default {precision})")
+
+
 def add_finetune_commands(commands) -> None:
     """The finetune, evaluate and predict subcommands."""
     from .finetune import FinetuneSettings
 
-    finetune = commands.add_parser(
-        "finetune", help="fine-tune a checkpoint (or a preset from scratch) on a labelled task",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FINETUNE_EPILOG,
+    finetune = _command(
+        commands, "finetune",
+        help="fine-tune a checkpoint (or a preset from scratch) on a labelled task",
+        epilog=FINETUNE_EPILOG,
         description="Fine-tune with the paper's recipe: AdamW (no decay on LayerNorm/bias), 10% "
         "linear warm-up then linear decay, evaluation every epoch, the best checkpoint by the "
         "task's metric kept in OUT/best with metrics.jsonl, curves.png and results.json. "
@@ -297,29 +315,25 @@ def add_finetune_commands(commands) -> None:
     FinetuneSettings.add_flags(finetune)
     finetune.set_defaults(handler=cmd_finetune)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="score a fine-tuned model on a labelled file or built-in data set")
-    evaluate.add_argument("--model", required=True, help="a folder written by finetune")
+    evaluate = _command(
+        commands, "evaluate",
+        help="score a fine-tuned model on a labelled file or built-in data set")
+    _add_finetuned_model_flags(evaluate, precision="auto")
     evaluate.add_argument("--data", required=True, help="file, or built-in NAME[:SPLIT]")
     evaluate.add_argument("--split", default="test", help="split of a built-in name (test)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--max-examples", type=int, metavar="N", help="a fixed random subset")
-    evaluate.add_argument("--device")
-    evaluate.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    predict = commands.add_parser(
-        "predict", help="predict with a fine-tuned model; one JSON line per input",
+    predict = _command(
+        commands, "predict",
+        help="predict with a fine-tuned model; one JSON line per input",
         description="Input: a file in the task's format (labels not needed), a built-in name, or "
         "raw lines (a .txt file or stdin): one text a line, tab-separated pairs, JSON lines with "
         "question/context (QA) or question/choices (multiple choice). Output: label and "
         "probabilities, tags with entity character spans, or answer text, span and score.")
-    predict.add_argument("--model", required=True, help="a folder written by finetune")
+    _add_finetuned_model_flags(predict, precision="fp32")
     predict.add_argument("input", nargs="?", default="-", help="input file or - for stdin")
     predict.add_argument("--output", metavar="FILE", help="write JSONL here (default stdout)")
-    predict.add_argument("--batch-size", type=int, default=64)
-    predict.add_argument("--device")
-    predict.add_argument("--precision", default="fp32", help="fp32, auto, bf16, fp16")
     predict.set_defaults(handler=cmd_predict)
 
 
@@ -395,17 +409,19 @@ def add_data_commands(commands) -> None:
     data = commands.add_parser("data", help="corpora and pre-training examples (data --help)")
     data_commands = data.add_subparsers(title="commands", metavar="COMMAND")
 
-    fetch = data_commands.add_parser(
-        "fetch", help="download a built-in corpus into the cache and print its folder")
+    fetch = _command(
+        data_commands, "fetch",
+        help="download a built-in corpus into the cache and print its folder")
     fetch.add_argument("name", nargs="?", help="a built-in corpus; omit to list them")
     fetch.set_defaults(handler=cmd_data_fetch)
 
     from .data import PretrainingConfig
 
     defaults = PretrainingConfig()
-    pretrain = data_commands.add_parser(
-        "pretrain", help="turn a corpus into masked-LM + next-sentence examples",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DATA_EPILOG,
+    pretrain = _command(
+        data_commands, "pretrain",
+        help="turn a corpus into masked-LM + next-sentence examples",
+        epilog=DATA_EPILOG,
         description="Make pre-training examples with the semantics and defaults of Google's "
         "create_pretraining_data.py, streaming (memory stays flat on any corpus) and on every "
         "core. Output: OUT/manifest.json, OUT/tokenizer/, OUT/train/ and OUT/validation/ shards, "
@@ -444,9 +460,10 @@ def add_data_commands(commands) -> None:
 
     vocab = commands.add_parser("vocab", help="WordPiece vocabularies (vocab --help)")
     vocab_commands = vocab.add_subparsers(title="commands", metavar="COMMAND")
-    train = vocab_commands.add_parser(
-        "train", help="train a WordPiece vocabulary on a corpus",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CORPUS_EPILOG,
+    train = _command(
+        vocab_commands, "train",
+        help="train a WordPiece vocabulary on a corpus",
+        epilog=CORPUS_EPILOG,
         description="Train a BERT WordPiece vocabulary (BERT's normalisation, [PAD] [UNK] [CLS] "
         "[SEP] [MASK] first) on a corpus; writes OUT/vocab.txt and OUT/tokenizer_config.json.")
     _add_corpus_flags(train)
@@ -468,8 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .demo import DemoSettings
 
-    demo = commands.add_parser(
-        "demo", help="the whole of BERT on real data in minutes: vocabulary, pre-training, "
+    demo = _command(
+        commands, "demo",
+        help="the whole of BERT on real data in minutes: vocabulary, pre-training, "
         "fill-mask, fine-tuning, report (what `make run` does)",
         description="Trains a WordPiece vocabulary on the Wikipedia leads, builds MLM + NSP "
         "examples, fine-tunes all-MiniLM-L6-v2 and a randomly initialised mini BERT on "
@@ -483,16 +501,18 @@ def build_parser() -> argparse.ArgumentParser:
     DemoSettings.add_flags(demo)
     demo.set_defaults(handler=cmd_demo)
 
-    fetch = commands.add_parser(
-        "fetch", help="download a pinned model or data set into the cache and print its path")
+    fetch = _command(
+        commands, "fetch",
+        help="download a pinned model or data set into the cache and print its path")
     fetch.add_argument("name", nargs="?", help="a source name; omit to list them")
     fetch.add_argument("--list", action="store_true", help="list the known sources")
     fetch.set_defaults(handler=cmd_fetch)
 
     from .pretrain import PretrainSettings
 
-    pretrain = commands.add_parser(
-        "pretrain", help="pre-train BERT with masked LM + next sentence prediction",
+    pretrain = _command(
+        commands, "pretrain",
+        help="pre-train BERT with masked LM + next sentence prediction",
         description="Pre-train with the paper's objective (mean MLM + mean NSP loss) and "
         "optimiser (AdamW, lr 1e-4, weight decay 0.01, beta 0.9/0.999, eps 1e-6, warm-up then "
         "linear decay). Settings come from --settings FILE (JSON/YAML) with any flag overriding "

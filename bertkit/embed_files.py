@@ -31,12 +31,12 @@ class EmbedSummary:
 
     lines: int = 0
     written: int = 0
-    empty: int = 0
-    truncated: int = 0
-    invalid_utf8: int = 0
-    empty_policy: str = "zero"
-    max_length: int = 0
     outputs: list[Path] = field(default_factory=list)
+    empty: int = 0
+    empty_policy: str = "zero"
+    truncated: int = 0
+    max_length: int = 0
+    invalid_utf8: int = 0
 
     def __str__(self) -> str:
         where = ", ".join(str(p) for p in self.outputs) or "standard output"

@@ -28,12 +28,19 @@ from . import files
 from .config import PRESETS, BertConfig
 from .device import PRECISIONS, autocast, choose_device, resolve_precision
 from .report import plot_metrics
-from .settings import Settings, SettingsError, comma_ints, option
+from .settings import SettingsError, comma_ints, option
 from .sources import resolve_pretrained
 from .tasks import TASKS, Task, build_task
 from .tasks.datasets import builtin_task, resolve_data
 from .tokenizer import BertTokenizer
-from .training import GracefulStop, MetricsLog, Trainer, build_trainer, seed_everything
+from .training import (
+    GracefulStop,
+    MetricsLog,
+    OptimizerSettings,
+    Trainer,
+    build_trainer,
+    seed_everything,
+)
 
 logger = logging.getLogger("bertkit")
 
@@ -224,7 +231,7 @@ def evaluate_examples(model, task: Task, tokenizer, examples: list, *, batch_siz
 
 
 @dataclass
-class FinetuneSettings(Settings):
+class FinetuneSettings(OptimizerSettings):
     """Everything a fine-tuning run depends on; saved as ``OUT/finetune_settings.json``.
 
     Task options (``max_length``, ``text_field`` ...) left at None take the task family's own
@@ -248,17 +255,6 @@ class FinetuneSettings(Settings):
     lr: float = option(3e-5, "peak learning rate", above=0)
     batch_size: int = option(32, "examples per step", at_least=1)
     epochs: int = option(3, "passes over the data", at_least=1)
-    warmup: float = option(0.1, "warm-up: a fraction of the steps (< 1) or a number of steps",
-                           at_least=0)
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)",
-                                 at_least=0)
-    beta1: float = option(0.9, "Adam beta1", at_least=0, at_most=1)
-    beta2: float = option(0.999, "Adam beta2", at_least=0, at_most=1)
-    eps: float = option(1e-6, "Adam epsilon", above=0)
-    optimizer: str = option("adamw", "adamw (the paper's) or lamb", choices=("adamw", "lamb"))
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)",
-                                  at_least=0)
-    skip_nonfinite: bool = option(False, "skip steps whose loss is NaN/inf instead of stopping")
     max_train_examples: int | None = option(None, "train on a fixed random subset of N examples",
                                             at_least=1, metavar="N")
     max_eval_examples: int | None = option(None, "evaluate on a fixed random subset of N "
@@ -437,9 +433,10 @@ class FinetuneRun:
         self.train_examples = _read(self.task, settings.train, "train",
                                     settings.max_train_examples)
         self.task.prepare(self.train_examples)
-        self.validation_examples = (
-            _read(self.task, settings.validation, "validation", settings.max_eval_examples)
-            if settings.validation is not None else None)
+        self.validation_examples, self.test_examples = (
+            _read(self.task, spec, split, settings.max_eval_examples) if spec is not None
+            else None for split, spec in (("validation", settings.validation),
+                                          ("test", settings.test)))
         seed_everything(seed)  # the new head's initial weights depend on it
         self.model = load_model(self.task, settings.model,
                                 self.task.label_names(self.train_examples),
@@ -448,7 +445,8 @@ class FinetuneRun:
         self.task.use_labels(self.model.config.id2label)
         self.label2id = self.model.config.label2id if self.task.has_labels else None
         if self.label2id is not None:
-            for examples in (self.train_examples, self.validation_examples or []):
+            for examples in (self.train_examples, self.validation_examples or [],
+                             self.test_examples or []):  # before training, not after it
                 self.task.check_labels(examples, self.label2id)
         self.features = self.task.encode(self.train_examples, self.tokenizer, self.label2id)
         self.steps_per_epoch = math.ceil(len(self.features) / settings.batch_size)
@@ -515,7 +513,7 @@ class FinetuneRun:
                    "best_epoch": best["epoch"], "history": self.history}
         for split, spec in (("validation", s.validation), ("test", s.test)):
             if spec is not None:
-                results.update(self.score_split(model, split, spec))
+                results.update(self.score_split(model, split))
         results["seconds"] = round(time.time() - self.started, 1)
         results["stopped"] = False
         files.write_json(self.folder / RESULTS_FILE, results)
@@ -526,13 +524,9 @@ class FinetuneRun:
                      title=f"{self.task.name}: {s.model} (seed {self.seed})")
         return results
 
-    def score_split(self, model, split: str, spec) -> dict:
+    def score_split(self, model, split: str) -> dict:
         """Metrics (and trivial baselines) of the best checkpoint on one split."""
-        examples = self.validation_examples if split == "validation" else None
-        if examples is None:
-            examples = _read(self.task, spec, split, self.settings.max_eval_examples)
-            if self.label2id is not None:
-                self.task.check_labels(examples, self.label2id)
+        examples = self.validation_examples if split == "validation" else self.test_examples
         if split == "validation" and self.best_validation is not None:
             metrics = self.best_validation  # the best checkpoint was scored when it was saved
         else:

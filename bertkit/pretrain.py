@@ -26,13 +26,14 @@ from .data.shards import TOKENIZER_FOLDER
 from .device import autocast, choose_device, resolve_precision
 from .model import BertForPreTraining
 from .report import plot_metrics
-from .settings import Settings, SettingsError, option
+from .settings import SettingsError, option
 from .tokenizer import BertTokenizer
 from .training import (
     Checkpoints,
     Distributed,
     GracefulStop,
     MetricsLog,
+    OptimizerSettings,
     build_trainer,
     init_distributed,
     restore_rng_states,
@@ -45,7 +46,7 @@ BUDGET_PROVISIONAL_STEPS = 1_000_000
 
 
 @dataclass
-class PretrainSettings(Settings):
+class PretrainSettings(OptimizerSettings):
     """Everything a run depends on; saved in the run folder and reloaded by ``resume``."""
 
     data: str = option(help="folder of examples written by `bertkit data pretrain` (with its "
@@ -67,17 +68,6 @@ class PretrainSettings(Settings):
     budget_minutes: float | None = option(None, "size the run to this many minutes, from the "
                                           "step time measured at the start", above=0)
     lr: float = option(1e-4, "peak learning rate", above=0)
-    warmup: float = option(0.1, "warm-up: a fraction of the steps (< 1) or a number of steps",
-                           at_least=0)
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)",
-                                 at_least=0)
-    beta1: float = option(0.9, "Adam beta1", at_least=0, at_most=1)
-    beta2: float = option(0.999, "Adam beta2", at_least=0, at_most=1)
-    eps: float = option(1e-6, "Adam epsilon", above=0)
-    optimizer: str = option("adamw", "adamw (the paper's) or lamb (large batches)",
-                            choices=("adamw", "lamb"))
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)",
-                                  at_least=0)
     precision: str = option("auto", "auto (bf16 where the hardware has it), fp32, bf16, or "
                             "fp16 (CUDA)", choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = option(False, "torch.compile the model")
@@ -89,8 +79,6 @@ class PretrainSettings(Settings):
     log_every: int = option(10, "steps between metrics records", at_least=1)
     save_every: int = option(500, "steps between checkpoints", at_least=1)
     keep_checkpoints: int = option(3, "newest checkpoints kept", at_least=1)
-    skip_nonfinite: bool = option(False, "skip steps whose loss is NaN/inf (counted) instead "
-                                  "of stopping")
     seed: int = option(12345, "random seed (data order, dropout, initialisation)")
 
 

@@ -106,8 +106,10 @@ class Settings:
 
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
-        """One ``--flag`` per field; they default to None, so what is not given is not set."""
-        for spec in fields(cls):
+        """One ``--flag`` per field; they default to None, so what is not given is not set.
+        The job's own fields come first, those it shares with other jobs after them."""
+        own = cls.__dict__.get("__annotations__", {})
+        for spec in sorted(fields(cls), key=lambda spec: spec.name not in own):
             meta = spec.metadata
             if not meta.get("cli", True):
                 continue

@@ -1,15 +1,19 @@
 """BERT's WordPiece tokenizer: Google's text rules, run by the Rust `tokenizers` engine.
 
-Google's `tokenization.py` (kept in transformers as `BertTokenizerLegacy`, our reference) fixes
-the text rules every BERT checkpoint was trained with: drop control characters, isolate CJK
-ideographs, lowercase and strip accents (uncased models), split off every punctuation character,
-then greedy longest-match WordPiece; transformers' copy also NFC-composes the text first.
-`tokenizers` ships these steps as `BertNormalizer` and `BertPreTokenizer`, which drift from the
-reference:
+Google's `tokenization.py` (google-research/bert) fixes the text rules every original BERT
+checkpoint was trained with: drop control characters, isolate CJK ideographs, lowercase and strip
+accents (uncased models), split off every punctuation character, then greedy longest-match
+WordPiece on words of at most 200 characters; its `run_classifier.py` frames a pair as
+`[CLS] A [SEP] B [SEP]`, and a second text with no tokens as no second text. transformers keeps
+a copy as `BertTokenizerLegacy`, which departs from it in four ways: it NFC-composes the text
+first (kept here: a no-op for uncased models), drops every "C*" character where Google drops only
+Cc and Cf (private-use, unassigned and surrogate code points are kept by Google), turns words of
+101-200 characters into [UNK], and gives `[CLS] A [SEP] [SEP]` for an empty second text.
+`tokenizers` ships the text steps as `BertNormalizer` and `BertPreTokenizer`, which drift further:
 
 * they classify characters with Unicode 9-era tables where the reference uses Python's: they keep
-  unassigned code points and newer format characters that it drops, do not split off newer
-  punctuation, strip U+1734 (no longer a nonspacing mark) and keep newer nonspacing marks;
+  newer format characters that it drops, do not split off newer punctuation, strip U+1734 (no
+  longer a nonspacing mark) and keep newer nonspacing marks;
 * their CJK range U+2B820-U+2CEAF starts at U+2B920;
 * they lowercase character by character, so a word-final capital sigma becomes "σ" where Python's
   `str.lower` gives "ς" ("ΟΔΟΣ" -> "οδος");
@@ -18,10 +22,17 @@ reference:
 
 So the pipeline here is assembled from the engine's generic parts (regex replace, NFC, lowercase,
 NFD, regex split), driven by character classes computed from Python's `unicodedata`. It matches
-the reference on every code point (the tests check them all) with one exception for cased models:
-a combining mark newer than Unicode 9 has no combining class in the engine's NFC, so it blocks
-the composition of an accent after it. Encoding stays in Rust: parallel batches, and character
-offsets into the original text.
+the reference on every code point (the tests check them all) with two exceptions: for cased
+models, a combining mark newer than Unicode 9 has no combining class in the engine's NFC, so it
+blocks the composition of an accent after it; for uncased models, the few code points that
+Python's tables leave unassigned but the engine's newer ones know as capital letters (U+A7CB, the
+Garay capitals...) would be lowercased by the engine, so they become U+FFFF, which like them is
+kept and in no vocabulary: the same [UNK], not the same normalised text. Encoding stays in Rust:
+parallel batches, and character offsets into the original text.
+
+Folders: `vocab.txt` (+ `tokenizer_config.json`) as Google and transformers 4 write them, or a
+WordPiece `tokenizer.json` as transformers 5 and sentence-transformers write them; a
+`tokenizer.json` asking for something else than BERT's rules is refused, naming the setting.
 """
 from __future__ import annotations
 
@@ -30,9 +41,8 @@ import json
 import os
 import re
 import sys
-import tempfile
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
@@ -58,7 +68,13 @@ TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
 PADDING_STRATEGIES = ("longest", "max_length")
 VOCAB_NAME = "vocab.txt"
 CONFIG_NAME = "tokenizer_config.json"
-MAX_CHARS_PER_WORD = 100  # Google's limit: longer words become a single [UNK]
+TOKENIZER_FILE_NAME = "tokenizer.json"
+# Google's WordpieceTokenizer limit (max_input_chars_per_word=200): longer words become a single
+# [UNK]. transformers uses 100, and its converters write 100 into every tokenizer.json.
+MAX_CHARS_PER_WORD = 200
+_TRANSFORMERS_MAX_CHARS_PER_WORD = 100
+# transformers writes this model_max_length when a checkpoint states none.
+_TRANSFORMERS_NO_MAX_LENGTH = int(1e30)
 
 # Google's `_is_chinese_char`: the CJK Unified Ideographs blocks, not Hangul or kana.
 _CJK_RANGES = (
@@ -68,8 +84,13 @@ _CJK_RANGES = (
 # Google counts all non-alphanumeric ASCII as punctuation, although "$", "+", "^", "`" ... are not
 # in a Unicode P* category.
 _ASCII_PUNCTUATION = {*range(33, 48), *range(58, 65), *range(91, 97), *range(123, 127)}
-# Lone surrogates can live in a Python str but not reach Rust; the reference drops them (they
-# are in category Cs), and a same-length stand-in that is dropped too keeps offsets valid.
+# Google drops only these "control" categories (Cc, Cf), tab, newline and return aside.
+_CONTROL_CATEGORIES = ("Cc", "Cf")
+# A stand-in for characters the reference keeps but the engine cannot carry as they are: it is
+# kept too (an unassigned code point), is in no vocabulary, and has no case or decomposition.
+_STAND_IN = "\uffff"
+# Lone surrogates can live in a Python str but not reach Rust; the reference keeps them (category
+# Cs), as part of a word that no vocabulary holds, so a same-length stand-in keeps ids and offsets.
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -87,12 +108,30 @@ def _regex_class(code_points: Iterable[int]) -> str:
 class _TextRules(NamedTuple):
     """Google's character classes as regex classes, and Unicode patches for the engine."""
 
-    dropped: str  # `_clean_text` removes these: NUL, U+FFFD and all "control" (C*) characters
+    dropped: str  # `_clean_text` removes these: NUL, U+FFFD and the Cc/Cf "control" characters
     nonspacing_marks: str  # category Mn, what accent stripping removes after NFD
     alone: str  # punctuation and CJK ideographs: always a word of their own
     cased: str  # cased and not case-ignorable: where `str.lower`'s final-sigma rule looks
     case_ignorable: str
     decompositions: tuple[tuple[str, str], ...]  # (character, NFD) the engine's tables lack
+    newer_capitals: str | None  # kept; unassigned for Python, but the engine would lowercase them
+
+
+def _is_dropped(char: str, category: str) -> bool:
+    """Google's `_clean_text` test: NUL, U+FFFD and control characters other than tab/newline."""
+    return char in "\x00\ufffd" or (category in _CONTROL_CATEGORIES and char not in "\t\n\r")
+
+
+def _engine_disagreements(chars: list[str], engine: Callable[[str], str],
+                          python: Callable[[str], str]) -> list[int]:
+    """Code points of `chars` that `engine` maps differently from `python` (checked in chunks)."""
+    found = []
+    for start in range(0, len(chars), 4096):
+        chunk = chars[start:start + 4096]
+        text = " ".join(chunk)
+        if engine(text) != python(text):
+            found += [ord(c) for c in chunk if engine(c) != python(c)]
+    return found
 
 
 @functools.cache
@@ -101,14 +140,17 @@ def _google_text_rules() -> _TextRules:
     engine_nfd = normalizers.NFD()
     dropped, nonspacing_marks, punctuation, cased, case_ignorable, decompositions = (
         [], [], [], [], [], [])
+    unassigned = []
     for cp in range(sys.maxunicode + 1):
         if 0xD800 <= cp <= 0xDFFF:
             continue
         char = chr(cp)
         category = unicodedata.category(char)
-        if cp in (0, 0xFFFD) or (category[0] == "C" and char not in "\t\n\r"):
+        if _is_dropped(char, category):
             dropped.append(cp)
             continue
+        if category == "Cn":
+            unassigned.append(char)
         if category == "Mn":
             nonspacing_marks.append(cp)
         if category[0] == "P" or cp in _ASCII_PUNCTUATION:
@@ -125,6 +167,8 @@ def _google_text_rules() -> _TextRules:
             nfd = unicodedata.normalize("NFD", char)
             if engine_nfd.normalize_str(char) != nfd:
                 decompositions.append((char, nfd))
+    newer_capitals = _engine_disagreements(unassigned, normalizers.Lowercase().normalize_str,
+                                           str.lower)
     cjk = (cp for lo, hi in _CJK_RANGES for cp in range(lo, hi + 1))
     return _TextRules(
         dropped=_regex_class(dropped),
@@ -133,6 +177,7 @@ def _google_text_rules() -> _TextRules:
         cased=_regex_class(cased),
         case_ignorable=_regex_class(case_ignorable),
         decompositions=tuple(decompositions),
+        newer_capitals=_regex_class(newer_capitals) if newer_capitals else None,
     )
 
 
@@ -147,6 +192,8 @@ def _normalizer(lowercase: bool) -> normalizers.Normalizer:
     cased, ignorable = rules.cased, rules.case_ignorable
     steps = [normalizers.Replace(Regex(rules.dropped), ""), normalizers.NFC(), *compose]
     if lowercase:
+        if rules.newer_capitals is not None:
+            steps.append(normalizers.Replace(Regex(rules.newer_capitals), _STAND_IN))
         steps += [
             # Python's `str.lower` gives "ς" for a capital sigma that ends a word: one preceded by a
             # cased letter and not followed by one, skipping case-ignorable characters. (\K, not a
@@ -172,22 +219,42 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     )
 
 
-def _engine(vocab: dict[str, int], lowercase: bool) -> Tokenizer:
-    """The Rust tokenizer; its post-processor adds [CLS]/[SEP] for users of the batch API."""
-    engine = Tokenizer(
-        models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=MAX_CHARS_PER_WORD)
-    )
-    engine.normalizer = _normalizer(lowercase)
-    engine.pre_tokenizer = _pre_tokenizer()
-    engine.decoder = decoders.WordPiece(prefix="##")
-    # Special tokens typed in the text stay whole, as in the reference (matched case-sensitively,
-    # before normalisation).
-    engine.add_special_tokens(list(SPECIAL_TOKENS))
-    engine.post_processor = processors.TemplateProcessing(
+def _bert_framing(vocab: Mapping[str, int]) -> processors.PostProcessor:
+    """`[CLS] A [SEP]` and `[CLS] A [SEP] B [SEP]` (B and its [SEP] of segment 1)."""
+    return processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}",
         pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
         special_tokens=[(CLS, vocab[CLS]), (SEP, vocab[SEP])],
     )
+
+
+def _engine(vocab: Mapping[str, int], lowercase: bool) -> Tokenizer:
+    """The Rust tokenizer; its post-processor adds [CLS]/[SEP] for users of the batch API."""
+    engine = Tokenizer(
+        models.WordPiece(dict(vocab), unk_token=UNK, max_input_chars_per_word=MAX_CHARS_PER_WORD)
+    )
+    engine.normalizer = _normalizer(lowercase)
+    engine.pre_tokenizer = _pre_tokenizer()
+    engine.decoder = decoders.WordPiece(prefix="##")
+    # Special tokens typed in the text stay whole, as in transformers (matched case-sensitively,
+    # before normalisation); Google's code would split "[CLS]" into "[", "cl", "##s", "]".
+    engine.add_special_tokens(list(SPECIAL_TOKENS))
+    engine.post_processor = _bert_framing(vocab)
+    return engine
+
+
+def _transformers_engine(vocab: Mapping[str, int], lowercase: bool) -> Tokenizer:
+    """The same tokenizer in the terms every `tokenizer.json` reader knows (BertNormalizer,
+    BertPreTokenizer), for transformers 5 and the tools that load `tokenizer.json` themselves."""
+    engine = Tokenizer(
+        models.WordPiece(dict(vocab), unk_token=UNK, max_input_chars_per_word=MAX_CHARS_PER_WORD)
+    )
+    engine.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+    engine.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    engine.decoder = decoders.WordPiece(prefix="##")
+    engine.add_special_tokens(list(SPECIAL_TOKENS))
+    engine.post_processor = _bert_framing(vocab)
     return engine
 
 
@@ -197,14 +264,21 @@ class BertTokenizer:
     `tokenizer(texts)` gives `input_ids`, `token_type_ids` and `attention_mask` for a str or a
     batch (list) of str, optionally paired, truncated, padded and as tensors. The Rust tokenizer
     is `backend`: its `encode_batch` gives the same ids (with [CLS]/[SEP]) without Python-side
-    overhead, for data pipelines that do their own truncation.
+    overhead, for data pipelines that do their own truncation; only a pair whose second text has
+    no tokens differs there (`[CLS] A [SEP] [SEP]`, where Google and this call give `[CLS] A
+    [SEP]`).
     """
 
     pad_token, unk_token, cls_token, sep_token, mask_token = PAD, UNK, CLS, SEP, MASK
 
-    def __init__(self, vocab_file: str | os.PathLike, do_lower_case: bool = True,
-                 model_max_length: int = 512):
-        self.vocab = _read_vocab(Path(vocab_file))
+    def __init__(self, vocab_file: str | os.PathLike | Mapping[str, int],
+                 do_lower_case: bool = True, model_max_length: int = 512):
+        """`vocab_file`: a `vocab.txt` (one token per line, the line number its id), or a
+        token → id mapping with ids 0..N-1."""
+        if isinstance(vocab_file, Mapping):
+            self.vocab = _checked_vocab(dict(vocab_file), "the vocabulary given")
+        else:
+            self.vocab = _read_vocab(Path(vocab_file))
         self.do_lower_case = bool(do_lower_case)
         self.model_max_length = model_max_length
         self.backend = _engine(self.vocab, self.do_lower_case)
@@ -227,53 +301,63 @@ class BertTokenizer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike,
                         do_lower_case: bool | None = None) -> BertTokenizer:
-        """Load `vocab.txt` and, if present, `tokenizer_config.json` from a folder.
+        """Load a tokenizer folder: its `vocab.txt` or, when it has none (folders written by
+        transformers 5 and sentence-transformers), its WordPiece `tokenizer.json`; and
+        `tokenizer_config.json` if present (`do_lower_case`, `model_max_length`).
 
         `name_or_path` may also name a model bertkit can fetch (see `bertkit.sources.MODELS`).
-        An explicit `do_lower_case` overrides the config file's.
+        An explicit `do_lower_case` overrides the files'. Settings bertkit cannot honour (another
+        model than WordPiece, other text rules than BERT's, added tokens) are refused.
         """
-        directory = Path(name_or_path)
-        if not directory.is_dir():
-            if str(name_or_path) not in MODELS:
-                raise FileNotFoundError(
-                    f"{name_or_path!s} is not a tokenizer folder (no such directory). Give the "
-                    f"folder holding {VOCAB_NAME} (and optionally {CONFIG_NAME}), or one of the "
-                    f"models bertkit can fetch: {', '.join(MODELS)}."
-                )
-            directory = fetch(str(name_or_path))
-        vocab_file = directory / VOCAB_NAME
-        if not vocab_file.is_file():
+        directory = _tokenizer_folder(name_or_path)
+        config_file = directory / CONFIG_NAME
+        config = _read_config(config_file)
+        vocab_file, json_file = directory / VOCAB_NAME, directory / TOKENIZER_FILE_NAME
+        if vocab_file.is_file():
+            vocab, lowercase_in_json = _read_vocab(vocab_file), None
+        elif json_file.is_file():
+            vocab, lowercase_in_json = _read_tokenizer_json(json_file)
+        else:
             raise FileNotFoundError(
-                f"{vocab_file} not found: a tokenizer folder needs a {VOCAB_NAME} with one "
-                "WordPiece token per line (save_pretrained and train_vocab write one)."
+                f"{vocab_file} not found, nor {TOKENIZER_FILE_NAME}: a tokenizer folder needs a "
+                f"{VOCAB_NAME} with one WordPiece token per line or a WordPiece "
+                f"{TOKENIZER_FILE_NAME} (save_pretrained and train_vocab write both)."
             )
-        config = _read_config(directory / CONFIG_NAME)
-        cased_by_config = do_lower_case is None and config.get("do_lower_case") is False
-        if do_lower_case is None:
-            do_lower_case = config.get("do_lower_case", True)
-        for key, supported in (("do_basic_tokenize", True), ("tokenize_chinese_chars", True),
-                               ("strip_accents", do_lower_case)):
-            if config.get(key, supported) not in (supported, None):
-                raise ValueError(
-                    f"{directory / CONFIG_NAME} sets {key}={config[key]!r}, which bertkit does not "
-                    f"support (it follows Google's BERT: {key}={supported!r})."
-                )
-        tokenizer = cls(vocab_file, do_lower_case=do_lower_case,
-                        model_max_length=config.get("model_max_length", 512))
-        if cased_by_config and _is_uncased(tokenizer.vocab):
+        configured = config.get("do_lower_case")
+        if do_lower_case is None and None not in (configured, lowercase_in_json) and (
+                bool(configured) != lowercase_in_json):
             raise ValueError(
-                f"{directory / CONFIG_NAME} says do_lower_case=false, but {vocab_file} is an "
-                "uncased vocabulary (no entry has an upper-case letter), so every capitalised "
-                "word would become [UNK]. Set do_lower_case to true in the config, or pass "
-                "do_lower_case=True."
+                f"{config_file} says do_lower_case={json.dumps(configured)} but {json_file} sets "
+                f"normalizer.lowercase={json.dumps(lowercase_in_json)}; make the two agree, or "
+                "pass do_lower_case= to choose."
+            )
+        stated = next((value for value in (do_lower_case, configured, lowercase_in_json)
+                       if value is not None), True)
+        _check_config_text_rules(config, config_file, bool(stated))
+        tokenizer = cls(vocab, do_lower_case=stated,
+                        model_max_length=_model_max_length(config, config_file))
+        if do_lower_case is None and not stated and _is_uncased(tokenizer.vocab):
+            said = (f"{config_file} says do_lower_case=false" if configured is not None
+                    else f"{json_file} sets normalizer.lowercase=false")
+            source = vocab_file if lowercase_in_json is None else json_file
+            raise ValueError(
+                f"{said}, but {source} holds an uncased vocabulary (no entry has an upper-case "
+                "letter), so every capitalised word would become [UNK]. Set do_lower_case to true "
+                "in the config, or pass do_lower_case=True."
             )
         return tokenizer
 
-    def save_pretrained(self, directory: str | os.PathLike) -> tuple[Path, Path]:
-        """Write `vocab.txt` and a `tokenizer_config.json` that HuggingFace's loaders read too."""
+    def save_pretrained(self, directory: str | os.PathLike) -> tuple[Path, Path, Path]:
+        """Write `vocab.txt`, `tokenizer_config.json` and `tokenizer.json`.
+
+        Google's code and transformers' loaders read `vocab.txt`; transformers 5 (its fast
+        tokenizer, through `AutoTokenizer`) and sentence-transformers read `tokenizer.json`,
+        which states the same vocabulary and rules as BertNormalizer/BertPreTokenizer.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         vocab_file, config_file = directory / VOCAB_NAME, directory / CONFIG_NAME
+        json_file = directory / TOKENIZER_FILE_NAME
         vocab_file.write_text("".join(token + "\n" for token in self._tokens_by_id),
                               encoding="utf-8")
         config = {
@@ -282,12 +366,16 @@ class BertTokenizer:
             "model_max_length": self.model_max_length,
             "unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS,
             "mask_token": MASK,
+            "do_basic_tokenize": True,
+            "never_split": None,
             "tokenize_chinese_chars": True,
             "strip_accents": None,
             "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
         }
         config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        return vocab_file, config_file
+        json_file.write_text(_transformers_engine(self.vocab, self.do_lower_case).to_str(
+            pretty=True), encoding="utf-8")
+        return vocab_file, config_file, json_file
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -304,6 +392,10 @@ class BertTokenizer:
         word within its segment, None for special and padding tokens), and with either one
         `sequence_ids` (0 or 1: the token's segment; None for special and padding tokens).
 
+        Pairs are `[CLS] A [SEP] B [SEP]`; as in Google's code, a second text with no tokens
+        ("", " ", only control characters) or none left after truncation is no second segment:
+        `[CLS] A [SEP]`.
+
         `truncation`: True or "longest_first" (Google's rule: drop the last token of the longer
         segment, of the second on ties, until the whole fits), "only_first" or "only_second".
         `max_length` counts the special tokens and defaults to `model_max_length`. `padding`: True
@@ -312,28 +404,12 @@ class BertTokenizer:
         `sequence_ids`, which hold None, stay lists.
         """
         batched = isinstance(text, (list, tuple))
-        firsts = _as_texts(text, "text")
-        seconds = None
-        if text_pair is not None:
-            seconds = _as_texts(text_pair, "text_pair")
-            if isinstance(text_pair, (list, tuple)) != batched or len(seconds) != len(firsts):
-                shape = f"a batch of {len(firsts)}" if batched else "a single str"
-                pair_shape = (f"a batch of {len(seconds)}"
-                              if isinstance(text_pair, (list, tuple)) else "a single str")
-                raise ValueError(f"text is {shape} but text_pair is {pair_shape}; give one "
-                                 "text_pair per text, in the same shape.")
+        firsts, seconds = _texts_and_pairs(text, text_pair)
         truncation = _choice(truncation, "truncation", TRUNCATION_STRATEGIES, "longest_first",
                              off="do_not_truncate")
         padding = _choice(padding, "padding", PADDING_STRATEGIES, "longest", off="do_not_pad")
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' for "
-                             "torch tensors or None for lists.")
-        if truncation == "only_second" and seconds is None:
-            raise ValueError("truncation='only_second' needs a text_pair to truncate; use "
-                             "truncation=True for a single text.")
         limit = self.model_max_length if max_length is None else max_length
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ValueError(f"max_length must be a positive int, got {limit!r}.")
+        _check_call_options(truncation, seconds is not None, return_tensors, limit)
 
         encodings_a = self.backend.encode_batch(firsts, add_special_tokens=False)
         encodings_b = (self.backend.encode_batch(seconds, add_special_tokens=False)
@@ -342,23 +418,22 @@ class BertTokenizer:
                           return_word_ids)
                 for a, b in zip(encodings_a, encodings_b, strict=True)]
         if padding is not None:
-            width = limit if padding == "max_length" else max((len(r["input_ids"]) for r in rows),
-                                                              default=0)
-            for row in rows:
-                self._pad(row, width)
-        batch = {key: [row[key] for row in rows] for key in (rows[0] if rows else _FIELDS)}
-        if return_tensors == "pt":
-            return _to_tensors(batch)
-        return batch if batched else {key: values[0] for key, values in batch.items()}
+            self._pad_rows(rows, limit if padding == "max_length" else None)
+        return _assembled(rows, batched, return_tensors)
 
     def _row(self, first: Encoding, second: Encoding | None, truncation: str | None, limit: int,
              add_special_tokens: bool, offsets: bool, word_ids: bool) -> dict[str, list]:
-        """One encoded sequence: `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, truncated to fit."""
+        """One encoded sequence: `[CLS] A [SEP]`, or `[CLS] A [SEP] B [SEP]` while B has tokens
+        (Google's `run_classifier`), truncated to fit."""
+        if second is not None and not len(second):
+            second = None  # nothing to pair: Google truncates and frames A alone
         keep_a, keep_b = len(first), len(second) if second is not None else 0
         if truncation is not None:
             n_special = (2 if second is None else 3) if add_special_tokens else 0
             keep_a, keep_b = _truncated_lengths(keep_a, keep_b, limit - n_special, truncation,
                                                 limit)
+        if keep_b == 0:
+            second = None  # truncation took all of B: Google drops its [SEP] too
 
         def framed(field: Callable[[Encoding], list], opener: list, closer: list) -> list:
             part_a = field(first)[:keep_a]
@@ -378,11 +453,15 @@ class BertTokenizer:
                                          [None], [None], add_special_tokens)
         return row
 
-    def _pad(self, row: dict[str, list], width: int) -> None:
-        missing = width - len(row["input_ids"])
-        for key, values in row.items():
-            value = self.pad_token_id if key == "input_ids" else _PAD_VALUES[key]
-            values.extend([value] * missing)
+    def _pad_rows(self, rows: list[dict[str, list]], width: int | None) -> None:
+        """Pad every row to `width`, or to the longest row when `width` is None."""
+        if width is None:
+            width = max((len(row["input_ids"]) for row in rows), default=0)
+        for row in rows:
+            missing = width - len(row["input_ids"])
+            for key, values in row.items():
+                value = self.pad_token_id if key == "input_ids" else _PAD_VALUES[key]
+                values.extend([value] * missing)
 
     def tokenize(self, text: str) -> list[str]:
         """The WordPiece tokens of `text`, without [CLS]/[SEP]."""
@@ -505,7 +584,7 @@ def _as_texts(value: object, name: str) -> list[str]:
                 item, (bytes, bytearray)) else ""
             raise TypeError(f"{where} must be a str or a list of str, got "
                             f"{type(item).__name__}{hint}.")
-    return [_SURROGATES.sub("\x00", item) for item in items]
+    return [_SURROGATES.sub(_STAND_IN, item) for item in items]
 
 
 def _choice(value: object, name: str, valid: tuple[str, ...], default: str, off: str) -> str | None:
@@ -524,6 +603,82 @@ def _is_uncased(vocab: Iterable[str]) -> bool:
     """No entry changes when lowercased, bracketed markers such as [CLS] or [unused0] aside."""
     return all(token == token.lower() for token in vocab
                if not (token.startswith("[") and token.endswith("]")))
+
+
+
+
+def _texts_and_pairs(text: object, text_pair: object) -> tuple[list[str], list[str] | None]:
+    """The call's texts and second texts as lists, checked to be str and of the same shape."""
+    batched = isinstance(text, (list, tuple))
+    firsts = _as_texts(text, "text")
+    if text_pair is None:
+        return firsts, None
+    seconds = _as_texts(text_pair, "text_pair")
+    if isinstance(text_pair, (list, tuple)) != batched or len(seconds) != len(firsts):
+        shape = f"a batch of {len(firsts)}" if batched else "a single str"
+        pair_shape = (f"a batch of {len(seconds)}"
+                      if isinstance(text_pair, (list, tuple)) else "a single str")
+        raise ValueError(f"text is {shape} but text_pair is {pair_shape}; give one "
+                         "text_pair per text, in the same shape.")
+    return firsts, seconds
+
+
+def _check_call_options(truncation: str | None, paired: bool, return_tensors: str | None,
+                        limit: object) -> None:
+    if return_tensors not in (None, "pt"):
+        raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' for "
+                         "torch tensors or None for lists.")
+    if truncation == "only_second" and not paired:
+        raise ValueError("truncation='only_second' needs a text_pair to truncate; use "
+                         "truncation=True for a single text.")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"max_length must be a positive int, got {limit!r}.")
+
+
+def _assembled(rows: list[dict[str, list]], batched: bool, return_tensors: str | None) -> dict:
+    """Rows as one dict of fields: lists per row, tensors, or a single text's lists."""
+    batch = {key: [row[key] for row in rows] for key in (rows[0] if rows else _FIELDS)}
+    if return_tensors == "pt":
+        return _to_tensors(batch)
+    return batch if batched else {key: values[0] for key, values in batch.items()}
+
+
+# -- reading tokenizer folders -------------------------------------------------------------------
+
+
+def _tokenizer_folder(name_or_path: str | os.PathLike) -> Path:
+    """The folder `name_or_path` names, fetching it when it is a model bertkit knows."""
+    directory = Path(name_or_path)
+    if directory.is_dir():
+        return directory
+    if str(name_or_path) not in MODELS:
+        raise FileNotFoundError(
+            f"{name_or_path!s} is not a tokenizer folder (no such directory). Give the folder "
+            f"holding {VOCAB_NAME} or {TOKENIZER_FILE_NAME} (and optionally {CONFIG_NAME}), or "
+            f"one of the models bertkit can fetch: {', '.join(MODELS)}."
+        )
+    return fetch(str(name_or_path))
+
+
+def _check_config_text_rules(config: dict, path: Path, lowercase: bool) -> None:
+    """Refuse tokenizer_config.json settings that ask for other text rules than Google's."""
+    for key, supported in (("do_basic_tokenize", True), ("tokenize_chinese_chars", True),
+                           ("strip_accents", lowercase)):
+        if config.get(key, supported) not in (supported, None):
+            raise ValueError(
+                f"{path} sets {key}={config[key]!r}, which bertkit does not support (it follows "
+                f"Google's BERT: {key}={supported!r})."
+            )
+
+
+def _model_max_length(config: dict, path: Path) -> int:
+    """The config's model_max_length; 512 (BERT's positions) when it states none."""
+    value = config.get("model_max_length")
+    if value is None or (isinstance(value, (int, float)) and value >= _TRANSFORMERS_NO_MAX_LENGTH):
+        return 512  # transformers writes about 1e30 for "no limit known"
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{path} sets model_max_length={value!r}; it must be a positive int.")
+    return value
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
@@ -550,24 +705,108 @@ def _read_vocab(path: Path) -> dict[str, int]:
                              f"{vocab[token] + 1} and {index + 1}); a token's line is its id, so "
                              "each must be listed once.")
         vocab[token] = index
+    return _checked_vocab(vocab, path)
+
+
+def _checked_vocab(vocab: dict[str, int], where: object) -> dict[str, int]:
+    """`vocab` ordered by id, checked: ids 0..N-1, each once, and BERT's special tokens."""
+    ids = sorted(vocab.values()) if all(
+        isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()) else None
+    if not vocab or ids != list(range(len(vocab))):
+        raise ValueError(f"{where} is not a valid vocabulary: its ids must be 0..N-1, each "
+                         "used once, and it must not be empty.")
     missing = [token for token in SPECIAL_TOKENS if token not in vocab]
     if missing:
-        raise ValueError(f"{path} lacks the special tokens {', '.join(missing)}; a BERT "
+        raise ValueError(f"{where} lacks the special tokens {', '.join(missing)}; a BERT "
                          f"vocabulary needs all of {', '.join(SPECIAL_TOKENS)}.")
-    return vocab
+    return dict(sorted(vocab.items(), key=lambda item: item[1]))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); fix or delete it.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    return data
 
 
 def _read_config(path: Path) -> dict:
     """The tokenizer_config.json as a dict; {} when there is none."""
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); fix or delete it.") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}.")
-    return config
+    return _read_json(path) if path.is_file() else {}
+
+
+def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], bool]:
+    """The vocabulary and lowercasing of a WordPiece `tokenizer.json`, checked to ask for BERT's
+    rules only: bertkit then applies them as Google's code does."""
+    data = _read_json(path)
+
+    def refuse(setting: str, value: object, honoured: str) -> None:
+        raise ValueError(
+            f"{path} sets {setting}={json.dumps(value, ensure_ascii=False)}, which bertkit cannot "
+            f"honour: it reads BERT WordPiece tokenizers only ({setting} {honoured})."
+        )
+
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    if model.get("type") != "WordPiece":
+        refuse("model.type", model.get("type"), 'must be "WordPiece"')
+    for key, expected in (("unk_token", UNK), ("continuing_subword_prefix", "##")):
+        if model.get(key, expected) != expected:
+            refuse(f"model.{key}", model[key], f"must be {json.dumps(expected)}")
+    limit = model.get("max_input_chars_per_word", MAX_CHARS_PER_WORD)
+    if limit not in (MAX_CHARS_PER_WORD, _TRANSFORMERS_MAX_CHARS_PER_WORD):
+        refuse("model.max_input_chars_per_word", limit,
+               f"must be {MAX_CHARS_PER_WORD}, Google's limit, or "
+               f"{_TRANSFORMERS_MAX_CHARS_PER_WORD}, which transformers writes everywhere and "
+               "bertkit reads as Google's")
+    normalizer = data.get("normalizer")
+    normalizer = normalizer if isinstance(normalizer, dict) else {"type": normalizer}
+    if normalizer.get("type") != "BertNormalizer":
+        refuse("normalizer.type", normalizer.get("type"), 'must be "BertNormalizer"')
+    lowercase = normalizer.get("lowercase", True)
+    if not isinstance(lowercase, bool):
+        refuse("normalizer.lowercase", lowercase, "must be true or false")
+    for key in ("clean_text", "handle_chinese_chars"):
+        if normalizer.get(key, True) is not True:
+            refuse(f"normalizer.{key}", normalizer[key], "must be true")
+    if normalizer.get("strip_accents") not in (None, lowercase):
+        refuse("normalizer.strip_accents", normalizer["strip_accents"],
+               f"must be null or the same as lowercase ({json.dumps(lowercase)})")
+    pre_tokenizer = data.get("pre_tokenizer")
+    pre_type = pre_tokenizer.get("type") if isinstance(pre_tokenizer, dict) else pre_tokenizer
+    if pre_type != "BertPreTokenizer":
+        refuse("pre_tokenizer.type", pre_type, 'must be "BertPreTokenizer"')
+    vocab = model.get("vocab")
+    vocab = _checked_vocab(vocab if isinstance(vocab, dict) else {}, f"{path} (model.vocab)")
+    _check_framing(data.get("post_processor"), vocab, path)
+    for added in data.get("added_tokens") or []:
+        content, token_id = added.get("content"), added.get("id")
+        if content not in SPECIAL_TOKENS or vocab[content] != token_id:
+            raise ValueError(
+                f"{path} sets added_tokens with {json.dumps(content, ensure_ascii=False)} (id "
+                f"{token_id}), which bertkit cannot honour: it keeps only BERT's "
+                f"{' '.join(SPECIAL_TOKENS)}, at their vocabulary ids, whole."
+            )
+    return vocab, lowercase
+
+
+def _check_framing(post_processor: object, vocab: dict[str, int], path: Path) -> None:
+    """Refuse a post-processor that frames texts otherwise than `[CLS] A [SEP] B [SEP]`."""
+    if post_processor is None:
+        return  # bertkit frames the texts as BERT does, as for a vocab.txt folder
+    bert = [json.loads(_bert_framing(vocab).__getstate__()),
+            {"type": "BertProcessing", "sep": [SEP, vocab[SEP]], "cls": [CLS, vocab[CLS]]}]
+    if post_processor not in bert:
+        kind = post_processor.get("type") if isinstance(post_processor, dict) else post_processor
+        raise ValueError(
+            f"{path} sets a post_processor ({kind}) that does not frame texts as BERT's "
+            f"[CLS] A [SEP] B [SEP] (segment ids 0 for [CLS] A [SEP], 1 for B [SEP]; [CLS]="
+            f"{vocab[CLS]}, [SEP]={vocab[SEP]}), which bertkit cannot honour."
+        )
+
+
+# -- training --------------------------------------------------------------------------------
 
 
 def train_vocab(files: str | os.PathLike | Iterable[str | os.PathLike] | None = None, *,
@@ -578,9 +817,10 @@ def train_vocab(files: str | os.PathLike | Iterable[str | os.PathLike] | None = 
 
     Give text files (`files`) or strings (`texts`). The vocabulary starts with [PAD] [UNK] [CLS]
     [SEP] [MASK] (ids 0-4), then the alphabet (at most `limit_alphabet` characters) and its "##"
-    forms, then learnt pieces up to `vocab_size` entries. With `out_dir`, `vocab.txt` and
-    `tokenizer_config.json` are written there. Runs are not bit-identical: `tokenizers` breaks
-    ties between equally frequent pairs in hash order, so a few late entries can differ.
+    forms, then learnt pieces up to `vocab_size` entries. With `out_dir`, `vocab.txt`,
+    `tokenizer_config.json` and `tokenizer.json` are written there. Runs are not bit-identical:
+    `tokenizers` breaks ties between equally frequent pairs in hash order, so a few late entries
+    can differ.
     """
     if (files is None) == (texts is None):
         raise ValueError("give the training text either as files=[paths] or as texts=[strings], "
@@ -596,39 +836,42 @@ def train_vocab(files: str | os.PathLike | Iterable[str | os.PathLike] | None = 
     engine.normalizer = _normalizer(lowercase)
     engine.pre_tokenizer = _pre_tokenizer()
     if files is not None:
-        paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-        if not paths:
-            raise ValueError("files is empty; give at least one text file to train on.")
-        for path in paths:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"training file {path} does not exist.")
-        engine.train([str(path) for path in paths], trainer)
+        engine.train(_training_files(files), trainer)
     else:
-        if isinstance(texts, str):
-            texts = [texts]
-        engine.train_from_iterator(_as_texts_lazily(texts), trainer)
+        engine.train_from_iterator(_as_texts_lazily([texts] if isinstance(texts, str) else texts),
+                                   trainer)
+    tokenizer = BertTokenizer(_trained_vocab(engine, vocab_size), do_lower_case=lowercase)
+    if out_dir is not None:
+        tokenizer.save_pretrained(out_dir)
+    return tokenizer
 
+
+def _training_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    if not paths:
+        raise ValueError("files is empty; give at least one text file to train on.")
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"training file {path} does not exist.")
+    return [str(path) for path in paths]
+
+
+def _trained_vocab(engine: Tokenizer, vocab_size: int) -> dict[str, int]:
+    """The trained engine's vocabulary, checked to hold more than the special tokens and to fit."""
     trained = engine.get_vocab()
-    tokens = sorted(trained, key=trained.get)
-    if len(tokens) == len(SPECIAL_TOKENS):
+    if len(trained) == len(SPECIAL_TOKENS):
         raise ValueError("the training text is empty (no words after normalisation).")
-    if len(tokens) > vocab_size:
+    if len(trained) > vocab_size:
         raise ValueError(
             f"vocab_size={vocab_size} is too small: the special tokens and the alphabet (the "
-            f"{len(tokens) - len(SPECIAL_TOKENS)} characters and \"##\" forms seen) already take "
-            f"{len(tokens)} entries. Raise vocab_size or lower limit_alphabet."
+            f"{len(trained) - len(SPECIAL_TOKENS)} characters and \"##\" forms seen) already "
+            f"take {len(trained)} entries. Raise vocab_size or lower limit_alphabet."
         )
-    with tempfile.TemporaryDirectory() as scratch:
-        directory = Path(out_dir) if out_dir is not None else Path(scratch)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / VOCAB_NAME).write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
-        tokenizer = BertTokenizer(directory / VOCAB_NAME, do_lower_case=lowercase)
-        tokenizer.save_pretrained(directory)
-    return tokenizer
+    return trained
 
 
 def _as_texts_lazily(texts: Iterable[str]) -> Iterable[str]:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{index}] must be a str, got {type(text).__name__}.")
-        yield _SURROGATES.sub("\x00", text)
+        yield _SURROGATES.sub(_STAND_IN, text)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .device import autocast
+from .settings import Settings, option
 
 OPTIMIZERS = ("adamw", "lamb")
 STATE_NAME = "trainer_state.pt"
@@ -116,6 +117,26 @@ def build_optimizer(model, *, name="adamw", lr=1e-4, weight_decay=0.01, betas=(0
     if name == "lamb":
         return Lamb(groups, lr=lr, betas=betas, eps=eps)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+@dataclass(kw_only=True)
+class OptimizerSettings(Settings):
+    """The optimiser and schedule settings that pre-training and fine-tuning share (each job
+    adds its own ``lr``)."""
+
+    warmup: float = option(0.1, "warm-up: a fraction of the steps (< 1) or a number of steps",
+                           at_least=0)
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)",
+                                 at_least=0)
+    beta1: float = option(0.9, "Adam beta1", at_least=0, at_most=1)
+    beta2: float = option(0.999, "Adam beta2", at_least=0, at_most=1)
+    eps: float = option(1e-6, "Adam epsilon", above=0)
+    optimizer: str = option("adamw", "adamw (the paper's) or lamb (large batches)",
+                            choices=OPTIMIZERS)
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)",
+                                  at_least=0)
+    skip_nonfinite: bool = option(False, "skip steps whose loss is NaN/inf (counted) instead "
+                                  "of stopping")
 
 
 class WarmupLinearDecay(torch.optim.lr_scheduler.LambdaLR):

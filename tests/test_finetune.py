@@ -190,3 +190,90 @@ def test_cli_finetune_evaluate_predict(tmp_path, monkeypatch, capsys):
                  str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 1
     assert "missing.jsonl: no such file" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+def run_finetune_cli(*args, wait=True):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "bertkit", "finetune", "--task", "classification", "--model",
+           "tiny", "--max-length", "32", "--batch-size", "8", "--lr", "5e-4", "--log-every", "1",
+           "--no-progress", "--precision", "fp32", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    if wait:
+        process.communicate(timeout=600)
+    return process
+
+
+def test_ctrl_c_stops_every_seed_and_resume_finishes_as_an_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    train = sample("rt-polarity", "train", 400, tmp_path)
+    test = sample("rt-polarity", "test", 40, tmp_path)
+    common = ["--train", train, "--validation", test, "--test", test, "--seeds", "1,2",
+              "--epochs", 2]
+    whole = run_finetune_cli(*common, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr.read()[-2000:]
+    out = tmp_path / "stopped"
+    process = run_finetune_cli(*common, "--out", out, wait=False)
+    deadline = time.time() + 300
+    while not (out / "seed-2" / "metrics.jsonl").is_file():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"--resume --out {out}" in stderr
+    stopped = json.loads((out / "results.json").read_text())
+    assert stopped["stopped"] is True and len(stopped["runs"]) == 2
+    assert stopped["runs"][1] == {"seed": 2, "stopped": True}  # not averaged as if finished
+    first_seed = (out / "seed-1" / "results.json").stat().st_mtime_ns
+
+    resumed = run_finetune_cli("--resume", "--out", out)
+    assert resumed.returncode == 0, resumed.stderr.read()[-2000:]
+    assert (out / "seed-1" / "results.json").stat().st_mtime_ns == first_seed  # not redone
+    finished = json.loads((out / "results.json").read_text())
+    expected = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert finished["stopped"] is False
+    assert finished["summary"] == expected["summary"]
+    def timeless(run):
+        return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in run["history"]]
+
+    for got, want in zip(finished["runs"], expected["runs"], strict=True):
+        assert got["test"] == want["test"] and timeless(got) == timeless(want)
+
+
+def test_an_earlier_run_is_kept_until_a_rerun_succeeds(tmp_path, capsys):
+    train = sample("rt-polarity", "train", 16, tmp_path)
+    out = tmp_path / "run"
+    flags = ["finetune", "--task", "classification", "--model", "tiny", "--train", str(train),
+             "--validation", str(train), "--out", str(out), "--epochs", "1", "--max-length",
+             "32", "--batch-size", "8", "--no-progress"]
+    assert main(flags) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(flags) == 1  # no --overwrite: refused, nothing touched
+    assert "holds an earlier fine-tuning run: pass --overwrite" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "fine", "tag": "fresh"}) + "\n")
+    assert main([*flags, "--overwrite", "--train", str(bad)]) == 1  # fails after starting
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main([*flags, "--overwrite", "--epochs", "2"]) == 0
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+    assert not list(tmp_path.glob(".run*"))  # the staging folder was swapped in
+
+
+def test_resume_refuses_a_changed_setting(tmp_path, capsys):
+    train = sample("rt-polarity", "train", 16, tmp_path)
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "classification", "--model", "tiny", "--train",
+                 str(train), "--out", str(out), "--epochs", "1", "--max-length", "32",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "--resume", "--out", str(out), "--lr", "1e-3"]) == 1
+    assert "--lr 0.001 (the run has 3e-05)" in capsys.readouterr().err
+    assert main(["finetune", "--resume", "--out", str(out), "--epochs", "1"]) == 0

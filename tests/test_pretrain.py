@@ -153,3 +153,30 @@ def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path, wiki_data):
     pretrain(settings)
     with pytest.raises(FileExistsError, match="pass --resume"):
         pretrain(settings)
+
+
+def test_resume_with_no_other_flag_continues_with_the_runs_own_settings(tmp_path, wiki_data):
+    # Settings away from the CLI defaults: a resume that fell back to them would differ.
+    common = ["--data", wiki_data, "--steps", 10, "--batch-size", 4, "--lr", "1e-3",
+              "--save-every", 2]
+    run_cli(*common, "--out", tmp_path / "whole")
+    run = tmp_path / "stopped"
+    process = run_cli(*common, "--out", run, wait=False)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step-0000002" / "trainer_state.pt").exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    settings = (run / "pretrain_settings.json").read_bytes()
+    resumed = subprocess.run([sys.executable, "-m", "bertkit", "pretrain", "--resume", "--out",
+                              str(run)], env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert step_losses(run) == step_losses(tmp_path / "whole")
+    assert (run / "pretrain_settings.json").read_bytes() == settings
+    changed = subprocess.run([sys.executable, "-m", "bertkit", "pretrain", "--resume", "--out",
+                              str(run), "--batch-size", "32"], env=ENV, capture_output=True,
+                             text=True)
+    assert changed.returncode == 1
+    assert "--batch-size 32 (the run has 4)" in changed.stderr

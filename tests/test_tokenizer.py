@@ -1,4 +1,7 @@
-"""BertTokenizer against Google's reference (transformers' BertTokenizerLegacy) on real text.
+"""BertTokenizer against Google's reference on real text.
+
+The reference (`legacy`, from conftest) is transformers' BertTokenizerLegacy with its departures
+from Google's tokenization.py undone (conftest.GoogleReference).
 
 Also: offsets and word ids against HuggingFace's Rust-backed BertTokenizer, the files it writes,
 and every error message.
@@ -36,16 +39,6 @@ HARD_CASES = [
     "ﬁ ligature, Ⅻ roman, ½ fraction, ① circled, ｆｕｌｌｗｉｄｔｈ",
     "Dives Akuru \U00011935\U00011930 \U00011938, Hanunoo \u1734",
 ]
-
-
-@pytest.fixture(scope="module")
-def uncased(minilm_dir):
-    return BertTokenizer.from_pretrained(minilm_dir)
-
-
-@pytest.fixture(scope="module")
-def legacy(minilm_dir):
-    return BertTokenizerLegacy(vocab_file=str(minilm_dir / "vocab.txt"), do_lower_case=True)
 
 
 @pytest.fixture(scope="module")

@@ -64,10 +64,10 @@ def test_decode_inverts_encode_up_to_normalisation(trained, split_leads):
         assert tokenizer.decode(ids) == expected
 
 
-def test_cased_tokenization_matches_the_reference(cased, wiki_sentences):
+def test_cased_tokenization_matches_the_reference(cased, wiki_sentences, google_reference):
     tokenizer, out_dir = cased
     assert not tokenizer.do_lower_case
-    reference = BertTokenizerLegacy(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=False)
+    reference = google_reference(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=False)
     held_out = wiki_sentences[-3000:]
     accented = [s for s in wiki_sentences if re.search(r"[À-ÿĀ-ž]", s)][:2000]
     assert len(accented) > 500

@@ -109,7 +109,7 @@ def _write_data(output: Path, *, corpus: Corpus, tokenizer: BertTokenizer, vocab
 
     The manifest is rewritten as each shard lands, and says how the run ended if it fails.
     """
-    vocab_file, _ = tokenizer.save_pretrained(output / TOKENIZER_FOLDER)
+    vocab_file = tokenizer.save_pretrained(output / TOKENIZER_FOLDER)[0]
     dtype = token_dtype(tokenizer.vocab_size)
     manifest = _new_manifest(config, corpus, tokenizer, sha256_of(vocab_file), dtype)
     write_manifest(output, manifest)
