@@ -368,6 +368,14 @@ def cmd_data_pretrain(args):
 def cmd_vocab_train(args):
     from .data import Corpus, train_vocab_on_corpus
 
+    out = Path(args.out)
+    if (out.parent / "manifest.json").is_file():
+        raise ValueError(f"{out} is the vocabulary of the pre-training data in {out.parent}: its "
+                         "examples are ids of that vocabulary. Train into another folder and "
+                         "build new examples with it (bertkit data pretrain --vocab FOLDER).")
+    if (out / "vocab.txt").is_file() and not args.overwrite:
+        raise FileExistsError(f"{out} already holds a vocab.txt: pass --overwrite to replace "
+                              "it, or choose another --out.")
     corpus = Corpus(args.corpus, format=args.format, text_field=args.text_field,
                     language=args.language)
     tokenizer = train_vocab_on_corpus(corpus, args.out, vocab_size=args.vocab_size,
@@ -468,6 +476,8 @@ def add_data_commands(commands) -> None:
         "[SEP] [MASK] first) on a corpus; writes OUT/vocab.txt and OUT/tokenizer_config.json.")
     _add_corpus_flags(train)
     train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a vocabulary already in --out")
     train.add_argument("--vocab-size", type=int, default=30522, help="entries (default 30522)")
     train.add_argument("--cased", action="store_true", help="keep case and accents")
     train.add_argument("--min-frequency", type=int, default=2,
