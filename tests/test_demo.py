@@ -88,3 +88,40 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
     for path in ("pretrain/model/model.safetensors", "pretrain/model/vocab.txt",
                  "pretrain/metrics.jsonl", "classifiers.png"):
         assert (out / path).is_file(), path
+
+
+def test_ctrl_c_during_fine_tuning_exits_130_and_resume_redoes_only_that_stage(tmp_path, corpus):
+    out = tmp_path / "run"
+    flags = ["--out", str(out), "--budget", "0.6", "--corpus", str(corpus), "--vocab-size",
+             "800", "--preset", "tiny", "--dupe-factor", "1", "--finetune-examples", "48",
+             "--finetune-epochs", "1", "--minilm-examples", "200", "--eval-examples", "48"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "bertkit", "demo"]
+    process = subprocess.Popen([*command, *flags], env=env, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    log = out / "finetune-minilm" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not log.is_file():
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"bertkit demo --resume --out {out}" in stderr
+    before = json.loads((out / STATE_NAME).read_text())
+    assert "finetune-minilm" not in before and {"vocab", "data"} <= set(before)
+
+    resumed = subprocess.run([*command, "--resume", "--out", str(out)], env=env, text=True,
+                             capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = json.loads((out / STATE_NAME).read_text())
+    assert after["vocab"] == before["vocab"] and after["data"] == before["data"]
+    # The interrupted stage ran again from its start: the same result as a run never stopped.
+    again = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from pathlib import Path
+        from bertkit.demo import DemoSettings, _finetune
+        settings = DemoSettings.from_file({str(out / 'demo_settings.json')!r})
+        print(_finetune(Path({str(tmp_path)!r}), settings, "finetune-minilm")["test_accuracy"])
+    """)], env=env, text=True, capture_output=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert float(again.stdout.split()[-1]) == after["finetune-minilm"]["test_accuracy"]
