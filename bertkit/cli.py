@@ -473,7 +473,8 @@ def add_data_commands(commands) -> None:
         help="train a WordPiece vocabulary on a corpus",
         epilog=CORPUS_EPILOG,
         description="Train a BERT WordPiece vocabulary (BERT's normalisation, [PAD] [UNK] [CLS] "
-        "[SEP] [MASK] first) on a corpus; writes OUT/vocab.txt and OUT/tokenizer_config.json.")
+        "[SEP] [MASK] first) on a corpus; writes OUT/vocab.txt, OUT/tokenizer_config.json "
+        "and OUT/tokenizer.json.")
     _add_corpus_flags(train)
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--overwrite", action="store_true",

@@ -187,7 +187,9 @@ def build_model(settings: PretrainSettings, tokenizer: BertTokenizer,
                                         **overrides)
         return BertForPreTraining(config)
     model = BertForPreTraining.from_pretrained(settings.model, **overrides)
-    if (Path(settings.model) / "vocab.txt").is_file() and vocabulary_sha256(
+    has_vocabulary = any((Path(settings.model) / name).is_file()
+                         for name in ("vocab.txt", "tokenizer.json"))
+    if has_vocabulary and vocabulary_sha256(
             BertTokenizer.from_pretrained(settings.model)) != vocabulary_sha256(tokenizer):
         raise ValueError(
             f"{settings.model} was trained with another vocabulary than the examples in "

@@ -5,10 +5,11 @@ checkpoint was trained with: drop control characters, isolate CJK ideographs, lo
 accents (uncased models), split off every punctuation character, then greedy longest-match
 WordPiece on words of at most 200 characters; its `run_classifier.py` frames a pair as
 `[CLS] A [SEP] B [SEP]`, and a second text with no tokens as no second text. transformers keeps
-a copy as `BertTokenizerLegacy`, which departs from it in four ways: it NFC-composes the text
-first (kept here: a no-op for uncased models), drops every "C*" character where Google drops only
-Cc and Cf (private-use, unassigned and surrogate code points are kept by Google), turns words of
-101-200 characters into [UNK], and gives `[CLS] A [SEP] [SEP]` for an empty second text.
+a copy as `BertTokenizerLegacy`, which departs from it: it NFC-composes the text first and keeps
+special tokens typed in the text whole (both kept here), drops every "C*" character where Google
+drops only Cc and Cf (Google keeps private-use, unassigned and surrogate code points), turns
+words of 101-200 characters into [UNK], and gives `[CLS] A [SEP] [SEP]` for an empty second text
+(these three follow Google here).
 `tokenizers` ships the text steps as `BertNormalizer` and `BertPreTokenizer`, which drift further:
 
 * they classify characters with Unicode 9-era tables where the reference uses Python's: they keep
@@ -739,16 +740,37 @@ def _read_config(path: Path) -> dict:
 
 def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], bool]:
     """The vocabulary and lowercasing of a WordPiece `tokenizer.json`, checked to ask for BERT's
-    rules only: bertkit then applies them as Google's code does."""
+    rules only: bertkit then applies them as Google's code does. Its truncation and padding
+    (runtime settings) are not read: a call says how to truncate and pad."""
     data = _read_json(path)
-
-    def refuse(setting: str, value: object, honoured: str) -> None:
-        raise ValueError(
-            f"{path} sets {setting}={json.dumps(value, ensure_ascii=False)}, which bertkit cannot "
-            f"honour: it reads BERT WordPiece tokenizers only ({setting} {honoured})."
-        )
-
+    refuse = functools.partial(_refuse, path)
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    _check_wordpiece_model(model, refuse)
+    lowercase = _bert_text_rules(data, refuse)
+    vocab = model.get("vocab")
+    vocab = _checked_vocab(vocab if isinstance(vocab, dict) else {}, f"{path} (model.vocab)")
+    _check_framing(data.get("post_processor"), vocab, path)
+    for added in data.get("added_tokens") or []:
+        content, token_id = ((added.get("content"), added.get("id"))
+                             if isinstance(added, dict) else (added, None))
+        if content not in SPECIAL_TOKENS or vocab[content] != token_id:
+            raise ValueError(
+                f"{path} sets added_tokens with {json.dumps(content, ensure_ascii=False)} (id "
+                f"{token_id}), which bertkit cannot honour: it keeps only BERT's "
+                f"{' '.join(SPECIAL_TOKENS)}, at their vocabulary ids, whole."
+            )
+    return vocab, lowercase
+
+
+def _refuse(path: Path, setting: str, value: object, honoured: str) -> None:
+    raise ValueError(
+        f"{path} sets {setting}={json.dumps(value, ensure_ascii=False)}, which bertkit cannot "
+        f"honour: it reads BERT WordPiece tokenizers only ({setting} {honoured})."
+    )
+
+
+def _check_wordpiece_model(model: dict, refuse: Callable[[str, object, str], None]) -> None:
+    """WordPiece with BERT's [UNK] and "##", and Google's word length limit."""
     if model.get("type") != "WordPiece":
         refuse("model.type", model.get("type"), 'must be "WordPiece"')
     for key, expected in (("unk_token", UNK), ("continuing_subword_prefix", "##")):
@@ -760,6 +782,10 @@ def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], bool]:
                f"must be {MAX_CHARS_PER_WORD}, Google's limit, or "
                f"{_TRANSFORMERS_MAX_CHARS_PER_WORD}, which transformers writes everywhere and "
                "bertkit reads as Google's")
+
+
+def _bert_text_rules(data: dict, refuse: Callable[[str, object, str], None]) -> bool:
+    """Check for BertNormalizer and BertPreTokenizer with Google's settings; give `lowercase`."""
     normalizer = data.get("normalizer")
     normalizer = normalizer if isinstance(normalizer, dict) else {"type": normalizer}
     if normalizer.get("type") != "BertNormalizer":
@@ -777,18 +803,7 @@ def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], bool]:
     pre_type = pre_tokenizer.get("type") if isinstance(pre_tokenizer, dict) else pre_tokenizer
     if pre_type != "BertPreTokenizer":
         refuse("pre_tokenizer.type", pre_type, 'must be "BertPreTokenizer"')
-    vocab = model.get("vocab")
-    vocab = _checked_vocab(vocab if isinstance(vocab, dict) else {}, f"{path} (model.vocab)")
-    _check_framing(data.get("post_processor"), vocab, path)
-    for added in data.get("added_tokens") or []:
-        content, token_id = added.get("content"), added.get("id")
-        if content not in SPECIAL_TOKENS or vocab[content] != token_id:
-            raise ValueError(
-                f"{path} sets added_tokens with {json.dumps(content, ensure_ascii=False)} (id "
-                f"{token_id}), which bertkit cannot honour: it keeps only BERT's "
-                f"{' '.join(SPECIAL_TOKENS)}, at their vocabulary ids, whole."
-            )
-    return vocab, lowercase
+    return lowercase
 
 
 def _check_framing(post_processor: object, vocab: dict[str, int], path: Path) -> None:
