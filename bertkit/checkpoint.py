@@ -30,6 +30,7 @@ logger = logging.getLogger("bertkit")
 
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+TRAINING_ARGS_NAME = "training_args.bin"  # what transformers.Trainer writes beside the weights
 # The MLM decoder shares its weight with the word embeddings: stored once, tied again on load.
 TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
@@ -74,6 +75,13 @@ def load_pretrained(model_class: type[BertPreTrainedModel], name_or_path, *,
 
 
 def _read_config(directory: Path, overrides: dict) -> BertConfig:
+    if not (directory / "config.json").is_file() and (directory / TRAINING_ARGS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{directory} needs a config.json: it holds weights written by transformers' "
+            "Trainer.save_model(), which saves only the state dict of a model that is not a "
+            "transformers PreTrainedModel. Save the trained model with "
+            "trainer.model.save_pretrained(folder) (it writes config.json and the weights)."
+        )
     config = BertConfig.from_json_file(directory / "config.json")
     if overrides:
         overrides = dict(overrides)
@@ -225,14 +233,23 @@ def _summarise(keys: list[str]) -> str:
 # Saving
 
 
-def save_pretrained(model: BertPreTrainedModel, directory) -> None:
-    """``model.save_pretrained``: ``config.json`` and ``model.safetensors``, as HuggingFace does."""
+def save_pretrained(model: BertPreTrainedModel, directory, *, state_dict: dict | None = None,
+                    safe_serialization: bool = True) -> None:
+    """``model.save_pretrained``: ``config.json`` and ``model.safetensors`` (or, without
+    ``safe_serialization``, ``pytorch_model.bin``) as HuggingFace does; ``state_dict`` replaces
+    the model's own tensors."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.architectures = [type(model).__name__]
     model.config.save(directory)
-    # The decoder shares its weight with the word embeddings; safetensors stores one copy and
-    # loaders (ours and HuggingFace's) tie them again.
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+    # The decoder shares its weight with the word embeddings: one copy is stored, and loaders
+    # (ours and HuggingFace's) tie them again.
+    state = {k: v.detach().contiguous().cpu()
+             for k, v in (model.state_dict() if state_dict is None else state_dict).items()
              if k not in TIED_KEYS}
-    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    stale = LEGACY_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
+    (directory / stale).unlink(missing_ok=True)  # loaders prefer safetensors: never a stale one
+    if safe_serialization:
+        save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    else:
+        torch.save(state, directory / LEGACY_WEIGHTS_NAME)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import ClassVar
 
 # (layers, hidden) of the paper's sizes and Turc et al.'s smaller official BERTs; heads = H/64 and
 # intermediate = 4H throughout.
@@ -42,6 +43,10 @@ class BertConfig:
     architectures: list[str] | None = None
     # Keys of config.json that bertkit does not use, kept so a load/save round trip loses nothing.
     extra: dict = field(default_factory=dict, repr=False)
+
+    # Read by transformers.Trainer: outputs that are not predictions (besides the loss).
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["mlm_loss", "nsp_loss"]
+    use_return_dict: ClassVar[bool] = True  # models return an Output unless return_dict=False
 
     def __post_init__(self):
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
@@ -115,8 +120,15 @@ class BertConfig:
         values["label2id"] = self.label2id
         return {"model_type": "bert", **extra, **{k: v for k, v in values.items() if v is not None}}
 
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """config.json's text (transformers' name; ``use_diff`` is accepted and ignored)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def get_text_config(self, *args, **kwargs) -> BertConfig:
+        """transformers' accessor for a multi-modal config's text part: BERT is all text."""
+        return self
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        (directory / "config.json").write_text(text, encoding="utf-8")
+        (directory / "config.json").write_text(self.to_json_string(), encoding="utf-8")

@@ -12,21 +12,29 @@ feature needs are not run.
 Opt-in modes trade accuracy for speed (see benchmarks/bench_inference.py for what they cost):
 ``precision="bf16"``, ``quantize="int8"`` (CPU), ``compile=True``, and `bertkit.export.export_onnx`
 for serving the encoder elsewhere.
+
+A sentence-transformers folder (``modules.json``: encoder, pooling, normalisation) is read with
+its own recipe, so that `Embedder` gives the vectors ``SentenceTransformer`` gives, and
+`Embedder.save_sentence_transformers` writes one.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .checkpoint import skipping_init
 from .config import BertConfig
 from .device import DTYPES, choose_device
@@ -50,6 +58,9 @@ STRATEGIES: dict[str, tuple[tuple[int, ...] | None, str]] = {
 }
 COMBINES = ("sum", "mean", "concat")
 POOLINGS = ("mean", "cls", "max", "tokens")
+# An empty text (no tokens): a zero vector, or what the model makes of [CLS] [SEP] (as
+# sentence-transformers does: a unit vector once normalised).
+EMPTY = ("zero", "model")
 PRECISIONS = ("fp32", "bf16")
 # Batches whose real tokens fill less of the [B, T] grid than this run packed (skip_padding).
 PACK_BELOW_FILL = 0.9
@@ -129,6 +140,88 @@ def padded(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tens
     return ids, mask.long()
 
 
+# --------------------------------------------------------------------------------------------
+# sentence-transformers folders
+
+
+ST_MODULES = "modules.json"
+ST_TRANSFORMER_CONFIG = "sentence_bert_config.json"
+ST_POOLING_DIR = "1_Pooling"
+# The legacy pooling flags of 1_Pooling/config.json, in sentence-transformers' order.
+ST_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                     "pooling_mode_mean_tokens": "mean",
+                     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                     "pooling_mode_weightedmean_tokens": "weightedmean",
+                     "pooling_mode_lasttoken": "lasttoken"}
+
+
+@dataclass(frozen=True)
+class SentenceTransformersRecipe:
+    """What a sentence-transformers folder declares: where its encoder is, how token vectors
+    are pooled, whether the result is L2-normalised, the length texts are cut to (None: the
+    tokenizer's ``model_max_length``, as sentence-transformers 5+ writes it) and whether texts
+    are lower-cased first. ``unsupported`` names what `Embedder` cannot apply (other modules,
+    other pooling modes)."""
+
+    encoder_dir: Path
+    pooling: str
+    normalize: bool
+    max_length: int | None
+    lowercase: bool
+    unsupported: tuple[str, ...] = ()
+
+
+def read_sentence_transformers(directory: str | Path) -> SentenceTransformersRecipe | None:
+    """The recipe of a sentence-transformers folder; None for a folder without modules.json."""
+    directory = Path(directory)
+    modules = _read_json(directory / ST_MODULES)
+    if modules is None:
+        return None
+    encoder_dir, pooling, normalize, unsupported = None, None, False, []
+    for module in modules:
+        kind, path = str(module.get("type", "")).rsplit(".", 1)[-1], module.get("path", "")
+        if kind in ("Transformer", "BERT") and encoder_dir is None:
+            encoder_dir = directory / path
+        elif kind == "Pooling" and pooling is None:
+            pooling = _st_pooling(_read_json(directory / path / "config.json") or {})
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            unsupported.append(f"module {module.get('type')}")
+    if encoder_dir is None:
+        raise ValueError(f"{directory / ST_MODULES} lists no Transformer module: there is no "
+                         "BERT encoder to embed with.")
+    if pooling not in POOLINGS[:3]:
+        unsupported.append(f"pooling {pooling}" if pooling else "no Pooling module")
+    encoder_config = _read_json(encoder_dir / ST_TRANSFORMER_CONFIG) or {}
+    return SentenceTransformersRecipe(
+        encoder_dir, pooling if pooling in POOLINGS[:3] else "mean", normalize,
+        encoder_config.get("max_seq_length"), bool(encoder_config.get("do_lower_case", False)),
+        tuple(unsupported))
+
+
+def _st_pooling(config: dict) -> str:
+    """1_Pooling/config.json's mode: ``pooling_mode`` (sentence-transformers 5+) or the legacy
+    flags; several modes (concatenated there) come back joined by '+'."""
+    modes = config.get("pooling_mode")
+    if modes is None:
+        modes = [mode for key, mode in ST_LEGACY_POOLING.items() if config.get(key)] or ["mean"]
+    return modes if isinstance(modes, str) else "+".join(modes)
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}).") from error
+
+
+# --------------------------------------------------------------------------------------------
+# Embedder
+
+
 @dataclass
 class TokenVectors:
     """Per-token features of one text: its WordPiece tokens ([CLS]/[SEP] left out), their
@@ -164,21 +257,30 @@ class Embedder:
     "max", or "tokens" (per-token output, see `encode_tokens`). Mean pooling + ``normalize``
     (L2, on every output vector) is the sentence-transformers recipe.
 
-    Texts longer than ``max_length`` tokens are truncated (and counted); an empty text (no
-    tokens) gets a zero vector. Opt-in speed modes: ``precision="bf16"`` (bfloat16 weights
-    and activations: AMX/AVX512-BF16 CPUs, GPUs), ``quantize="int8"`` (dynamic int8 Linear
-    layers, CPU) and ``compile=True`` (torch.compile; slow first batches).
-    ``batch_tokens`` bounds the padded tokens of a batch (default 2048 on CPU, 16384 on GPU).
-    ``sort_by_length`` and ``skip_padding`` are exact speed-ups, on by default (switch them off
-    only to compare).
+    A sentence-transformers folder (one with ``modules.json``, like all-MiniLM-L6-v2) brings
+    its own ``pooling``, ``normalize`` and ``max_length`` (``max_seq_length``: 256 for
+    all-MiniLM-L6-v2), so the vectors are the ones ``SentenceTransformer`` gives; arguments
+    given here win. Otherwise the defaults are mean pooling, normalised, and the model's
+    position count as the length.
+
+    Texts longer than ``max_length`` tokens are truncated (and counted). An empty text (no
+    tokens) gets a zero vector (``empty="zero"``: nothing to embed), or with ``empty="model"``
+    the model's vector of ``[CLS] [SEP]``, as sentence-transformers gives. Opt-in speed modes:
+    ``precision="bf16"`` (bfloat16 weights and activations: AMX/AVX512-BF16 CPUs, GPUs),
+    ``quantize="int8"`` (dynamic int8 Linear layers, CPU) and ``compile=True`` (torch.compile;
+    slow first batches). ``batch_tokens`` bounds the padded tokens of a batch (default 2048 on
+    CPU, 16384 on GPU). ``sort_by_length`` and ``skip_padding`` are exact speed-ups, on by
+    default (switch them off only to compare).
     """
 
     def __init__(self, model="all-minilm-l6-v2", *, tokenizer=None, layers="last", combine="sum",
-                 pooling="mean", normalize=True, max_length=None, batch_tokens=None,
+                 pooling=None, normalize=None, max_length=None, empty="zero", batch_tokens=None,
                  device=None, precision="fp32", quantize=None, compile=False,
                  sort_by_length=True, skip_padding=True):
-        if pooling not in POOLINGS:
+        if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+        if empty not in EMPTY:
+            raise ValueError(f"unknown empty {empty!r}; choose one of {', '.join(EMPTY)}.")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of "
                              f"{', '.join(PRECISIONS)}.")
@@ -195,6 +297,7 @@ class Embedder:
         self.batch_tokens = batch_tokens or (2048 if self.device.type == "cpu" else 16384)
         if quantize and self.device.type != "cpu":
             raise ValueError("quantize='int8' is a CPU mode; on a GPU use precision='bf16'.")
+        recipe = None
         if isinstance(model, torch.nn.Module):
             loaded = getattr(model, "bert", model)  # a head model embeds with its encoder
             if not isinstance(loaded, BertModel) or tokenizer is None:
@@ -203,14 +306,19 @@ class Embedder:
             config = loaded.config
         else:
             loaded, directory = None, resolve_pretrained(model)
+            recipe = read_sentence_transformers(directory)
+            if recipe is not None:
+                _check_recipe(recipe, directory, pooling)
+                directory = recipe.encoder_dir
             config = BertConfig.from_json_file(directory / "config.json")  # check before loading
         self.layers, self.combine = resolve_layers(layers, config.num_hidden_layers, combine)
-        self.max_length = max_length or config.max_position_embeddings
+        self.tokenizer = tokenizer or BertTokenizer.from_pretrained(directory)
+        self.max_length = max_length or _declared_length(recipe, self.tokenizer, config)
         if not 2 < self.max_length <= config.max_position_embeddings:
             raise ValueError(f"max_length must be between 3 and the model's "
                              f"{config.max_position_embeddings} positions, got {max_length}.")
-        self.tokenizer = tokenizer or BertTokenizer.from_pretrained(directory)
         loaded = loaded or BertModel.from_pretrained(directory)
+        self._pooler = loaded.pooler  # written by save_sentence_transformers, never run
         encoder = _encoder_view(loaded, max(self.layers)).to(self.device, DTYPES[precision])
         if quantize:
             encoder = _quantize_int8(encoder)
@@ -218,7 +326,11 @@ class Embedder:
         self._forward = torch.compile(encoder, dynamic=True) if compile else encoder
         width = 1 if self.combine != "concat" else len(self.layers)
         self.dim = config.hidden_size * width
-        self.pooling, self.normalize = pooling, normalize
+        self.pooling = pooling or (recipe.pooling if recipe else "mean")
+        self.normalize = normalize if normalize is not None else (recipe.normalize if recipe
+                                                                  else True)
+        self.lowercase = bool(recipe and recipe.lowercase)  # sentence-transformers' do_lower_case
+        self.empty, self.precision, self.quantize = empty, precision, quantize
         self.sort_by_length, self.skip_padding = sort_by_length, skip_padding
 
     def encode(self, texts: str | Sequence[str], progress: bool = False) -> np.ndarray:
@@ -244,8 +356,10 @@ class Embedder:
         results = list(self.stream(texts, chunk_size=max(1, len(texts)), progress=progress))
         empty, truncated = sum(r.empty for r in results), sum(r.truncated for r in results)
         if empty:
-            logger.warning("%d of %d texts are empty (no tokens) and got zero vectors.",
-                           empty, len(texts))
+            fate = ("got zero vectors" if self.empty == "zero"
+                    else "were embedded as [CLS] [SEP] (empty='model')")
+            logger.warning("%d of %d texts are empty (no tokens) and %s.", empty, len(texts),
+                           fate)
         if truncated:
             logger.warning("%d of %d texts are longer than %d tokens and were truncated.",
                            truncated, len(texts), self.max_length)
@@ -271,6 +385,8 @@ class Embedder:
     @torch.inference_mode()
     def _embed_chunk(self, texts: list[str], bar) -> list[Embedded]:
         per_token = self.pooling == "tokens"
+        if self.lowercase:
+            texts = [text.lower() for text in texts]
         encoded = self.tokenizer(texts, return_offsets_mapping=per_token)
         ids = encoded["input_ids"]
         truncated = [len(row) > self.max_length for row in ids]
@@ -279,9 +395,10 @@ class Embedder:
                for row, cut in zip(ids, truncated, strict=True)]
         lengths = [len(row) for row in ids]
         empty = [n <= 2 for n in lengths]  # only [CLS] and [SEP]
-        results = [Embedded(i, self._empty_value(), True, cut) if blank else None
-                   for i, (blank, cut) in enumerate(zip(empty, truncated, strict=True))]
-        rows = [i for i, blank in enumerate(empty) if not blank]
+        skipped = empty if self.empty == "zero" else [False] * len(empty)
+        results = [Embedded(i, self._empty_value(), True, cut) if skip else None
+                   for i, (skip, cut) in enumerate(zip(skipped, truncated, strict=True))]
+        rows = [i for i, skip in enumerate(skipped) if not skip]
         bar.update(len(texts) - len(rows))
         for batch in length_sorted_batches([lengths[i] for i in rows], self.batch_tokens,
                                            self.sort_by_length):
@@ -295,13 +412,13 @@ class Embedder:
                         self.tokenizer.convert_ids_to_tokens(ids[i][inner]),
                         [tuple(o) for o in encoded["offset_mapping"][i][inner]],
                         features[b, inner].copy())
-                    results[i] = Embedded(i, value, False, truncated[i])
+                    results[i] = Embedded(i, value, empty[i], truncated[i])
             else:
                 vectors = pool(features, mask.to(self.device), self.pooling)
                 if self.normalize:
                     vectors = F.normalize(vectors, dim=-1)
                 for b, vector in zip(batch_rows, vectors.cpu().numpy(), strict=True):
-                    results[b] = Embedded(b, vector, False, truncated[b])
+                    results[b] = Embedded(b, vector, empty[b], truncated[b])
             bar.update(len(batch_rows))
         return results
 
@@ -328,6 +445,76 @@ class Embedder:
         if self.pooling == "tokens":
             return TokenVectors([], [], np.zeros((0, self.dim), dtype=np.float32))
         return np.zeros(self.dim, dtype=np.float32)
+
+    def save_sentence_transformers(self, directory: str | Path) -> Path:
+        """Write this Embedder as a sentence-transformers folder (encoder, tokenizer,
+        ``modules.json``, pooling and normalisation, ``max_seq_length``), so that
+        ``SentenceTransformer(directory)`` gives the vectors `encode` gives, and
+        ``Embedder(directory)`` reads it back with the same settings. Empty texts aside: there,
+        sentence-transformers always embeds [CLS] [SEP] (``empty="model"``).
+
+        The layout holds one layer's token vectors pooled by mean, [CLS] or max: a chosen layer
+        below the last is kept by writing the encoder up to it. Combinations of layers,
+        per-token output and the int8 / bf16 modes have no such form and are refused.
+        """
+        if len(self.layers) != 1 or self.pooling == "tokens" or self.quantize or (
+                self.precision != "fp32"):
+            raise ValueError(
+                "a sentence-transformers folder holds one layer's vectors pooled by mean, cls "
+                f"or max, in fp32; this Embedder has layers {list(self.layers)}, pooling "
+                f"{self.pooling!r}, precision {self.precision!r}, quantize {self.quantize!r}.")
+        directory = Path(directory)
+        state = self.model.state_dict()
+        if self._pooler is not None:  # kept, so that loaders find no missing weights
+            state.update({f"pooler.{k}": v for k, v in self._pooler.state_dict().items()})
+        checkpoint.save_pretrained(self.model, directory, state_dict=state)
+        tokenizer = copy.copy(self.tokenizer)
+        tokenizer.model_max_length = self.max_length  # sentence-transformers 5+ reads it here
+        tokenizer.save_pretrained(directory)
+        modules = [("Transformer", ""), ("Pooling", ST_POOLING_DIR)]
+        if self.normalize:
+            modules.append(("Normalize", "2_Normalize"))
+        _write_json(directory / ST_MODULES, [
+            {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+            for i, (kind, path) in enumerate(modules)])
+        _write_json(directory / ST_TRANSFORMER_CONFIG,
+                    {"max_seq_length": self.max_length, "do_lower_case": self.lowercase})
+        # The legacy flags: every sentence-transformers version reads them.
+        _write_json(directory / ST_POOLING_DIR / "config.json", {
+            "word_embedding_dimension": self.dim,
+            **{key: mode == self.pooling for key, mode in ST_LEGACY_POOLING.items()}})
+        _write_json(directory / "config_sentence_transformers.json",
+                    {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+        return directory
+
+
+def _check_recipe(recipe: SentenceTransformersRecipe, directory: Path, pooling) -> None:
+    """A folder whose recipe Embedder cannot follow is refused, unless ``pooling`` is chosen."""
+    if recipe.unsupported and pooling is None:
+        raise ValueError(
+            f"{directory} is a sentence-transformers model with {', '.join(recipe.unsupported)}, "
+            "which Embedder does not apply, so its vectors would differ from "
+            "SentenceTransformer's. Pass pooling= (and normalize=) to embed with the encoder "
+            "alone.")
+    if recipe.unsupported:
+        logger.warning("%s: not applying %s (pooling=%r given).", directory,
+                       ", ".join(recipe.unsupported), pooling)
+
+
+def _declared_length(recipe: SentenceTransformersRecipe | None, tokenizer,
+                     config: BertConfig) -> int:
+    """The length a sentence-transformers folder cuts texts to (its max_seq_length, else its
+    tokenizer's), within the model's positions; for other folders, the positions."""
+    positions = config.max_position_embeddings
+    if recipe is None:
+        return positions
+    declared = recipe.max_length or getattr(tokenizer, "model_max_length", None) or positions
+    return min(int(declared), positions)
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
 def _encoder_view(model: BertModel, num_layers: int) -> BertModel:

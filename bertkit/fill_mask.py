@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from .device import choose_device
 from .model import BertForMaskedLM
 from .sources import resolve_pretrained
 from .tokenizer import BertTokenizer
+
+logger = logging.getLogger("bertkit")
 
 
 @dataclass
@@ -54,10 +57,11 @@ class FillMask:
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
         mask_id = self.tokenizer.mask_token_id
+        whole = self.tokenizer(texts)["input_ids"]
         batch = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
                                return_tensors="pt")
-        for text, row in zip(texts, batch["input_ids"], strict=True):
-            self._check_masks(text, int((row == mask_id).sum()))
+        for text, ids, row in zip(texts, whole, batch["input_ids"], strict=True):
+            self._check_masks(text, int((row == mask_id).sum()), ids.count(mask_id), len(ids))
         batch = {k: v.to(self.device) for k, v in batch.items()}
         hidden = self.model.bert(**batch, skip_padding=True).last_hidden_state
         where = batch["input_ids"] == mask_id  # [B, T]
@@ -71,9 +75,18 @@ class FillMask:
         grouped = [predictions[end - n:end] for end, n in zip(ends, per_text, strict=True)]
         return grouped[0] if single else grouped
 
-    def _check_masks(self, text: str, found: int) -> None:
+    def _check_masks(self, text: str, found: int, masks: int, length: int) -> None:
+        """Refuse a text whose [MASK]s were all, or partly, cut by truncation; warn when only
+        text after the last one was cut."""
         mask = self.tokenizer.mask_token
+        if found and found < masks:
+            raise ValueError(f"{_shorten(text)!r} is {length} tokens long: {masks - found} of its "
+                             f"{masks} {mask}s lie beyond the {self.max_length}-token limit; "
+                             f"shorten the text before them.")
         if found:
+            if length > self.max_length:
+                logger.warning("%r is %d tokens long: cut to the %d-token limit (its %ss are all "
+                               "before the cut).", _shorten(text), length, self.max_length, mask)
             return
         if mask in text:
             raise ValueError(f"every {mask} in {_shorten(text)!r} lies beyond the "

@@ -28,7 +28,7 @@ from . import files
 from .config import PRESETS, BertConfig
 from .device import PRECISIONS, autocast, choose_device, resolve_precision
 from .report import plot_metrics
-from .settings import SettingsError, comma_ints, option
+from .settings import SettingsError, comma_ints, comma_names, one_or_more, option
 from .sources import resolve_pretrained
 from .tasks import TASKS, Task, build_task
 from .tasks.datasets import builtin_task, resolve_data
@@ -48,6 +48,7 @@ TASK_FILE = "task.json"
 SETTINGS_FILE = "finetune_settings.json"
 RESULTS_FILE = "results.json"
 DEFAULT_VOCAB = "all-minilm-l6-v2"  # the bert-base-uncased vocabulary, for presets
+GRID = ("lr", "batch_size", "epochs")  # what --search varies
 SUBSET_SEED = 0  # the same training subset for every seed: seeds vary only the training itself
 
 
@@ -123,6 +124,47 @@ def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size
     return loaded
 
 
+class WeightedLoss(nn.Module):
+    """A classifier whose cross-entropy weighs each class (for imbalanced labels); the model
+    itself is unchanged and saved as it is."""
+
+    def __init__(self, model: nn.Module, weights: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("weights", weights)
+
+    def forward(self, labels=None, **inputs):
+        out = self.model(**inputs)
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(out["logits"].float(), labels,
+                                                      weight=self.weights)
+        return out
+
+
+def class_weights(spec: str, label_ids: list[int], label2id: dict | None) -> torch.Tensor:
+    """Per-class loss weights: ``balanced`` (as scikit-learn's: n / (classes x count)) or a
+    JSON file mapping every label name to its weight."""
+    if not label2id:
+        raise SettingsError("--class-weights weighs the classes of a classification task.")
+    if spec == "balanced":
+        counts = np.bincount(label_ids, minlength=len(label2id))
+        if (counts == 0).any():
+            missing = [name for name, i in label2id.items() if counts[i] == 0]
+            raise SettingsError(f"--class-weights balanced: no training example of {missing}.")
+        return torch.tensor(len(label_ids) / (len(label2id) * counts), dtype=torch.float32)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--class-weights {spec}: give 'balanced' or a JSON file "
+                                "{label: weight}.")
+    given = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(given, dict) or set(given) != set(label2id):
+        raise SettingsError(f"{path} must map every label {sorted(label2id)} to a weight.")
+    weights = [given[name] for name, _ in sorted(label2id.items(), key=lambda item: item[1])]
+    if not all(isinstance(w, (int, float)) and w > 0 for w in weights):
+        raise SettingsError(f"{path}: every weight must be a positive number.")
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def reset_head(model: nn.Module) -> None:
     """Fresh output-layer weights, as the paper's initialisation would give them."""
     std = model.config.initializer_range
@@ -143,6 +185,12 @@ def load_finetuned(directory: str | Path, device=None) -> tuple[Task, nn.Module,
                                 "`bertkit finetune` wrote (OUT or OUT/best).")
     options = json.loads((directory / TASK_FILE).read_text(encoding="utf-8"))
     task = build_task(options.pop("task"), **options)
+    if options.get("feature_fields"):  # numbers beside the text (bertkit.features)
+        from .features import WithNumbers
+        task = WithNumbers.from_options(task, options)
+    if options.get("mode") == "feature-based":
+        from .features import load_feature_model
+        return load_feature_model(directory, task, options, device)
     model = task.model_class.from_pretrained(directory).to(choose_device(device)).eval()
     task.use_labels(model.config.id2label)
     return task, model, BertTokenizer.from_pretrained(directory)
@@ -161,6 +209,10 @@ def save_finetuned(directory: Path, task: Task, model: nn.Module, tokenizer) -> 
 
 
 BUCKET_BATCHES = 50  # training batches are formed from this many batches' worth of features
+# Batch entries run_model passes to the model (numbers: --feature-fields; features and
+# feature_mask: cached features of the feature-based approach, bertkit.features).
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "numbers", "features",
+                "feature_mask")
 
 
 def batches(features: list[dict], batch_size: int, seed: int | None = None):
@@ -200,8 +252,7 @@ def run_model(model, task: Task, features: list[dict], batch_size: int = 64, dev
                       disable=not progress, mininterval=2):
         chunk = order[start:start + batch_size]
         batch = task.collate([features[i] for i in chunk])
-        inputs = {k: batch[k].to(device) for k in ("input_ids", "token_type_ids",
-                                                   "attention_mask")}
+        inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
         with autocast(device, precision):
             out = model(**inputs)
         values = {k: out[k].float().cpu().numpy() for k in task.model_outputs()}
@@ -252,9 +303,13 @@ class FinetuneSettings(OptimizerSettings):
                               "as mean ± std", parse=comma_ints, metavar="1,2,3")
     tokenizer: str | None = option(None, "tokenizer folder (default: the model's; bert-base's "
                                    "uncased vocab for presets)")
-    lr: float = option(3e-5, "peak learning rate", above=0)
-    batch_size: int = option(32, "examples per step", at_least=1)
-    epochs: int = option(3, "passes over the data", at_least=1)
+    # With --search, lists (--lr 5e-5,3e-5) give the grid; a single value fixes that dimension.
+    lr: float | list[float] = option(3e-5, "peak learning rate (--search: 5e-5,3e-5,2e-5)",
+                                     above=0, parse=one_or_more(float), metavar="LR")
+    batch_size: int | list[int] = option(32, "examples per step (--search: 16,32)", at_least=1,
+                                         parse=one_or_more(int), metavar="N")
+    epochs: int | list[int] = option(3, "passes over the data (--search: 2,3,4)", at_least=1,
+                                     parse=one_or_more(int), metavar="N")
     max_train_examples: int | None = option(None, "train on a fixed random subset of N examples",
                                             at_least=1, metavar="N")
     max_eval_examples: int | None = option(None, "evaluate on a fixed random subset of N "
@@ -271,6 +326,19 @@ class FinetuneSettings(OptimizerSettings):
     eval_batch_size: int = option(64, "examples per evaluation batch", at_least=1)
     log_every: int = option(20, "steps between loss records", at_least=1)
     progress: bool = option(True, "progress bars")
+    # The paper's model selection (bertkit.search) and early stopping.
+    search: bool = option(False, "the paper's hyper-parameter search: a full run per point of "
+                          "the --lr x --batch-size x --epochs grid, the best on validation "
+                          "kept, test scored once for it")
+    restarts: int = option(1, "random restarts per point (seeds from the first --seeds on); "
+                           "the best on validation is kept", at_least=1)
+    budget_minutes: float | None = option(None, "--search: start no new point after this many "
+                                          "minutes", above=0)
+    patience: int | None = option(None, "stop after this many epochs without a better "
+                                  "validation score", at_least=1)
+    class_weights: str | None = option(None, "classification: weight each class's loss, "
+                                       "'balanced' (n / (classes x count)) or a JSON file "
+                                       "{label: weight}", metavar="balanced|FILE")
     # Task options: None leaves the family's default.
     max_length: int | None = option(None, "tokens per input, longer inputs are truncated with a "
                                     "warning (128; QA windows 384)", at_least=8)
@@ -287,6 +355,31 @@ class FinetuneSettings(OptimizerSettings):
                                      "(automatic when the training data has some)")
     null_threshold: float | None = option(None, "QA v2.0: answer empty when null score - best "
                                           "span > this (0)")
+    # The feature-based approach (bertkit.features) and numbers beside the text.
+    feature_based: bool = option(False, "feature-based: freeze the encoder, cache its features "
+                                 "once, train only a task model on them")
+    layers: str | None = option(None, "feature-based: last (default), second_to_last, "
+                                "sum_last_four, concat_last_four, sum_all, embeddings, weighted "
+                                "(a learned softmax-weighted sum), or indices such as -4,-3")
+    combine: str | None = option(None, "feature-based: how a list of --layers indices is "
+                                 "combined (sum)", choices=("sum", "mean", "concat"))
+    pooling: str | None = option(None, "feature-based: the pooled vector of classification, "
+                                 "regression and multiple choice: mean of the token features "
+                                 "(default) or the [CLS] token's", choices=("mean", "cls"))
+    task_model: str | None = option(None, "feature-based: linear (default), mlp, or bilstm "
+                                    "(the paper's two-layer BiLSTM; default for tagging)",
+                                    choices=("linear", "mlp", "bilstm"))
+    task_hidden: int | None = option(None, "feature-based: hidden size of the MLP (512) or of "
+                                     "each BiLSTM direction (768, the paper's)", at_least=1)
+    task_lr: float | None = option(None, "feature-based: the task model's peak learning rate "
+                                   "(1e-3)", above=0)
+    feature_cache_gb: float = option(10.0, "feature-based: most GB the feature cache in "
+                                     "$BERTKIT_CACHE/features keeps (least recently used "
+                                     "entries are evicted)", above=0)
+    feature_fields: list[str] | None = option(None, "numeric columns (CSV/TSV/JSONL) added to "
+                                              "the pooled text vector, standardised with the "
+                                              "training split's statistics", parse=comma_names,
+                                              metavar="AGE,PRICE")
 
     def __post_init__(self):
         if isinstance(self.seeds, int):
@@ -312,10 +405,24 @@ class FinetuneSettings(OptimizerSettings):
                                 "set).")
         if not self.seeds:
             raise SettingsError("--seeds lists no seed; give e.g. 1 or 1,2,3.")
+        grid = [name for name in GRID if isinstance(getattr(self, name), list)]
+        if grid and not self.search:
+            raise SettingsError(f"several values of --{grid[0].replace('_', '-')} need --search.")
+        if (self.search or self.patience) and self.validation is None:
+            raise SettingsError("--search and --patience choose on validation: give "
+                                "--validation FILE.")
+        if isinstance(self.feature_fields, str):
+            self.feature_fields = comma_names(self.feature_fields)
         super().__post_init__()
+        from .features import check_settings
+        check_settings(self)
 
     def build_task(self) -> Task:
-        return build_task(self.task, **asdict(self))
+        task = build_task(self.task, **asdict(self))
+        if self.feature_fields:
+            from .features import WithNumbers
+            task = WithNumbers(task, self.feature_fields)
+        return task
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,14 +452,12 @@ def finetune(*args, resume: bool = False, overwrite: bool = False, **options) ->
             resolve_data(getattr(settings, split), split)
     work = _work_folder(out, settings, resume, overwrite)
     with GracefulStop() as stop:
-        runs = []
-        for seed in settings.seeds:
-            folder = work if len(settings.seeds) == 1 else work / f"seed-{seed}"
-            runs.append(_finished(folder) or FinetuneRun(settings, seed, folder).run(stop))
-            if stop.requested:
-                break
-    results = runs[0] if len(settings.seeds) == 1 else {
-        "seeds": settings.seeds, "runs": runs, "summary": summarise(runs)}
+        if settings.search:
+            from .search import search
+
+            results = search(settings, work, stop)
+        else:
+            results = _every_seed(settings, work, stop)
     if stop.requested:
         results = {**results, "stopped": True, "exit_code": stop.exit_code}
     else:
@@ -361,6 +466,28 @@ def finetune(*args, resume: bool = False, overwrite: bool = False, **options) ->
     if not stop.requested and work != out:
         files.replace(work, out)
     return results
+
+
+def _every_seed(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> dict:
+    """One run per seed (into ``work/seed-N`` when there are several), summarised."""
+    runs = []
+    for seed in settings.seeds:
+        folder = work if len(settings.seeds) == 1 else work / f"seed-{seed}"
+        runs.append(_finished(folder) or new_run(settings, seed, folder).run(stop))
+        if stop.requested:
+            break
+    if len(settings.seeds) == 1:
+        return runs[0]
+    return {"seeds": settings.seeds, "runs": runs, "summary": summarise(runs)}
+
+
+def new_run(settings: FinetuneSettings, seed: int, folder: Path) -> FinetuneRun:
+    """The run of one seed: fine-tuning, or the feature-based approach."""
+    if settings.feature_based:
+        from .features import FeatureRun
+
+        return FeatureRun(settings, seed, folder)
+    return FinetuneRun(settings, seed, folder)
 
 
 def _work_folder(out: Path, settings: FinetuneSettings, resume: bool, overwrite: bool) -> Path:
@@ -421,7 +548,10 @@ def _read(task: Task, spec, split: str, limit: int | None = None) -> list:
 
 class FinetuneRun:
     """One seed's run: data, model and trainer, then epochs with an evaluation after each, the
-    best checkpoint kept in ``folder/best``."""
+    best checkpoint kept in ``folder/best``. `bertkit.features.FeatureRun` replaces the model
+    and the hooks ``evaluate_on``, ``save_best`` and ``load_best``."""
+
+    mode = "fine-tuning"
 
     def __init__(self, settings: FinetuneSettings, seed: int, folder: Path):
         self.settings, self.seed, self.folder = settings, seed, folder
@@ -450,7 +580,11 @@ class FinetuneRun:
                 self.task.check_labels(examples, self.label2id)
         self.features = self.task.encode(self.train_examples, self.tokenizer, self.label2id)
         self.steps_per_epoch = math.ceil(len(self.features) / settings.batch_size)
-        self.trainer = build_trainer(self.model, settings,
+        trained = self.model
+        if settings.class_weights:
+            trained = WeightedLoss(self.model, class_weights(
+                settings.class_weights, [f["labels"] for f in self.features], self.label2id))
+        self.trainer = build_trainer(trained.to(self.device), settings,
                                      self.steps_per_epoch * settings.epochs,
                                      device=self.device, precision=self.precision)
         folder.mkdir(parents=True, exist_ok=True)
@@ -459,12 +593,14 @@ class FinetuneRun:
         self.log = MetricsLog(self.log_path)
         self.history: list[dict] = []
         self.best_score = self.best_validation = None
+        self.best_epoch = 0
 
     def run(self, stop: GracefulStop) -> dict:
         s = self.settings
-        _print(f"fine-tuning {s.model} on {self.task.name}: {len(self.train_examples)} examples "
+        lr = self.trainer.scheduler.base_lrs[0]
+        _print(f"{self.mode} {s.model} on {self.task.name}: {len(self.train_examples)} examples "
                f"({len(self.features)} features), {s.epochs} epochs x {self.steps_per_epoch} "
-               f"steps, batch {s.batch_size}, lr {s.lr}, seed {self.seed}, {self.device} "
+               f"steps, batch {s.batch_size}, lr {lr}, seed {self.seed}, {self.device} "
                f"{self.precision} -> {self.folder}")
         step = 0
         for epoch in range(1, s.epochs + 1):
@@ -477,6 +613,10 @@ class FinetuneRun:
                 _print(f"stopped in epoch {epoch} of seed {self.seed}; --resume runs it again.")
                 return {"seed": self.seed, "stopped": True}
             self.end_epoch(epoch, step, round(time.time() - epoch_start, 2))
+            if s.patience and epoch - self.best_epoch >= s.patience:
+                _print(f"no better validation score in {s.patience} epochs: stopping after "
+                       f"epoch {epoch} (best: epoch {self.best_epoch}).")
+                break
         return self.finish()
 
     def end_epoch(self, epoch: int, step: int, seconds: float) -> None:
@@ -484,23 +624,33 @@ class FinetuneRun:
         record = {"epoch": epoch, "step": step, "epoch_seconds": seconds}
         metrics = None
         if self.validation_examples:
-            metrics, _ = evaluate_examples(self.model, self.task, self.tokenizer,
-                                           self.validation_examples,
-                                           batch_size=self.settings.eval_batch_size,
-                                           precision=self.precision)
+            metrics, _ = self.evaluate_on(self.model, "validation")
             record.update({f"validation_{k}": v for k, v in metrics.items()})
         self.log.write(**record)
         self.history.append(record)
         _print(f"epoch {epoch}: {_format(record)}")
         score = record.get(f"validation_{self.task.metric}", epoch)
         if self.best_score is None or score > self.best_score:
-            self.best_score, self.best_validation = score, metrics
-            save_finetuned(self.folder / "best", self.task, self.model, self.tokenizer)
+            self.best_score, self.best_validation, self.best_epoch = score, metrics, epoch
+            self.save_best()
+
+    def evaluate_on(self, model, split: str) -> tuple[dict, list]:
+        """(metrics, predictions) of ``model`` on the validation or test examples."""
+        examples = self.validation_examples if split == "validation" else self.test_examples
+        return evaluate_examples(model, self.task, self.tokenizer, examples,
+                                 batch_size=self.settings.eval_batch_size,
+                                 precision=self.precision)
+
+    def save_best(self) -> None:
+        save_finetuned(self.folder / "best", self.task, self.model, self.tokenizer)
+
+    def load_best(self) -> nn.Module:
+        return self.task.model_class.from_pretrained(self.folder / "best").to(self.device)
 
     def finish(self) -> dict:
         """The best checkpoint scored on validation and test; results, curves."""
         s = self.settings
-        model = self.task.model_class.from_pretrained(self.folder / "best").to(self.device)
+        model = self.load_best()
         best = max(self.history, key=lambda r: r.get(f"validation_{self.task.metric}",
                                                       r["epoch"]))
         results = {"task": self.task.name, "model": s.model,
@@ -510,7 +660,8 @@ class FinetuneRun:
                    "batch_size": s.batch_size, "precision": self.precision,
                    "options": self.task.options(),
                    "epoch_seconds": [r["epoch_seconds"] for r in self.history],
-                   "best_epoch": best["epoch"], "history": self.history}
+                   "best_epoch": best["epoch"], "metric": self.task.metric,
+                   "history": self.history}
         for split, spec in (("validation", s.validation), ("test", s.test)):
             if spec is not None:
                 results.update(self.score_split(model, split))
@@ -530,9 +681,7 @@ class FinetuneRun:
         if split == "validation" and self.best_validation is not None:
             metrics = self.best_validation  # the best checkpoint was scored when it was saved
         else:
-            metrics, _ = evaluate_examples(model, self.task, self.tokenizer, examples,
-                                           batch_size=self.settings.eval_batch_size,
-                                           precision=self.precision)
+            metrics, _ = self.evaluate_on(model, split)
         scored = {split: metrics}
         baselines = self.task.baselines(self.train_examples, examples)
         if baselines:

@@ -10,12 +10,15 @@ A attention heads, C choices, V vocabulary. Checkpoint reading and writing live 
 
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import nullcontext
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as checkpointed
 
 from . import checkpoint
 from .config import BertConfig
@@ -28,15 +31,32 @@ ACTIVATIONS = {
     "relu": F.relu,
 }
 
+logger = logging.getLogger("bertkit")
+
 
 class Output(dict):
-    """Named model outputs, read as ``out.logits`` or ``out["logits"]``."""
+    """Named model outputs, read as ``out.logits`` or ``out["logits"]``.
+
+    As in transformers' ``ModelOutput``, an output that is None (the loss, without labels) is no
+    item: ``keys()``, iteration and `to_tuple` skip it (transformers.Trainer gathers every item
+    as a prediction), and reading it as an attribute gives None.
+    """
+
+    def __init__(self, **values):
+        super().__init__((k, v) for k, v in values.items() if v is not None)
+        self.absent = frozenset(k for k, v in values.items() if v is None)
 
     def __getattr__(self, name):
         try:
             return self[name]
         except KeyError:
+            if name in self.__dict__.get("absent", ()):
+                return None
             raise AttributeError(name) from None
+
+    def to_tuple(self) -> tuple:
+        """The outputs in order, as ``return_dict=False`` gives them."""
+        return tuple(self.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,9 +172,32 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
+    """The stack of layers. With `checkpointing` set (see
+    `BertPreTrainedModel.gradient_checkpointing_enable`) a training step keeps only each chosen
+    layer's input and runs the layer again during backward (`torch.utils.checkpoint`, which also
+    replays the dropout masks): the same gradients for much less activation memory."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.checkpointing: dict | None = None  # every_n_layers, offload, checkpoint kwargs
+
+    def forward(self, x, mask, output_attentions=False, packing=None):
+        """The last layer's output, every layer's output (x first) and attention probabilities."""
+        hidden_states, attentions = [x], []
+        saving = self.checkpointing is not None and self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layer):
+            if saving and i % self.checkpointing["every_n_layers"] == 0:
+                offload = (torch.autograd.graph.save_on_cpu(pin_memory=x.is_cuda)
+                           if self.checkpointing["offload"] else nullcontext())
+                with offload:
+                    x, probs = checkpointed(layer, x, mask, output_attentions, packing,
+                                            **self.checkpointing["kwargs"])
+            else:
+                x, probs = layer(x, mask, output_attentions, packing)
+            hidden_states.append(x)
+            attentions.append(probs)
+        return x, hidden_states, attentions
 
 
 class BertPooler(nn.Module):
@@ -173,7 +216,21 @@ class BertPooler(nn.Module):
 
 
 class BertPreTrainedModel(nn.Module):
-    """Initialisation, ``from_pretrained`` and ``save_pretrained``, shared by every model below."""
+    """Initialisation, ``from_pretrained`` and ``save_pretrained``, shared by every model below.
+
+    The class attributes and methods after ``init_weights`` are the protocol
+    ``transformers.Trainer`` relies on for a model that is not one of its own.
+    """
+
+    # What Trainer reads: the input it counts tokens of, and whether forward takes its loss
+    # arguments (num_items_in_batch). bertkit losses are means over one batch's labelled items, so
+    # Trainer divides them by the gradient-accumulation steps itself, as bertkit's trainer does.
+    main_input_name = "input_ids"
+    accepts_loss_kwargs = False
+    supports_gradient_checkpointing = True
+    # Nothing of state_dict() is left out on saving (the MLM decoder shares the word embeddings
+    # and is not in state_dict at all); Trainer reads this after loading a checkpoint.
+    _keys_to_ignore_on_save = None
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -189,13 +246,11 @@ class BertPreTrainedModel(nn.Module):
         if checkpoint.init_skipped():
             return
         std = self.config.initializer_range
-        seen = set()  # the MLM decoder shares the word embeddings: initialise them once
         for name, module in self.named_modules():
             if only is not None and not any(f"{name}.{p}".lstrip(".") in only
                                             for p, _ in module.named_parameters(recurse=False)):
                 continue
-            if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in seen:
-                seen.add(id(module.weight))
+            if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -222,13 +277,79 @@ class BertPreTrainedModel(nn.Module):
                                           ignore_mismatched_sizes=ignore_mismatched_sizes,
                                           **config_overrides)
 
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` and ``model.safetensors`` the way HuggingFace does."""
-        checkpoint.save_pretrained(self, directory)
+    def save_pretrained(self, directory, state_dict: dict | None = None,
+                        safe_serialization: bool = True, is_main_process: bool = True,
+                        **ignored) -> None:
+        """Write ``config.json`` and ``model.safetensors`` the way HuggingFace does.
 
-    def _head_output(self, out: Output, **values) -> Output:
+        The arguments transformers passes its own models' ``save_pretrained`` are accepted:
+        ``state_dict`` (tensors to write instead of this model's, e.g. gathered from several
+        processes), ``safe_serialization=False`` (a legacy ``pytorch_model.bin``) and
+        ``is_main_process`` (False: write nothing). Others (sharding, pushing to the Hub) are
+        ignored with a warning.
+        """
+        if ignored:
+            logger.warning("save_pretrained ignores %s (bertkit writes one local file).",
+                           ", ".join(sorted(ignored)))
+        if is_main_process:
+            checkpoint.save_pretrained(self, directory, state_dict=state_dict,
+                                       safe_serialization=safe_serialization)
+
+    # -- activation (gradient) checkpointing, as transformers' models offer it ----------------
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      every_n_layers: int = 1, offload: bool = False) -> None:
+        """Recompute the encoder layers during backward instead of keeping their activations.
+
+        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``
+        (``use_reentrant`` defaults to False); ``every_n_layers`` checkpoints layers 0, n, 2n...;
+        ``offload`` keeps the saved layer inputs in CPU memory. Only training steps are
+        affected, and their gradients are those without checkpointing (dropout replayed).
+        """
+        if not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be a positive int, got {every_n_layers!r}.")
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        self._encoder().checkpointing = {"every_n_layers": every_n_layers,
+                                         "offload": bool(offload), "kwargs": kwargs}
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._encoder().checkpointing = None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._encoder().checkpointing is not None
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """transformers 5's name for `gradient_checkpointing_enable` (what Trainer calls)."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers,
+                                           offload)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.is_gradient_checkpointing
+
+    def _encoder(self) -> BertEncoder:
+        return self.bert.encoder if hasattr(self, "bert") else self.encoder
+
+    def num_parameters(self, only_trainable: bool = False,
+                       exclude_embeddings: bool = False) -> int:
+        """Parameter count (Trainer estimates FLOPs from it), each shared tensor once."""
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(p.numel() for p in self.parameters()
+                   if id(p) not in skip and (p.requires_grad or not only_trainable))
+
+    def _head_output(self, out: Output, return_dict: bool | None, **values) -> Output | tuple:
+        """The head's outputs, then the encoder's states and attentions when asked for; a tuple
+        of the ones that are not None with ``return_dict=False``."""
         extras = {k: out[k] for k in ("hidden_states", "attentions") if k in out}
-        return Output(**values, **extras)
+        result = Output(**values, **extras)
+        return result.to_tuple() if return_dict is False else result
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,10 +367,14 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None,
-                output_hidden_states=False, output_attentions=False,
-                skip_padding=False) -> Output:
+                output_hidden_states=False, output_attentions=False, skip_padding=False,
+                return_dict=None) -> Output | tuple:
         """``skip_padding=True`` computes real tokens only (see ``Packing``): the same values at
-        real positions, zeros at padding positions instead of states nobody should read."""
+        real positions, zeros at padding positions instead of states nobody should read.
+
+        Every head model takes these options too, after its own labels; ``return_dict=False``
+        gives a tuple of the outputs instead of an `Output`, as in transformers.
+        """
         self._check_inputs(input_ids, token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -265,11 +390,7 @@ class BertModel(BertPreTrainedModel):
         x = self.embeddings(input_ids, token_type_ids)
         if packing is not None:
             x = packing.unpad(x)
-        hidden_states, attentions = [x], []
-        for layer in self.encoder.layer:
-            x, probs = layer(x, mask, output_attentions, packing)
-            hidden_states.append(x)
-            attentions.append(probs)
+        x, hidden_states, attentions = self.encoder(x, mask, output_attentions, packing)
         if packing is not None:  # back to the [B, T] grid that callers and heads expect
             x = packing.pad(x)
             if output_hidden_states:
@@ -282,7 +403,7 @@ class BertModel(BertPreTrainedModel):
             out["hidden_states"] = tuple(hidden_states)  # embeddings, then each layer: L + 1
         if output_attentions:
             out["attentions"] = tuple(attentions)  # L x [B, A, T, T]
-        return out
+        return out.to_tuple() if return_dict is False else out
 
     def _check_inputs(self, input_ids, token_type_ids):
         if input_ids.dim() != 2:
@@ -322,14 +443,33 @@ class BertPredictionHeadTransform(nn.Module):
         return self.LayerNorm(self.activation(self.dense(x)))
 
 
+class TiedDecoder(nn.Module):
+    """The MLM output projection, whose weight *is* the word-embedding matrix (weight tying).
+
+    It refers to the embedding module without owning it, so the matrix is one parameter, stored
+    once in ``state_dict()``: safetensors refuses a state dict holding a tensor twice, which is
+    what transformers.Trainer saves for a model that is not its own.
+    """
+
+    def __init__(self, word_embeddings: nn.Embedding):
+        super().__init__()
+        object.__setattr__(self, "word_embeddings", word_embeddings)  # not a submodule
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.word_embeddings.weight
+
+    def forward(self, x):  # [..., H] -> [..., V]
+        return F.linear(x, self.weight)
+
+
 class BertLMPredictionHead(nn.Module):
     """Masked-LM decoder: transform, then the word-embedding matrix (tied) plus an output bias."""
 
     def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.decoder.weight = word_embeddings.weight
+        self.decoder = TiedDecoder(word_embeddings)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, x):  # [..., H] -> [..., V]
@@ -381,8 +521,10 @@ class BertForPreTraining(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                next_sentence_label=None, **options) -> Output:
-        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+                next_sentence_label=None, output_hidden_states=False, output_attentions=False,
+                skip_padding=False, return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
         prediction_logits, mlm_loss = _masked_lm(self.cls.predictions, out.last_hidden_state,
                                                  labels)
         seq_relationship_logits = self.cls.seq_relationship(out.pooler_output)  # [B, 2]
@@ -390,7 +532,8 @@ class BertForPreTraining(BertPreTrainedModel):
         if next_sentence_label is not None:
             nsp_loss = _cross_entropy(seq_relationship_logits, next_sentence_label)
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
-        return self._head_output(out, loss=sum(losses) if losses else None, mlm_loss=mlm_loss,
+        return self._head_output(out, return_dict, loss=sum(losses) if losses else None,
+                                 mlm_loss=mlm_loss,
                                  nsp_loss=nsp_loss, prediction_logits=prediction_logits,
                                  seq_relationship_logits=seq_relationship_logits)
 
@@ -405,10 +548,12 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                **options) -> Output:
-        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+                output_hidden_states=False, output_attentions=False, skip_padding=False,
+                return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
         logits, loss = _masked_lm(self.cls.predictions, out.last_hidden_state, labels)
-        return self._head_output(out, loss=loss, logits=logits)
+        return self._head_output(out, return_dict, loss=loss, logits=logits)
 
 
 class BertForNextSentencePrediction(BertPreTrainedModel):
@@ -419,11 +564,13 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                **options) -> Output:
-        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+                output_hidden_states=False, output_attentions=False, skip_padding=False,
+                return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
         logits = self.cls.seq_relationship(out.pooler_output)  # [B, 2]
         loss = _cross_entropy(logits, labels) if labels is not None else None
-        return self._head_output(out, loss=loss, logits=logits)
+        return self._head_output(out, return_dict, loss=loss, logits=logits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,8 +588,10 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                **options) -> Output:
-        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+                output_hidden_states=False, output_attentions=False, skip_padding=False,
+                return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
         logits = self.classifier(self.dropout(out.pooler_output))  # [B, num_labels]
         loss = None
         if labels is not None:
@@ -456,7 +605,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
                 loss = _cross_entropy(logits, labels)
             else:
                 loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return self._head_output(out, loss=loss, logits=logits)
+        return self._head_output(out, return_dict, loss=loss, logits=logits)
 
 
 class BertForTokenClassification(BertPreTrainedModel):
@@ -470,11 +619,13 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                **options) -> Output:
-        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+                output_hidden_states=False, output_attentions=False, skip_padding=False,
+                return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # [B, T, num_labels]
         loss = _cross_entropy(logits, labels) if labels is not None else None
-        return self._head_output(out, loss=loss, logits=logits)
+        return self._head_output(out, return_dict, loss=loss, logits=logits)
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
@@ -487,8 +638,10 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
-                end_positions=None, **options) -> Output:
-        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+                end_positions=None, output_hidden_states=False, output_attentions=False,
+                skip_padding=False, return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
         start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)  # [B, T]
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -498,7 +651,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             end = end_positions.reshape(-1).clamp(0, length)
             loss = (F.cross_entropy(start_logits, start, ignore_index=length)
                     + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
-        return self._head_output(out, loss=loss, start_logits=start_logits.contiguous(),
+        return self._head_output(out, return_dict, loss=loss,
+                                 start_logits=start_logits.contiguous(),
                                  end_logits=end_logits.contiguous())
 
 
@@ -513,16 +667,18 @@ class BertForMultipleChoice(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                **options) -> Output:
+                output_hidden_states=False, output_attentions=False, skip_padding=False,
+                return_dict=None) -> Output | tuple:
         batch, choices, length = input_ids.shape  # [B, C, T]
 
         def flat(t):
             return None if t is None else t.reshape(batch * choices, length)
 
-        out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), **options)
+        out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids),
+                        output_hidden_states, output_attentions, skip_padding)
         logits = self.classifier(self.dropout(out.pooler_output)).view(batch, choices)  # [B, C]
         loss = _cross_entropy(logits, labels) if labels is not None else None
-        return self._head_output(out, loss=loss, logits=logits)
+        return self._head_output(out, return_dict, loss=loss, logits=logits)
 
 
 def _classifier_dropout(config: BertConfig) -> float:

@@ -42,6 +42,27 @@ def comma_ints(text: str) -> list[int]:
         raise ValueError(f"expected whole numbers separated by commas, got {text!r}") from None
 
 
+def comma_names(text: str) -> list[str]:
+    """``"age,price"`` -> ["age", "price"]."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"expected names separated by commas, got {text!r}")
+    return names
+
+
+def one_or_more(kind):
+    """A flag parser for ``"2"`` -> 2 and ``"2,3,4"`` -> [2, 3, 4] (a grid to search)."""
+
+    def parse(text: str):
+        values = [kind(part) for part in text.split(",") if part.strip()]
+        if not values:
+            raise ValueError(f"expected a value or values separated by commas, got {text!r}")
+        return values[0] if len(values) == 1 else values
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 class SettingsError(ValueError):
     """A setting out of its range, unknown, or differing from the run being resumed."""
 

@@ -7,7 +7,9 @@ name, clear errors); the accuracy of real runs is measured by the commands in th
 import io
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -277,3 +279,91 @@ def test_resume_refuses_a_changed_setting(tmp_path, capsys):
     assert main(["finetune", "--resume", "--out", str(out), "--lr", "1e-3"]) == 1
     assert "--lr 0.001 (the run has 3e-05)" in capsys.readouterr().err
     assert main(["finetune", "--resume", "--out", str(out), "--epochs", "1"]) == 0
+
+
+def test_search_keeps_the_best_point_on_validation_and_scores_test_once(tmp_path, monkeypatch):
+    import bertkit.search as search_module
+    from bertkit.finetune import evaluate as real_evaluate
+
+    train = sample("rt-polarity", "train", 24, tmp_path)
+    validation = sample("rt-polarity", "validation", 16, tmp_path)
+    test = sample("rt-polarity", "test", 16, tmp_path)
+    tested = []
+
+    def counting_evaluate(model_dir, data, **options):
+        tested.append((Path(model_dir), data))
+        return real_evaluate(model_dir, data, **options)
+
+    monkeypatch.setattr(search_module, "evaluate", counting_evaluate)
+    out = tmp_path / "search"
+    results = finetune("classification", "tiny", train, validation, test, out, search=True,
+                       lr=[5e-4, 1e-6], epochs=[1, 2], **TINY)
+    rows = results["search"]
+    assert [(r["lr"], r["epochs"]) for r in rows] == [(5e-4, 1), (5e-4, 2), (1e-6, 1), (1e-6, 2)]
+    best = max(rows, key=lambda r: r["score"])
+    assert results["chosen"] == best
+    for row in rows:  # each point's score is its own best epoch on validation
+        point = json.loads((out / "points" / row["point"] / "results.json").read_text())
+        assert row["score"] == point["validation"]["accuracy"] and "test" not in point
+    assert tested == [(out / "best", str(test))]  # test: once, for the chosen point
+    chosen = json.loads((out / "points" / best["point"] / "best" / "config.json").read_text())
+    assert json.loads((out / "best" / "config.json").read_text()) == chosen
+    assert results["test"] == evaluate(out, test, progress=False)
+    for name in ("search.json", "search.csv", "search.png"):
+        assert (out / name).is_file()
+
+    # An interrupted search continues without redoing finished points.
+    stamps = {r["point"]: (out / "points" / r["point"] / "results.json").stat().st_mtime_ns
+              for r in rows}
+    shutil.rmtree(out / "points" / rows[-1]["point"])
+    again = finetune(resume=True, task="classification", model="tiny", train=train,
+                     validation=validation, test=test, out=out, search=True, lr=[5e-4, 1e-6],
+                     epochs=[1, 2], **TINY)
+    assert [r["point"] for r in again["search"]] == [r["point"] for r in rows]
+    for row in rows[:-1]:
+        assert (out / "points" / row["point"] / "results.json").stat().st_mtime_ns == \
+            stamps[row["point"]]
+
+
+def test_patience_stops_where_the_validation_history_says(tmp_path):
+    train = sample("rt-polarity", "train", 24, tmp_path)
+    validation = sample("rt-polarity", "validation", 16, tmp_path)
+    # lr 0: the model never changes, so no epoch after the first is better.
+    results = finetune("classification", "tiny", train, validation, None, tmp_path / "run",
+                       epochs=6, lr=1e-12, patience=2, **TINY)
+    scores = [r["validation_accuracy"] for r in results["history"]]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    assert len(scores) == best + 1 + 2  # stopped two epochs after the last improvement
+    assert results["best_epoch"] == best + 1
+
+
+def test_class_weights_change_the_loss_exactly_as_by_hand(tmp_path):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from bertkit.finetune import WeightedLoss, class_weights
+
+    labels = [0, 0, 0, 1, 2, 2]
+    balanced = class_weights("balanced", labels, {"a": 0, "b": 1, "c": 2})
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=np.array(labels))
+    np.testing.assert_allclose(balanced.numpy(), expected, rtol=1e-6)
+    given = tmp_path / "weights.json"
+    given.write_text(json.dumps({"c": 3.0, "a": 1.0, "b": 0.5}))
+    assert class_weights(str(given), labels, {"a": 0, "b": 1, "c": 2}).tolist() == [1, 0.5, 3]
+
+    model = load_model(build_task("classification"), "tiny", ["a", "b", "c"], 30522).eval()
+    batch = {"input_ids": torch.randint(1000, 2000, (6, 10)),
+             "labels": torch.tensor(labels)}
+    loss = WeightedLoss(model, balanced)(**batch)["loss"]
+    logits = model(batch["input_ids"]).logits
+    per_example = -logits.log_softmax(-1)[torch.arange(6), batch["labels"]]
+    w = balanced[batch["labels"]]
+    torch.testing.assert_close(loss, (w * per_example).sum() / w.sum())
+    assert not torch.isclose(loss, per_example.mean())  # the weights changed it
+
+
+def test_a_weighted_run_trains_and_saves_the_plain_model(tmp_path):
+    train = sample("rt-polarity", "train", 24, tmp_path)
+    out = tmp_path / "run"
+    finetune("classification", "tiny", train, train, None, out, epochs=1,
+             class_weights="balanced", **TINY)
+    assert predict(out, ["Fine."])[0]["label"] in ("fresh", "rotten")

@@ -14,7 +14,11 @@ whole sentences). Four input formats give them:
 Inputs are files, directories (read recursively, in sorted order), globs, any of them ``.gz``,
 or the name of a built-in corpus (see ``BUILTIN_CORPORA``). Reading streams: memory holds one
 document at a time, however large the corpus. Bad input is skipped and counted by reason in
-``Corpus.skipped`` rather than stopping a long run.
+``Corpus.skipped`` rather than stopping a long run, at the smallest grain that keeps the rest: a
+line that is not UTF-8 is dropped from its document, a compressed file damaged part-way gives the
+lines before the damage. The first few skipped files and lines are named in a logged warning
+(and in ``Corpus.skipped_named``). A JSONL corpus none of whose records has the text field is an
+error, not a skip per line.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import logging
 import os
 import re
 import zlib
@@ -49,7 +54,13 @@ MAX_DOCUMENT_CHARS = 4_000_000
 # Bytes sniffed at the start of a file to tell binary junk from text.
 SNIFF_BYTES = 8192
 READ_BYTES = 1 << 20
+# Skipped files and lines named one by one (in a warning each); the rest are only counted.
+NAMED_SKIPS = 5
 _HAS_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+# What reading a file raises where it cannot go on: an I/O error, a corrupt or cut-short .gz.
+_DAMAGE = (OSError, EOFError, zlib.error)
+
+logger = logging.getLogger("bertkit")
 
 
 class Skip:
@@ -58,7 +69,8 @@ class Skip:
     EMPTY_FILE = "empty file"
     BINARY_FILE = "binary file (NUL bytes)"
     UNREADABLE_FILE = "unreadable file (corrupt gzip or I/O error)"
-    NOT_UTF8 = "document with bytes that are not UTF-8"
+    DAMAGED_FILE = "file cut short or corrupt part-way (the lines before the damage were used)"
+    NOT_UTF8 = "line with bytes that are not UTF-8 (dropped; the rest of its document kept)"
     EMPTY_DOCUMENT = "empty document"
     ONE_SENTENCE = "document of one sentence (a sentence pair needs two)"
     LONG_SENTENCE = f"document with a sentence over {MAX_SENTENCE_CHARS:,} characters"
@@ -101,15 +113,24 @@ def fetch_corpus(name: str, quiet: bool = False) -> Path:
     return path.parent if path.is_file() else path
 
 
-def _decoded(lines: list[bytes]) -> Iterator[str | None]:
+def _decoded(lines: list[bytes]) -> tuple[list[str | None], bool]:
+    """The lines decoded, None for one that is not UTF-8; and whether all of them are."""
     try:  # one decode for the whole block when it is valid, which it nearly always is
-        yield from b"\n".join(lines).decode("utf-8").split("\n")
+        return b"\n".join(lines).decode("utf-8").split("\n"), True
     except UnicodeDecodeError:
-        for line in lines:
-            try:
-                yield line.decode("utf-8")
-            except UnicodeDecodeError:
-                yield None
+        return [_decoded_line(line) for line in lines], False
+
+
+def _decoded_line(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _raising(error: BaseException) -> Iterator[bytes]:
+    raise error
+    yield  # a generator: it raises when read
 
 
 def split_sentences(text: str, language: str = "en") -> list[str]:
@@ -124,7 +145,8 @@ class Corpus:
     ``sources`` is one input or a list of them. Nothing is read until iteration, but every input
     is resolved on construction, so a typo fails at once with a clear error. Iterating again reads
     the corpus again; ``skipped``, ``documents``, ``sentences`` and ``bytes_read`` count the last
-    pass.
+    pass, and ``skipped_named`` names its first few skipped files and lines (``file:line:
+    reason``).
     """
 
     sources: str | os.PathLike | Iterable[str | os.PathLike]
@@ -136,6 +158,7 @@ class Corpus:
     sentences: int = field(default=0, init=False)
     bytes_read: int = field(default=0, init=False)
     documents_cut: int = field(default=0, init=False)
+    skipped_named: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -179,29 +202,55 @@ class Corpus:
         return sum(path.stat().st_size for path, _ in self.files)
 
     def __iter__(self) -> Iterator[list[str]]:
-        self.skipped = Counter()
+        self.skipped, self.skipped_named = Counter(), []
         self.documents = self.sentences = self.bytes_read = self.documents_cut = 0
+        self._records = self._with_field = 0
+        self._first_record: tuple[str, list[str]] | None = None
         readers = {"lines": self._read_lines, "text": self._read_text,
                    "jsonl": self._read_jsonl, "wiki": self._read_wiki}
         for path, format in self.files:
+            blocks = self._blocks(path)
             try:
-                if (reason := self._unusable(path)) is not None:
-                    self.skipped[reason] += 1
+                head, blocks = self._head(blocks)
+            except _DAMAGE as error:
+                self._skip(Skip.UNREADABLE_FILE, path, error)
+                continue
+            if not head or b"\x00" in b"".join(head)[:SNIFF_BYTES]:
+                blocks.close()
+                self._skip(Skip.BINARY_FILE if head else Skip.EMPTY_FILE, path)
+                continue
+            lines = self._lines(path, chain(head, blocks), numbered=format == "jsonl")
+            for document in readers[format](lines):
+                if document and max(map(len, document)) > MAX_SENTENCE_CHARS:
+                    self._skip(Skip.LONG_SENTENCE, path)
                     continue
-                for document in readers[format](self._lines(path)):
-                    if document is None:
-                        continue
-                    if document and max(map(len, document)) > MAX_SENTENCE_CHARS:
-                        self.skipped[Skip.LONG_SENTENCE] += 1
-                        continue
-                    if not document:
-                        self.skipped[Skip.EMPTY_DOCUMENT] += 1
-                        continue
-                    self.documents += 1
-                    self.sentences += len(document)
-                    yield document
-            except (OSError, EOFError, zlib.error):
-                self.skipped[Skip.UNREADABLE_FILE] += 1
+                if not document:
+                    self._skip(Skip.EMPTY_DOCUMENT, path)
+                    continue
+                self.documents += 1
+                self.sentences += len(document)
+                yield document
+        self._check_text_field()
+        unnamed = self.skipped.total() - len(self.skipped_named)
+        if unnamed > 0:
+            logger.warning("skipped %s more input(s), counted by reason in the summary.",
+                           f"{unnamed:,}")
+
+    def _skip(self, reason: str, where, detail=None) -> None:
+        """Count a skipped input; name it in a warning if it is one of the first few."""
+        self.skipped[reason] += 1
+        if len(self.skipped_named) < NAMED_SKIPS:
+            self.skipped_named.append(f"{where}: {reason}")
+            logger.warning("skipped %s: %s%s", where, reason, f" ({detail})" if detail else "")
+
+    def _check_text_field(self) -> None:
+        """A JSONL corpus in which no record has the text field was read with the wrong one."""
+        if self._records and not self._with_field:
+            where, fields = self._first_record
+            raise ValueError(
+                f"no JSONL record has the text field {self.text_field!r} ({self._records:,} "
+                f"records read); {where}, the first, has {', '.join(map(repr, fields)) or 'none'}"
+                ": choose the field with --text-field (text_field=).")
 
     # -- reading bytes -------------------------------------------------------------------------
 
@@ -209,47 +258,92 @@ class Corpus:
     def _open(path: Path):
         return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
-    def _unusable(self, path: Path) -> str | None:
-        """Why a file cannot be read as text (empty, binary), from its first bytes; or None."""
+    def _blocks(self, path: Path) -> Iterator[bytes]:
+        """A file's bytes (decompressed), a block at a time. ``read1`` hands over what a damaged
+        .gz holds up to the damage before it raises there."""
         with self._open(path) as file:
-            head = file.read(SNIFF_BYTES)
-        if not head:
-            return Skip.EMPTY_FILE
-        if b"\x00" in head:
-            return Skip.BINARY_FILE
-        return None
+            while block := file.read1(READ_BYTES):
+                yield block
 
-    def _lines(self, path: Path) -> Iterator[str | None]:
-        """Decoded lines of a file; None stands for a line that is not UTF-8.
+    @staticmethod
+    def _head(blocks: Iterator[bytes]) -> tuple[list[bytes], Iterator[bytes]]:
+        """The first blocks of a file, at least SNIFF_BYTES of it unless it is shorter (none for
+        an empty file), and the blocks after them. Damage before any byte is read raises here;
+        damage after some raises when the blocks after them are read."""
+        head = []
+        try:
+            while sum(map(len, head)) < SNIFF_BYTES and (block := next(blocks, None)):
+                head.append(block)
+        except _DAMAGE as error:
+            if not head:
+                raise
+            return head, _raising(error)
+        return head, blocks
 
-        The file is read in blocks. A line longer than MAX_LINE_BYTES comes in pieces (cut between
-        characters), each long enough to be rejected as a sentence if no punctuation splits it.
+    def _lines(self, path: Path, blocks: Iterable[bytes],
+               numbered: bool = False) -> Iterator[str | None]:
+        """Decoded lines of a file; None stands for a line that is not UTF-8 (counted and named
+        here). With ``numbered``, ``self._where`` names the line last given (which costs time:
+        only the JSONL reader, which names bad records, asks for it).
+
+        A line longer than MAX_LINE_BYTES comes in pieces (cut between characters), each long
+        enough to be rejected as a sentence if no punctuation splits it. When the file turns
+        out damaged part-way, the lines before the damage are given and the rest is skipped.
         """
-        with self._open(path) as file:
-            pending = b""
-            while block := file.read(READ_BYTES):
-                self.bytes_read += len(block)
-                lines = (pending + block).split(b"\n")
-                pending = lines.pop()
-                while len(pending) > MAX_LINE_BYTES:
-                    cut = MAX_LINE_BYTES
-                    while pending[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte
-                        cut -= 1
-                    lines.append(pending[:cut])
-                    pending = pending[cut:]
-                yield from _decoded(lines)
-            if pending:
-                yield from _decoded([pending])
+        pending, number = b"", 0  # number: the lines given whole so far
+        blocks = iter(blocks)
+        while True:
+            try:
+                block = next(blocks, None)
+            except _DAMAGE as error:
+                self._skip(Skip.DAMAGED_FILE, f"{path}:{number + 1}", error)
+                return  # the line cut by the damage (pending) is not whole: left out
+            if block is None:
+                break
+            self.bytes_read += len(block)
+            lines = (pending + block).split(b"\n")
+            pending = lines.pop()
+            whole = len(lines)
+            while len(pending) > MAX_LINE_BYTES:
+                cut = MAX_LINE_BYTES
+                while pending[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+                    cut -= 1
+                lines.append(pending[:cut])
+                pending = pending[cut:]
+            yield from self._numbered(path, lines, number, whole, numbered)
+            number += whole
+        if pending:
+            yield from self._numbered(path, [pending], number, 0, numbered)
+
+    def _numbered(self, path: Path, lines: list[bytes], number: int, whole: int,
+                  numbered: bool) -> Iterable[str | None]:
+        """Decoded ``lines``, of which the first ``whole`` are lines ``number + 1``, ... and
+        the rest pieces of the line after them; the bad ones named, and all of them with
+        ``numbered``."""
+        decoded, valid = _decoded(lines)
+        return decoded if valid and not numbered else self._naming(path, decoded, number, whole)
+
+    def _naming(self, path: Path, decoded: list[str | None], number: int,
+                whole: int) -> Iterator[str | None]:
+        self._path = path
+        for index, line in enumerate(decoded):
+            self._line_number = number + min(index, whole) + 1
+            if line is None:
+                self._skip(Skip.NOT_UTF8, self._where)
+            yield line
+
+    @property
+    def _where(self) -> str:
+        """``file:line`` of the line last read."""
+        return f"{self._path}:{self._line_number}"
 
     # -- formats -------------------------------------------------------------------------------
-    # Each reader yields documents (lists of sentences), or None for a document it rejected and
-    # counted itself.
+    # Each reader yields documents (lists of sentences); what it rejects it counts itself.
 
-    def _read_lines(self, lines: Iterator[str | None]) -> Iterator[list[str] | None]:
-        document, size, valid = [], 0, True
+    def _read_lines(self, lines: Iterator[str | None]) -> Iterator[list[str]]:
+        document, size = [], 0
         for line in chain(lines, [""]):  # the file's end ends its last document
-            if line is None:
-                valid = False
+            if line is None:  # not UTF-8: the sentence is dropped, its document goes on
                 continue
             sentence = line.strip()
             if sentence:
@@ -258,16 +352,15 @@ class Corpus:
                 if size <= MAX_DOCUMENT_CHARS:
                     continue
                 self.documents_cut += 1
-            if document or not valid:  # several blank lines in a row are not empty documents
-                yield self._finish(document, valid)
-            document, size, valid = [], 0, True
+            if document:  # several blank lines in a row are not empty documents
+                yield document
+            document, size = [], 0
 
-    def _read_text(self, lines: Iterator[str | None]) -> Iterator[list[str] | None]:
-        document, paragraph, size, valid, cut = [], [], 0, True, False
+    def _read_text(self, lines: Iterator[str | None]) -> Iterator[list[str]]:
+        document, paragraph, size, dropped, cut = [], [], 0, False, False
         for line in chain(lines, [""]):  # the file's end ends its last paragraph
-            if line is None:
-                valid = False
-                continue
+            if line is None:  # not UTF-8: dropped, and its paragraph ends there
+                line, dropped = "", True
             # Lines without a letter or digit (blank lines, reStructuredText underlines, table
             # borders) end a paragraph rather than joining its text.
             if _HAS_LETTER_OR_DIGIT.search(line):
@@ -280,32 +373,32 @@ class Corpus:
                 paragraph = []
             if size > MAX_DOCUMENT_CHARS:
                 self.documents_cut += 1
-                yield self._finish(document, valid)
-                document, size, valid, cut = [], 0, True, True
-        if document or not valid or not cut:
-            yield self._finish(document, valid)
+                yield document
+                document, size, cut = [], 0, True
+        if document or not (cut or dropped):  # emptied by dropped lines: counted as those
+            yield document
 
-    def _read_jsonl(self, lines: Iterator[str | None]) -> Iterator[list[str] | None]:
+    def _read_jsonl(self, lines: Iterator[str | None]) -> Iterator[list[str]]:
         for line in lines:
-            if line is None:
-                self.skipped[Skip.NOT_UTF8] += 1
-                continue
-            if not line.strip():
+            if line is None or not line.strip():  # not UTF-8 (counted), or blank
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict):
-                self.skipped[Skip.BAD_JSON] += 1
+                self._skip(Skip.BAD_JSON, self._where)
                 continue
+            self._records += 1
+            self._first_record = self._first_record or (self._where, list(record))
+            self._with_field += self.text_field in record
             text = record.get(self.text_field)
             if not isinstance(text, str):
-                self.skipped[Skip.NO_TEXT_FIELD] += 1
+                self._skip(Skip.NO_TEXT_FIELD, self._where)
                 continue
             yield self._prose_document(text)
 
-    def _read_wiki(self, lines: Iterator[str | None]) -> Iterator[list[str] | None]:
+    def _read_wiki(self, lines: Iterator[str | None]) -> Iterator[list[str]]:
         """The wiki-leads JSON file (title → record): each record's lead section, by title."""
         records = json.loads("\n".join(line or "" for line in lines))
         for title in sorted(records):
@@ -315,9 +408,3 @@ class Corpus:
         paragraphs = (p for p in text.replace("\r\n", "\n").split("\n\n") if p.strip())
         return [s for p in paragraphs for s in split_sentences(" ".join(p.split()),
                                                                  self.language)]
-
-    def _finish(self, document: list[str], valid: bool) -> list[str] | None:
-        if not valid:
-            self.skipped[Skip.NOT_UTF8] += 1
-            return None
-        return document

@@ -181,11 +181,12 @@ def _check_examples(manifest: dict, corpus: Corpus, totals: Counter,
     if manifest["splits"]["train"]["examples"]:
         return
     reasons = "; ".join(f"{count:,} {reason}" for reason, count in skipped.items())
+    named = f" (first: {'; '.join(corpus.skipped_named)})" if corpus.skipped_named else ""
     raise ValueError(
         f"the input made no training examples: read {len(corpus.files):,} file(s) and "
         f"{corpus.documents:,} document(s), {totals['documents']:,} of them usable "
         f"({totals['validation_documents']:,} held out for validation); skipped: "
-        f"{reasons or 'nothing'}. Give documents of two or more sentences each.")
+        f"{reasons or 'nothing'}{named}. Give documents of two or more sentences each.")
 
 
 def _summary(manifest: dict, corpus: Corpus, totals: Counter, skipped: dict[str, int],
@@ -198,7 +199,7 @@ def _summary(manifest: dict, corpus: Corpus, totals: Counter, skipped: dict[str,
         "examples": {split: manifest["splits"][split]["examples"] for split in SPLITS},
         "random_next_examples": totals["random_next"], "tokens": totals["tokens"],
         "predictions": totals["predictions"],
-        "skipped": skipped,
+        "skipped": skipped, "skipped_named": corpus.skipped_named,
         "documents_cut_for_length": corpus.documents_cut,
         "text_mb": round(corpus.bytes_read / 1e6, 3), "seconds": round(seconds, 2),
         "mb_per_second": round(corpus.bytes_read / 1e6 / max(seconds, 1e-9), 3),
@@ -244,6 +245,8 @@ def format_summary(manifest: dict) -> str:
     ]
     if s["skipped"]:
         lines.append("skipped: " + "; ".join(f"{n:,} {why}" for why, n in s["skipped"].items()))
+        if s.get("skipped_named"):
+            lines.append("first skipped: " + "; ".join(s["skipped_named"]))
     if s["documents_cut_for_length"]:
         lines.append(f"{s['documents_cut_for_length']:,} long documents were cut into parts")
     return "\n".join(lines)
@@ -445,4 +448,14 @@ def train_vocab_on_corpus(corpus: Corpus | str | os.PathLike | Iterable[str | os
     from ..tokenizer import train_vocab
 
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
-    return train_vocab(texts=chain.from_iterable(corpus), out_dir=out_dir, **options)
+    return train_vocab(texts=_sentences_or_refusal(corpus), out_dir=out_dir, **options)
+
+
+def _sentences_or_refusal(corpus: Corpus) -> Iterator[str]:
+    """The corpus's sentences; a corpus that gives none raises, saying what it skipped."""
+    yield from chain.from_iterable(corpus)
+    if not corpus.sentences:
+        reasons = "; ".join(f"{count:,} {reason}" for reason, count in corpus.skipped.items())
+        named = f" ({'; '.join(corpus.skipped_named)})" if corpus.skipped_named else ""
+        raise ValueError(f"the corpus gave no text to train on: read {len(corpus.files):,} "
+                         f"file(s); skipped: {reasons or 'nothing'}{named}.")

@@ -75,7 +75,24 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has format version {manifest['format_version']}; this bertkit "
                          f"reads up to {FORMAT_VERSION}. Upgrade bertkit.")
+    missing = [key for key in ("complete", "settings", "tokenizer", "splits")
+               if key not in manifest]
+    splits = manifest.get("splits")
+    if not missing and (not isinstance(splits, dict) or not all(
+            isinstance(split, dict) and isinstance(split.get("shards"), list)
+            for split in splits.values())):
+        missing = ["a shard list per split"]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is damaged or was not written "
+                         f"by bertkit. {rebuild_hint(directory, manifest)}")
     return manifest
+
+
+def rebuild_hint(directory, manifest: dict | None = None) -> str:
+    """How to make a data folder anew: the command, with the corpus its manifest names."""
+    sources = ((manifest or {}).get("inputs") or {}).get("sources") or ["CORPUS"]
+    return (f"Rebuild it with `bertkit data pretrain {' '.join(map(str, sources))} --out "
+            f"{directory} --overwrite` (and the settings that made it).")
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -206,17 +223,31 @@ def slice_packed(packed: dict[str, np.ndarray], start: int, stop: int) -> dict[s
 # -- reading ---------------------------------------------------------------------------------
 
 
-def open_shard(path: Path) -> dict[str, np.ndarray]:
-    """A shard's arrays, memory-mapped (safetensors: 8-byte header length, JSON header, data)."""
-    with open(path, "rb") as file:
-        header_length = int.from_bytes(file.read(8), "little")
-        header = json.loads(file.read(header_length))
+def open_shard(path: Path, hint: str = "") -> dict[str, np.ndarray]:
+    """A shard's arrays, memory-mapped (safetensors: 8-byte header length, JSON header, data).
+
+    A missing, cut short or unreadable shard is an error naming it, ending with ``hint`` (what
+    to do about it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the data folder is incomplete (copied "
+                                f"without its shards?). {hint}".rstrip())
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as file:
+            header_length = int.from_bytes(file.read(8), "little")
+            if not 2 <= header_length <= size - 8:
+                raise ValueError("no safetensors header")
+            header = json.loads(file.read(header_length))
+        layout = [(name, np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]), *info["data_offsets"])
+                  for name, info in header.items() if name != "__metadata__"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a readable shard ({error}). {hint}".rstrip()) from None
+    needed = 8 + header_length + max((end for *_, end in layout), default=0)
+    if size < needed:
+        raise ValueError(f"{path} is cut short: {size:,} bytes where its header needs "
+                         f"{needed:,}. {hint}".rstrip())
     arrays = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+    for name, dtype, begin, end in layout:
         count = (end - begin) // dtype.itemsize
         arrays[name] = (np.memmap(path, dtype=dtype, mode="r", offset=8 + header_length + begin,
                                   shape=(count,)) if count else np.zeros(0, dtype))
@@ -238,18 +269,20 @@ class PretrainingDataset(torch.utils.data.Dataset):
                  allow_incomplete: bool = False):
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
+        hint = rebuild_hint(self.directory, self.manifest)
         if not self.manifest["complete"] and not allow_incomplete:
             raise ValueError(
-                f"{self.directory} is incomplete ({self.manifest.get('status')}): the run that "
-                "wrote it did not finish. Run `bertkit data pretrain` again, or pass "
-                "allow_incomplete=True to read the shards it did finish.")
+                f"{self.directory} is incomplete ({self.manifest.get('status')}): the "
+                f"`bertkit data pretrain` run that wrote it did not finish. {hint} (From "
+                "Python, PretrainingDataset(..., allow_incomplete=True) reads the shards it "
+                "did finish.)")
         if split not in self.manifest["splits"]:
             raise ValueError(f"unknown split {split!r}; {self.directory} has "
                              f"{', '.join(self.manifest['splits'])}.")
         self.split = split
         self.config = PretrainingConfig(**self.manifest["settings"])
         self.pad_token_id = self.manifest["tokenizer"]["special_ids"]["pad"]
-        self.shards = [open_shard(self.directory / shard["file"])
+        self.shards = [open_shard(self.directory / shard["file"], hint)
                        for shard in self.manifest["splits"][split]["shards"]]
         counts = [len(shard["offsets"]) - 1 for shard in self.shards]
         self.shard_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -328,7 +361,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
             actual = sha256_of(self.directory / shard["file"])
             if actual != shard["sha256"]:
                 raise ValueError(f"{shard['file']} is corrupt: sha256 {actual}, the manifest "
-                                 f"recorded {shard['sha256']}.")
+                                 f"recorded {shard['sha256']}. "
+                                 f"{rebuild_hint(self.directory, self.manifest)}")
 
 
 _PAD_VALUES = {"token_type_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}
@@ -412,7 +446,9 @@ def example_stream(dataset: PretrainingDataset, seed: int, start: int = 0) -> It
     reads on exactly where it stopped; memory stays at one shard's worth of indices."""
     size = len(dataset)
     if size == 0:
-        raise ValueError("the data holds no examples to read.")
+        raise ValueError(f"{dataset.directory} holds no {dataset.split} examples to read (its "
+                         f"{MANIFEST_NAME} lists no shard with any). "
+                         f"{rebuild_hint(dataset.directory, dataset.manifest)}")
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}.")
     first_pass, offset = divmod(start, size)

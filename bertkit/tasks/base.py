@@ -12,11 +12,15 @@ A task family turns labelled files into model inputs and model outputs back into
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
-import io
 import json
 import logging
+import os
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -29,16 +33,57 @@ class DataError(ValueError):
     """An input file is malformed; the message names the file and the line or record."""
 
 
-def open_text(path: str | Path):
-    """Open a text file for reading, decompressing ``.gz`` and ``.bz2`` transparently."""
-    path = Path(path)
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
+UTF8_HINT = "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8)"
+
+
+def text_lines(source: str | Path | BinaryIO, name: str | None = None, *,
+               keepends: bool = True) -> Iterator[str]:
+    """The lines of a UTF-8 text file, decoded strictly: every task reader reads through this.
+
+    ``source`` is a path (``.gz`` and ``.bz2`` are decompressed) or a binary file object such as
+    ``sys.stdin.buffer`` (``name`` names it in messages). Lines split at ``\\n`` only, so a form
+    feed or U+2028 inside a line does not make two inputs of it; ``keepends`` keeps each line's
+    end (as the csv module needs). A byte-order mark before the first line is dropped. A byte
+    that is not UTF-8 is a DataError naming ``file:line:column`` (the column counts bytes) and
+    the byte; a compressed file that is cut short or corrupt is a DataError naming the file and
+    the last line read whole.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        yield from _decoded_lines(source, name or "<input>", keepends)
+        return
+    path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file.")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", newline="")
-    if path.suffix == ".bz2":
-        return io.TextIOWrapper(bz2.open(path), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    opener = COMPRESSED.get(path.suffix)
+    with (opener or open)(path, "rb") as file:
+        yield from _decoded_lines(file, name or str(path), keepends,
+                                  path.suffix if opener else None)
+
+
+def _decoded_lines(file: BinaryIO, name: str, keepends: bool,
+                   compressed: str | None = None) -> Iterator[str]:
+    raws, number = iter(file), 0
+    while True:
+        try:
+            raw = next(raws, None)
+        except (EOFError, OSError, zlib.error) as error:
+            if compressed is None:
+                raise
+            where = f"beyond line {number}" if number else "it"
+            raise DataError(f"{name}: cannot decompress {where} ({error}): the {compressed} "
+                            "file is cut short or corrupt; copy or compress it again.") from None
+        if raw is None:
+            return
+        number += 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{name}:{number}:{error.start + 1}: not valid UTF-8 (byte "
+                            f"0x{raw[error.start]:02x}); {UTF8_HINT}.") from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        yield line if keepends else line.rstrip("\r\n")
 
 
 def table_format(path: str | Path) -> str:
@@ -57,29 +102,70 @@ def table_format(path: str | Path) -> str:
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     """(where, record) for every row of a JSONL/CSV/TSV file; ``where`` is ``file:line``."""
-    import csv
-
     kind = table_format(path)
-    rows = []
-    with open_text(path) as f:
-        if kind == "jsonl":
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{number}: expected a JSON object, got "
-                                    f"{type(record).__name__}.")
-                rows.append((f"{path}:{number}", record))
-        else:
-            reader = csv.DictReader(f, delimiter="," if kind == "csv" else "\t")
-            if reader.fieldnames is None:
-                raise DataError(f"{path}: the file is empty (a header row is needed).")
-            for record in reader:
-                rows.append((f"{path}:{reader.line_num}", record))
+    if kind == "jsonl":
+        return [(f"{path}:{number}", json_object(line, f"{path}:{number}"))
+                for number, line in enumerate(text_lines(path), 1) if line.strip()]
+    return _table_rows(path, "," if kind == "csv" else "\t", kind.upper())
+
+
+def json_object(line: str, where: str, hint: str = "") -> dict:
+    """The JSON object on one line; ``hint`` (``"; ..."``) ends a message about a bad line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: not valid JSON ({error.msg}){hint}.") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}{hint}.")
+    return record
+
+
+def json_input_lines(lines: list[str], source: str, hint: str) -> list[tuple[str, dict]]:
+    """(where, record) for raw input lines that each hold a JSON object (``predict``'s input
+    for QA and multiple choice); an empty line is refused, not dropped, so that outputs line up
+    with inputs."""
+    records = []
+    for number, line in enumerate(lines, 1):
+        where = f"{source}:{number}"
+        if not line.strip():
+            raise DataError(f"{where}: the line is empty{hint}; each line is one input (and one "
+                            "output), so remove the line.")
+        records.append((where, json_object(line, where, hint)))
+    return records
+
+
+def _table_rows(path: str | Path, delimiter: str, kind: str) -> list[tuple[str, dict]]:
+    """The rows of a CSV/TSV file under its header, each a single line of the file.
+
+    A row that spans lines is refused: a stray ``"`` at the start of a field would otherwise
+    open a quoted field that runs on through the rows after it and swallow them.
+    """
+    reader = csv.reader(text_lines(path), delimiter=delimiter, strict=True)
+    rows, header, end = [], None, 0
+    try:
+        for values in reader:
+            start, end = end + 1, reader.line_num
+            if not values:  # a blank line
+                continue
+            if end > start:
+                raise DataError(
+                    f"{path}:{start}: a quoted field runs on over lines {start}-{end}: a '\"' "
+                    "that opens a field and does not close it on its line swallows the rows "
+                    "after it. Quote the whole field and double each '\"' inside it; a text "
+                    "that really holds line breaks belongs in JSONL.")
+            if header is None:
+                header = values
+            elif len(values) != len(header):
+                raise DataError(f"{path}:{start}: {len(values)} fields where the header has "
+                                f"{len(header)} ({', '.join(map(repr, header))}); quote a field "
+                                f"that holds the delimiter {delimiter!r}.")
+            else:
+                rows.append((f"{path}:{start}", dict(zip(header, values, strict=True))))
+    except csv.Error as error:
+        raise DataError(f"{path}:{end + 1}: malformed {kind} ({error}); a field that starts "
+                        "with '\"' must end with '\"', with each '\"' inside it doubled.") from None
+    if header is None:
+        raise DataError(f"{path}: the file is empty (a header row is needed).")
     return rows
 
 
@@ -108,6 +194,17 @@ def check_known_labels(labels_by_where, label2id: dict, role: str) -> None:
             known = ", ".join(sorted(map(str, label2id)))
             raise DataError(f"{where}: label {label!r} does not occur in the {role} labels "
                             f"({known}); the model could never predict it.")
+
+
+def enough_classes(names: list[str], examples: list, what: str) -> list[str]:
+    """``names``, the label vocabulary of training ``examples``, if it has two or more labels."""
+    if len(names) >= 2:
+        return names
+    found = f"only {what} {names[0]!r}" if names else f"no {what}"
+    source = examples[0].where.rsplit(":", 1)[0] if examples else "the training data"
+    raise DataError(f"{source}: the {len(examples)} training examples have {found}, but a "
+                    f"classifier needs at least two {what}s to choose between; train on data "
+                    f"that holds examples of every {what}.")
 
 
 def warn_truncated(where: list[str], max_length: int) -> None:
@@ -169,7 +266,9 @@ class Task:
         raise NotImplementedError
 
     def read_lines(self, lines: list[str], source: str, tokenizer=None) -> list:
-        """Unlabelled examples from raw input lines (``predict`` on stdin or a text file)."""
+        """Unlabelled examples from raw input lines (``predict`` on stdin or a text file), one
+        per line, an empty line included (or refused, naming it): outputs line up with inputs.
+        Read a file's or stdin's lines with `text_lines` (``keepends=False``)."""
         raise NotImplementedError
 
     def prepare(self, train_examples: list) -> None:
@@ -187,7 +286,8 @@ class Task:
         return []
 
     def check_labels(self, examples: list, label2id: dict) -> None:
-        """Raise DataError if an example has a label outside ``label2id``."""
+        """Raise DataError if an example has a label outside ``label2id``: call it on the
+        validation and test examples before training, with the model's ``label2id``."""
 
     def encode(self, examples: list, tokenizer, label2id: dict | None = None) -> list[dict]:
         raise NotImplementedError

@@ -7,6 +7,7 @@ segment ids 0 for A and 1 for B, as in the paper.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from .base import (
     Task,
     check_known_labels,
     collate_sequences,
+    enough_classes,
     field,
     read_records,
     text_field,
@@ -57,25 +59,38 @@ class Classification(Task):
     # -- reading --------------------------------------------------------------------------
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
-        examples = []
+        examples, first = [], None  # first: (where, value) of the file's first label
         for where, record in read_records(path):
             text = text_field(record, self.text_field, where)
             pair = text_field(record, self.pair_field, where, "pair") if self.pair else None
             label = None
             if labelled:
-                label = self.parse_label(field(record, self.label_field, where, "label"), where)
+                value = field(record, self.label_field, where, "label")
+                first = first or (where, value)
+                self.check_label_type(value, where, *first)
+                label = self.parse_label(value, where)
             examples.append(TextExample(text, pair, label, where))
         if not examples:
             raise DataError(f"{path}: no records.")
         return examples
 
+    def check_label_type(self, value, where: str, first_where: str, first) -> None:
+        """One file's class labels are all of one JSON type: beside 1 (or "1"), 1.0 and true
+        would otherwise be the further classes "1.0" and "True"."""
+        if label_type(value) != label_type(first):
+            raise DataError(
+                f"{where}: label {json.dumps(value)} is {label_type(value)}, but {first_where} "
+                f"has {json.dumps(first)}, {label_type(first)}: give every label of a file as "
+                "the same type (all strings, or all integers), or they become different classes.")
+
     def read_lines(self, lines: list[str], source: str, tokenizer=None) -> list[TextExample]:
-        """Raw text, one example a line; for pairs the two texts are separated by a tab."""
+        """Raw text, one example a line; for pairs the two texts are separated by a tab.
+
+        An empty line is an input too (an empty text gets a prediction; an empty pair is
+        refused), so that outputs line up with inputs."""
         examples = []
         for number, line in enumerate(lines, 1):
             where = f"{source}:{number}"
-            if not line.strip():
-                continue
             if self.pair:
                 parts = line.rstrip("\r\n").split("\t")
                 if len(parts) != 2 or not all(p.strip() for p in parts):
@@ -91,7 +106,9 @@ class Classification(Task):
         return str(value)
 
     def label_names(self, examples: list[TextExample]) -> list[str]:
-        return sorted({e.label for e in examples})
+        """The classes of the training examples; refused when there are fewer than two (one
+        output would make the head a regression head)."""
+        return enough_classes(sorted({e.label for e in examples}), examples, "label")
 
     def check_labels(self, examples: list[TextExample], label2id: dict) -> None:
         check_known_labels(((e.where, e.label) for e in examples), label2id, "training")
@@ -160,7 +177,12 @@ class Regression(Classification):
     name = "regression"
     metrics = ("pearson", "spearman", "mse")
 
+    def check_label_type(self, value, where, first_where, first) -> None:
+        """1, "1" and 1.0 are the same number."""
+
     def parse_label(self, value, where: str) -> float:
+        if isinstance(value, bool):
+            raise DataError(f"{where}: regression label {json.dumps(value)} is not a number.")
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -186,6 +208,17 @@ class Regression(Classification):
 
     def score(self, examples, predictions) -> dict[str, float]:
         return regression_metrics([e.label for e in examples], [p["score"] for p in predictions])
+
+
+def label_type(value) -> str:
+    """The JSON type of a label, in words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a fractional number"
+    return "a string" if isinstance(value, str) else f"a JSON {type(value).__name__}"
 
 
 def classification_metrics(gold: list, predicted: list) -> dict[str, float]:

@@ -15,7 +15,16 @@ import numpy as np
 import torch
 
 from ..model import BertForMultipleChoice
-from .base import DataError, Task, field, pad, read_records, text_field, warn_truncated
+from .base import (
+    DataError,
+    Task,
+    field,
+    json_input_lines,
+    pad,
+    read_records,
+    text_field,
+    warn_truncated,
+)
 
 
 @dataclass
@@ -52,18 +61,10 @@ class MultipleChoice(Task):
         return same_number_of_choices(examples)
 
     def read_lines(self, lines: list[str], source: str, tokenizer=None) -> list[ChoiceExample]:
-        import json
-
-        examples = []
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                where = f"{source}:{number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise DataError(f"{where}: multiple choice reads JSON lines with "
-                                    f"{self.text_field!r} and {self.choices_field!r}.") from None
-                examples.append(self._example(record, where, labelled=False))
+        hint = (f"; multiple choice reads JSON lines with {self.text_field!r} and "
+                f"{self.choices_field!r}")
+        examples = [self._example(record, where, labelled=False)
+                    for where, record in json_input_lines(lines, source, hint)]
         return same_number_of_choices(examples) if examples else examples
 
     def _example(self, record: dict, where: str, labelled: bool) -> ChoiceExample:

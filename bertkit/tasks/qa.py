@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from ..model import BertForQuestionAnswering
-from .base import DataError, Task, collate_sequences, open_text, read_records, text_field
+from .base import (
+    DataError,
+    Task,
+    collate_sequences,
+    json_input_lines,
+    read_records,
+    text_field,
+    text_lines,
+)
 
 
 @dataclass
@@ -73,12 +81,11 @@ class QuestionAnswering(Task):
         """A SQuAD JSON file, or JSONL with ``id``, ``question``, ``context`` (and ``answers``)."""
         if str(path).endswith((".jsonl", ".jsonl.gz", ".jsonl.bz2")):
             return [self._example(r, where, labelled) for where, r in read_records(path)]
-        with open_text(path) as f:
-            try:
-                squad = json.load(f)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})."
-                                ) from None
+        try:
+            squad = json.loads("".join(text_lines(path)))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})."
+                            ) from None
         if not isinstance(squad, dict) or not isinstance(squad.get("data"), list):
             raise DataError(f"{path}: not SQuAD format (a top-level object with a 'data' list).")
         examples = []
@@ -113,18 +120,9 @@ class QuestionAnswering(Task):
 
     def read_lines(self, lines: list[str], source: str, tokenizer=None) -> list[QAExample]:
         """JSONL lines with ``question`` and ``context``."""
-        examples = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{source}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{where}: question answering reads JSON lines with 'question' "
-                                "and 'context'.") from None
-            examples.append(self._example(record, where, labelled=False))
-        return examples
+        hint = "; question answering reads JSON lines with 'question' and 'context'"
+        return [self._example(record, where, labelled=False)
+                for where, record in json_input_lines(lines, source, hint)]
 
     # -- encoding: question + sliding passage windows -------------------------------------
 

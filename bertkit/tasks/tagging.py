@@ -23,7 +23,8 @@ from .base import (
     Task,
     check_known_labels,
     collate_sequences,
-    open_text,
+    enough_classes,
+    text_lines,
     warn_truncated,
 )
 
@@ -95,35 +96,35 @@ class TokenClassification(Task):
                 examples.append(TagExample(words, tags if labelled else None, f"{path}:{start}"))
             words, tags, start = [], [], None
 
-        with open_text(path) as f:
-            for number, line in enumerate(f, 1):
-                stripped = line.strip()
-                if not stripped:
-                    close()
-                    continue
-                if stripped.startswith("-DOCSTART-"):
-                    continue
-                parts = stripped.split("\t") if "\t" in stripped else stripped.split()
-                if labelled and len(parts) < 2:
-                    raise DataError(f"{path}:{number}: expected 'word<TAB>tag', got {stripped!r}; "
-                                    "a blank line separates sentences.")
-                if labelled and not parts[-1].strip():
-                    raise DataError(f"{path}:{number}: the tag is empty.")
-                start = start or number
-                words.append(parts[0])
-                tags.append(parts[-1].strip())
+        for number, line in enumerate(text_lines(path), 1):
+            stripped = line.strip()
+            if not stripped:
+                close()
+                continue
+            if stripped.startswith("-DOCSTART-"):
+                continue
+            parts = stripped.split("\t") if "\t" in stripped else stripped.split()
+            if labelled and len(parts) < 2:
+                raise DataError(f"{path}:{number}: expected 'word<TAB>tag', got {stripped!r}; "
+                                "a blank line separates sentences.")
+            if labelled and not parts[-1].strip():
+                raise DataError(f"{path}:{number}: the tag is empty.")
+            start = start or number
+            words.append(parts[0])
+            tags.append(parts[-1].strip())
         close()
         if not examples:
             raise DataError(f"{path}: no sentences.")
         return examples
 
     def read_lines(self, lines: list[str], source: str, tokenizer=None) -> list[TagExample]:
-        """Raw text, one example a line, split into words the way BERT's tokenizer splits them."""
+        """Raw text, one example a line, split into words the way BERT's tokenizer splits them.
+
+        A line without words (empty, or only spaces) is an example too, tagged with no words,
+        so that outputs line up with inputs."""
         examples = []
         for number, line in enumerate(lines, 1):
             text = line.rstrip("\r\n")
-            if not text.strip():
-                continue
             encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                                 return_word_ids=True)
             spans: dict[int, list[int]] = {}
@@ -131,14 +132,12 @@ class TokenClassification(Task):
                                           strict=True):
                 spans.setdefault(word, [start, end])[1] = end
             word_spans = [tuple(spans[w]) for w in sorted(spans)]
-            if not word_spans:
-                continue
             examples.append(TagExample([text[s:e] for s, e in word_spans], None,
                                        f"{source}:{number}", text, word_spans))
         return examples
 
     def label_names(self, examples: list[TagExample]) -> list[str]:
-        return sorted({t for e in examples for t in e.tags})
+        return enough_classes(sorted({t for e in examples for t in e.tags}), examples, "tag")
 
     def check_labels(self, examples: list[TagExample], label2id: dict) -> None:
         check_known_labels(((e.where, t) for e in examples for t in e.tags), label2id, "training")

@@ -1,0 +1,465 @@
+"""bertkit models among the tools users already have: transformers.Trainer, transformers'
+pipelines and Auto* classes on folders bertkit saved, and sentence-transformers.
+
+Real weights (all-MiniLM-L6-v2, with fresh seeded heads where a task needs one) and real text
+(rt-polarity snippets, SQuAD questions) throughout; dropout is off wherever two libraries must
+follow the same trajectory.
+"""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import transformers
+from sentence_transformers import SentenceTransformer
+from transformers import Trainer, TrainingArguments
+
+import bertkit
+from bertkit.config import BertConfig
+from bertkit.embeddings import Embedder
+from bertkit.fill_mask import FillMask
+from bertkit.finetune import save_finetuned
+from bertkit.tasks import build_task
+from bertkit.tasks.datasets import resolve_data
+
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+SENTIMENT = {0: "rotten", 1: "fresh"}
+ENTITIES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+@pytest.fixture(autouse=True)
+def quiet_transformers():
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="module")
+def snippets():
+    """Real rt-polarity training rows: {"text", "label"} with label fresh/rotten."""
+    path = resolve_data("rt-polarity", "train")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for _, line in zip(range(200), f, strict=False)]
+
+
+@pytest.fixture(scope="module")
+def texts(snippets):
+    return [row["text"] for row in snippets[:24]]
+
+
+def spread_head(layer: torch.nn.Linear, seed: int) -> None:
+    """Fresh head weights spread wide (seeded), so that predictions are well separated."""
+    torch.manual_seed(seed)
+    torch.nn.init.normal_(layer.weight, std=0.3)
+    torch.nn.init.normal_(layer.bias, std=0.3)
+
+
+# --- transformers.Trainer ---------------------------------------------------------------------
+
+
+def features(tokenizer, rows, length=40):
+    label2id = {v: k for k, v in SENTIMENT.items()}
+    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=length,
+                        padding="max_length")
+    return [{**{k: encoded[k][i] for k in ("input_ids", "token_type_ids", "attention_mask")},
+             "label": label2id[row["label"]]} for i, row in enumerate(rows)]
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory, minilm_dir, tokenizer):
+    """MiniLM with a fresh seeded sentiment head, dropout off, saved by bertkit."""
+    folder = tmp_path_factory.mktemp("classifier")
+    torch.manual_seed(0)
+    model = bertkit.BertForSequenceClassification.from_pretrained(minilm_dir, id2label=SENTIMENT,
+                                                                  **NO_DROPOUT)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train(model, out, train_dataset, batch_size=8, accumulation=1, **options):
+    """The README's snippet: a Trainer with default arguments but for size and logging."""
+    args = TrainingArguments(output_dir=str(out), num_train_epochs=3,
+                             per_device_train_batch_size=batch_size,
+                             gradient_accumulation_steps=accumulation, learning_rate=1e-4,
+                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                             disable_tqdm=True, seed=0, **options)
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return trainer, np.array(losses)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, classifier_dir, snippets, tokenizer):
+    """The same Trainer run with bertkit's and transformers' classes from the same weights, and
+    bertkit's again with gradient accumulation (4 x 2 for 8) and activation checkpointing."""
+    out = tmp_path_factory.mktemp("trainer")
+    data = features(tokenizer, snippets[:32])
+    ours = train(bertkit.BertForSequenceClassification.from_pretrained(classifier_dir),
+                 out / "ours", data)
+    theirs = train(transformers.BertForSequenceClassification.from_pretrained(classifier_dir),
+                   out / "theirs", data)
+    accumulated = train(bertkit.BertForSequenceClassification.from_pretrained(classifier_dir),
+                        out / "accumulated", data, batch_size=4, accumulation=2,
+                        activation_checkpointing=True)
+    return {"ours": ours, "theirs": theirs, "accumulated": accumulated, "out": out}
+
+
+def test_trainer_snippet_trains_bertkit_as_transformers_bert(runs):
+    (_, ours), (_, theirs) = runs["ours"], runs["theirs"]
+    assert len(ours) == 12  # 32 examples, batches of 8, 3 epochs
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert ours[-4:].mean() < ours[:4].mean() - 0.05  # it learns
+
+
+def test_gradient_accumulation_and_checkpointing_give_the_same_steps(runs):
+    (trainer, accumulated), (_, ours) = runs["accumulated"], runs["ours"]
+    assert trainer.model.is_gradient_checkpointing  # Trainer switched it on
+    # Two micro-batches of 4 are one step of 8: the loss Trainer logs is bertkit's own mean.
+    np.testing.assert_allclose(accumulated, ours, atol=1e-5, rtol=0)
+
+
+def test_trainer_evaluate_predict_and_save(runs, snippets, tokenizer, tmp_path):
+    trainer = runs["ours"][0]
+    model = trainer.model.eval()
+    held_out = features(tokenizer, snippets[100:116])
+    batch = {k: torch.tensor([f[k] for f in held_out])
+             for k in ("input_ids", "token_type_ids", "attention_mask")}
+    labels = torch.tensor([f["label"] for f in held_out])
+    with torch.no_grad():
+        expected = model(**batch, labels=labels)
+    metrics = trainer.evaluate(held_out)
+    assert metrics["eval_loss"] == pytest.approx(expected.loss.item(), abs=1e-5)
+    predicted = trainer.predict(held_out)
+    np.testing.assert_allclose(predicted.predictions, expected.logits.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(predicted.label_ids, labels.numpy())
+
+    # save_model writes the state dict (HuggingFace names) of a model that is not transformers'
+    # own, without config.json: bertkit explains that, and save_pretrained writes the folder.
+    trainer.save_model(tmp_path)
+    saved = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    assert saved.keys() == model.state_dict().keys()
+    with pytest.raises(FileNotFoundError, match=r"Trainer.save_model\(\).*save_pretrained"):
+        bertkit.BertForSequenceClassification.from_pretrained(tmp_path)
+    trainer.model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with torch.no_grad():
+        a = bertkit.BertForSequenceClassification.from_pretrained(tmp_path).eval()(**batch)
+        b = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path)(**batch)
+    torch.testing.assert_close(a.logits, expected.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b.logits, expected.logits, atol=1e-5, rtol=0)
+    assert transformers.AutoConfig.from_pretrained(tmp_path).id2label == SENTIMENT
+
+
+def test_masked_lm_under_trainer_saves_and_resumes(tmp_path, minilm_dir, snippets):
+    """The MLM decoder is tied to the word embeddings: Trainer's checkpoints (safetensors of the
+    state dict) must hold the matrix once, and resuming must load them back."""
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    data = [{"input_ids": ids} for ids in hf_tokenizer([r["text"] for r in snippets[:16]],
+                                                       truncation=True, max_length=32)["input_ids"]]
+    collator = transformers.DataCollatorForLanguageModeling(hf_tokenizer, mlm_probability=0.3,
+                                                            seed=0)
+
+    def run(steps, resume=None):
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps,
+                                 per_device_train_batch_size=8, save_steps=1, report_to=[],
+                                 use_cpu=True, disable_tqdm=True, seed=0)
+        trainer = Trainer(model=bertkit.BertForMaskedLM(config), args=args,
+                          train_dataset=data, data_collator=collator)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    run(1)
+    trainer = run(2, resume=str(tmp_path / "checkpoint-1"))
+    assert trainer.state.global_step == 2
+    trainer.save_model(tmp_path / "final")
+    state = safetensors.torch.load_file(tmp_path / "final" / "model.safetensors")
+    fresh = bertkit.BertForMaskedLM(config)
+    fresh.load_state_dict(state)  # strict: nothing missing, nothing extra
+    assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
+    torch.testing.assert_close(fresh.bert.embeddings.word_embeddings.weight,
+                               trainer.model.bert.embeddings.word_embeddings.weight)
+
+
+@pytest.mark.parametrize("every_n_layers", [1, 2])
+def test_gradient_checkpointing_recomputes_layers_with_equal_gradients(every_n_layers):
+    config = BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=4,
+                        num_attention_heads=4, intermediate_size=128, max_position_embeddings=40)
+    torch.manual_seed(0)
+    model = bertkit.BertForSequenceClassification(config).train()  # dropout 0.1 on
+    input_ids = torch.randint(1, 300, (3, 20))
+    attention_mask = (torch.arange(20) < torch.tensor([[20], [11], [5]])).long()
+    batch = dict(input_ids=input_ids * attention_mask, attention_mask=attention_mask,
+                 labels=torch.tensor([0, 1, 1]), skip_padding=True)
+    calls = [0] * config.num_hidden_layers
+    for i, layer in enumerate(model.bert.encoder.layer):
+        layer.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+
+    def gradients():
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        model(**batch).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain = gradients()
+    assert calls == [1] * 4
+    model.gradient_checkpointing_enable(every_n_layers=every_n_layers)
+    calls[:] = [0] * 4
+    checkpointed = gradients()
+    assert calls == [2 if i % every_n_layers == 0 else 1 for i in range(4)]  # run again
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, atol=1e-7, rtol=1e-6, msg=name)
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+
+
+def test_forward_protocol_trainer_relies_on():
+    model = bertkit.BertForSequenceClassification(BertConfig(vocab_size=300, hidden_size=64,
+                                                             num_hidden_layers=2,
+                                                             num_attention_heads=4,
+                                                             intermediate_size=128)).eval()
+    assert transformers.trainer_utils.find_labels(type(model)) == ["labels"]
+    assert model.main_input_name == "input_ids" and model.accepts_loss_kwargs is False
+    with pytest.raises(TypeError, match="num_items_in_batch"):  # no catch-all **kwargs
+        model(torch.tensor([[2, 3]]), num_items_in_batch=1)
+    out = model(torch.tensor([[2, 3, 4]]))
+    assert "loss" not in out and out.loss is None and list(out) == ["logits"]
+    with pytest.raises(AttributeError):
+        out.no_such_output  # noqa: B018
+    loss, logits = model(torch.tensor([[2, 3, 4]]), labels=torch.tensor([1]), return_dict=False)
+    torch.testing.assert_close(logits, out.logits)
+    assert json.loads(model.config.to_json_string())["num_hidden_layers"] == 2
+    assert model.config.get_text_config() is model.config
+
+
+# --- bertkit-saved folders in transformers' Auto classes and pipelines ------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, minilm_dir, tokenizer):
+    """Folders bertkit wrote: MiniLM with fresh seeded heads for the four pipeline tasks, the
+    fine-tuned ones with bertkit's task.json (so `bertkit.predict` gives bertkit's answers)."""
+    folders = {}
+    heads = [("classification", bertkit.BertForSequenceClassification, "classifier",
+              dict(id2label=SENTIMENT)),
+             ("token-classification", bertkit.BertForTokenClassification, "classifier",
+              dict(id2label=dict(enumerate(ENTITIES)))),
+             ("question-answering", bertkit.BertForQuestionAnswering, "qa_outputs", {})]
+    for seed, (task_name, model_class, head, options) in enumerate(heads):
+        model = model_class.from_pretrained(minilm_dir, **options).eval()
+        spread_head(getattr(model, head), seed)
+        task = build_task(task_name)
+        task.use_labels(model.config.id2label)
+        folders[task_name] = tmp_path_factory.mktemp(task_name)
+        save_finetuned(folders[task_name], task, model, tokenizer)
+    torch.manual_seed(3)
+    mlm = bertkit.BertForMaskedLM.from_pretrained(minilm_dir)  # fresh, seeded cls.predictions
+    folders["fill-mask"] = tmp_path_factory.mktemp("fill-mask")
+    mlm.save_pretrained(folders["fill-mask"])
+    tokenizer.save_pretrained(folders["fill-mask"])
+    return folders
+
+
+AUTO = [("classification", "AutoModelForSequenceClassification", ("logits",)),
+        ("token-classification", "AutoModelForTokenClassification", ("logits",)),
+        ("question-answering", "AutoModelForQuestionAnswering", ("start_logits", "end_logits")),
+        ("fill-mask", "AutoModelForMaskedLM", ("logits",))]
+
+
+@pytest.mark.parametrize("task_name,auto,outputs", AUTO)
+def test_auto_classes_give_bertkit_outputs(saved, texts, task_name, auto, outputs, tokenizer):
+    folder = saved[task_name]
+    theirs_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ours_ids = tokenizer(texts, padding=True, return_tensors="pt")
+    theirs_ids = theirs_tokenizer(texts, padding=True, return_tensors="pt")
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        assert torch.equal(ours_ids[key], theirs_ids[key]), key
+    ours = getattr(bertkit, auto.replace("AutoModel", "Bert")).from_pretrained(folder).eval()
+    theirs = getattr(transformers, auto).from_pretrained(folder).eval()
+    with torch.no_grad():
+        a, b = ours(**ours_ids), theirs(**theirs_ids)
+    mask = ours_ids["attention_mask"].bool()
+    for key in outputs:
+        x, y = (a[key], b[key]) if a[key].dim() == 2 and key == "logits" else (a[key][mask],
+                                                                                b[key][mask])
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0, msg=key)
+
+
+def test_text_classification_pipeline(saved, texts):
+    folder = saved["classification"]
+    ours = bertkit.predict(folder, texts)
+    theirs = transformers.pipeline("text-classification", model=str(folder), device="cpu")(
+        texts, top_k=None)
+    for mine, scores in zip(ours, theirs, strict=True):
+        found = {s["label"]: s["score"] for s in scores}
+        assert found.keys() == mine["probabilities"].keys()
+        for label, p in mine["probabilities"].items():
+            assert found[label] == pytest.approx(p, abs=1e-5)
+        assert max(found, key=found.get) == mine["label"]
+
+
+def test_token_classification_pipeline(saved, texts):
+    folder = saved["token-classification"]
+    ours = bertkit.predict(folder, texts)
+    theirs = transformers.pipeline("token-classification", model=str(folder), device="cpu",
+                                   aggregation_strategy="first")(texts)
+    found_any = 0
+    for mine, groups in zip(ours, theirs, strict=True):
+        expected = [(e["type"], e["start"], e["end"]) for e in mine["entities"]]
+        assert [(g["entity_group"], g["start"], g["end"]) for g in groups] == expected
+        found_any += len(expected)
+    assert found_any > 10  # the spread head tags plenty
+
+
+def test_question_answering_in_transformers(saved):
+    """transformers 5 removed the question-answering pipeline: its span choice (the best start +
+    end logit over passage spans of at most max_answer_len tokens, mapped to characters by the
+    offsets) is spelled out here on transformers' model and tokenizer."""
+    folder = saved["question-answering"]
+    squad = json.loads(resolve_data("squad-sample", "validation").read_text(encoding="utf-8"))
+    questions = [{"question": qa["question"], "context": paragraph["context"]}
+                 for article in squad["data"] for paragraph in article["paragraphs"]
+                 for qa in paragraph["qas"]]
+    assert len(questions) >= 5
+    ours = bertkit.predict(folder, [json.dumps(q) for q in questions])
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(folder).eval()
+    for question, mine in zip(questions, ours, strict=True):
+        inputs = hf_tokenizer(question["question"], question["context"], truncation="only_second",
+                              max_length=384, return_offsets_mapping=True, return_tensors="pt")
+        offsets = inputs.pop("offset_mapping")[0]
+        passage = torch.tensor([s == 1 for s in inputs.sequence_ids(0)])
+        with torch.no_grad():
+            out = model(**inputs)
+        scores = out.start_logits[0][:, None] + out.end_logits[0][None, :]  # [start, end]
+        allowed = passage[:, None] & passage[None, :] & torch.ones_like(scores).triu().tril(
+            29).bool()  # end >= start, at most 30 tokens (bertkit's max_answer_length)
+        start, end = divmod(int(scores.masked_fill(~allowed, -torch.inf).argmax()),
+                            scores.shape[1])
+        span = int(offsets[start][0]), int(offsets[end][1])
+        assert (question["context"][span[0]:span[1]], *span) == (
+            mine["answer"], mine["start"], mine["end"])
+
+
+def test_fill_mask_pipeline(saved, texts):
+    folder = saved["fill-mask"]
+    masked = []
+    for text in texts[:8]:
+        words = text.split()
+        words[len(words) // 2] = "[MASK]"
+        masked.append(" ".join(words))
+    ours = FillMask(folder, device="cpu")(masked, top_k=5)
+    theirs = transformers.pipeline("fill-mask", model=str(folder), device="cpu")(masked, top_k=5)
+    for [mine], candidates in zip(ours, theirs, strict=True):
+        assert [c["token"] for c in candidates] == [p.token_id for p in mine]
+        np.testing.assert_allclose([c["score"] for c in candidates],
+                                   [p.score for p in mine], atol=1e-5, rtol=0)
+
+
+@pytest.mark.xfail(reason="bertkit.finetune.save_finetuned does not yet write the task's "
+                          "max_length as the tokenizer's model_max_length (finetune.py)")
+def test_pipeline_truncates_where_the_finetuned_task_does(tmp_path, minilm_dir, tokenizer,
+                                                          snippets):
+    model = bertkit.BertForSequenceClassification.from_pretrained(minilm_dir,
+                                                                  id2label=SENTIMENT).eval()
+    spread_head(model.classifier, 0)
+    task = build_task("classification", max_length=64)
+    task.use_labels(model.config.id2label)
+    save_finetuned(tmp_path, task, model, tokenizer)
+    long_text = " ".join(row["text"] for row in snippets[:10])  # ~250 tokens
+    [ours] = bertkit.predict(tmp_path, [long_text])
+    theirs = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")(
+        long_text, top_k=None, truncation=True)
+    found = {s["label"]: s["score"] for s in theirs}
+    for label, p in ours["probabilities"].items():
+        assert found[label] == pytest.approx(p, abs=1e-5)
+
+
+# --- sentence-transformers --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def st_texts(snippets):
+    """Real snippets, texts over 256 tokens (snippets joined), and an empty one."""
+    joined = [" ".join(row["text"] for row in snippets[start:start + 12])
+              for start in (40, 60, 80)]
+    return [row["text"] for row in snippets[:30]] + joined + [""]
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_dir, st_texts):
+    model = SentenceTransformer(str(minilm_dir), device="cpu")
+    return model, model.encode(st_texts, batch_size=16)
+
+
+def cosines(a, b):
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(norms, 1e-12)
+
+
+def test_embedder_follows_the_sentence_transformers_folder(minilm_dir, st_texts, reference,
+                                                           tokenizer, caplog):
+    model, expected = reference
+    assert model.max_seq_length == 256
+    assert max(len(ids) for ids in tokenizer(st_texts)["input_ids"]) > 300
+    embedder = Embedder(minilm_dir)
+    assert (embedder.max_length, embedder.pooling, embedder.normalize) == (256, "mean", True)
+    with caplog.at_level(logging.WARNING, logger="bertkit"):
+        ours = embedder.encode(st_texts)
+    assert "3 of 34 texts are longer than 256 tokens" in caplog.text
+    assert cosines(ours[:-1], expected[:-1]).min() >= 0.99999
+    # An empty text: zero by default (nothing to embed); sentence-transformers' unit vector of
+    # [CLS] [SEP] with empty="model".
+    assert not ours[-1].any() and np.linalg.norm(expected[-1]) == pytest.approx(1, abs=1e-5)
+    as_model = Embedder(minilm_dir, empty="model").encode([""])
+    assert cosines(as_model, expected[-1:])[0] >= 0.99999
+    # Arguments given win over the folder's.
+    longer = Embedder(minilm_dir, max_length=512, normalize=False).encode(st_texts[-4:-1])
+    assert cosines(longer, expected[-4:-1]).max() < 0.999
+    assert np.abs(np.linalg.norm(longer, axis=1) - 1).min() > 0.2
+
+
+@pytest.mark.parametrize("options", [{}, dict(layers="second_to_last", pooling="cls",
+                                              normalize=False, max_length=128)])
+def test_embedder_writes_a_sentence_transformers_folder(tmp_path, minilm_dir, st_texts, options):
+    embedder = Embedder(minilm_dir, **options)
+    embedder.save_sentence_transformers(tmp_path)
+    loaded = SentenceTransformer(str(tmp_path), device="cpu")
+    assert loaded.max_seq_length == embedder.max_length
+    ours = embedder.encode(st_texts[:-1])
+    np.testing.assert_allclose(loaded.encode(st_texts[:-1], batch_size=16), ours, atol=1e-5,
+                               rtol=0)
+    again = Embedder(tmp_path)
+    assert (again.max_length, again.pooling, again.normalize) == (
+        embedder.max_length, embedder.pooling, embedder.normalize)
+    np.testing.assert_allclose(again.encode(st_texts[:-1]), ours, atol=1e-6, rtol=0)
+
+
+def test_embedder_reads_the_layout_sentence_transformers_writes_now(tmp_path, reference,
+                                                                     st_texts):
+    """sentence-transformers 5+ saves ``pooling_mode`` and keeps max_seq_length in
+    tokenizer_config.json's model_max_length."""
+    model, expected = reference
+    model.save(str(tmp_path))
+    embedder = Embedder(tmp_path)
+    assert (embedder.max_length, embedder.pooling, embedder.normalize) == (256, "mean", True)
+    assert cosines(embedder.encode(st_texts[:-1]), expected[:-1]).min() >= 0.99999
+
+
+def test_sentence_transformers_recipes_embedder_cannot_follow(tmp_path, minilm_dir):
+    embedder = Embedder(minilm_dir)
+    embedder.save_sentence_transformers(tmp_path)
+    pooling = tmp_path / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({"word_embedding_dimension": 384,
+                                   "pooling_mode": "weightedmean"}))
+    with pytest.raises(ValueError, match="pooling weightedmean, which Embedder does not apply"):
+        Embedder(tmp_path)
+    assert Embedder(tmp_path, pooling="mean").pooling == "mean"  # chosen: the encoder alone
+    with pytest.raises(ValueError, match="one layer's vectors"):
+        Embedder(minilm_dir, layers="sum_last_four").save_sentence_transformers(tmp_path / "x")

@@ -1,0 +1,290 @@
+"""The feature-based approach (bertkit.features) and numbers beside the text, on the real
+all-MiniLM-L6-v2 and small samples of the built-in data sets: the encoder stays frozen, the
+cached features are Embedder's, a second run computes none, the BiLSTM tagger and the numbers
+learn, bad numbers are named by file:line:field, and predict/evaluate reproduce the run.
+"""
+
+import csv
+import io
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit import features as fx
+from bertkit.checkpoint import read_weights
+from bertkit.cli import main
+from bertkit.embeddings import Embedder
+from bertkit.finetune import evaluate, finetune, predict
+from bertkit.model import BertModel
+from bertkit.settings import SettingsError
+from bertkit.tasks import DataError, build_task
+from bertkit.tasks.datasets import resolve_data
+
+MODEL = "all-minilm-l6-v2"
+QUIET = dict(progress=False, batch_size=16, max_length=64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def feature_cache(tmp_path_factory):
+    """A feature cache of this module's own (the weights stay in the shared $BERTKIT_CACHE)."""
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fx, "cache_dir", lambda: root)
+        yield root / "features"
+
+
+def sample(name: str, split: str, n: int, folder, offset: int = 0):
+    """Records ``offset``..``offset + n`` of a built-in split, as a file of the same format."""
+    source = resolve_data(name, split)
+    target = folder / f"{name}-{split}-{offset}{source.suffix}"
+    if source.suffix == ".json":
+        shutil.copy(source, target)
+    elif source.suffix == ".conll":
+        sentences = source.read_text(encoding="utf-8").split("\n\n")[offset:offset + n]
+        target.write_text("\n\n".join(sentences) + "\n\n", encoding="utf-8")
+    else:
+        lines = source.read_text(encoding="utf-8").splitlines()[offset:offset + n]
+        target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="module")
+def rt_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rt")
+    train, validation, test = (sample("rt-polarity", split, n, tmp)
+                               for split, n in (("train", 160), ("validation", 40), ("test", 60)))
+    before = fx.COMPUTED["sequences"]
+    results = finetune("classification", MODEL, train, validation, test, tmp / "run",
+                       feature_based=True, layers="sum_last_four", epochs=3, **QUIET)
+    computed = fx.COMPUTED["sequences"] - before
+    return results, tmp, computed
+
+
+def store_of(results, split: str) -> fx.FeatureStore:
+    record = next(r for r in results["feature_based"]["features"] if r["split"] == split)
+    return fx.FeatureStore(fx.cache_dir() / "features" / record["key"])
+
+
+def test_the_encoder_is_frozen_and_its_weights_bitwise_unchanged(rt_run, minilm_dir,
+                                                                 tokenizer):
+    results, tmp, _ = rt_run
+    info = results["feature_based"]
+    assert info["encoder_unchanged"] is True
+    saved = read_weights(tmp / "run" / "best" / "encoder")
+    original = {k: v for k, v in read_weights(minilm_dir).items() if "position_ids" not in k}
+    assert saved.keys() == original.keys()
+    assert all(torch.equal(saved[k], original[k]) for k in original)
+    view = fx.FeatureEncoder(BertModel.from_pretrained(minilm_dir), tokenizer, fx.FeatureSpec(
+        "sum_last_four"), "sequence").encoder
+    assert fx.weights_sha256(view) == info["encoder_sha256"]
+    options = json.loads((tmp / "run" / "best" / "task.json").read_text())
+    assert options["mode"] == "feature-based" and options["features"]["layers"] == "sum_last_four"
+    assert options["task_model"]["body"] == "linear"
+
+
+def test_cached_features_are_embedders_and_a_second_run_computes_none(rt_run, minilm_dir,
+                                                                      feature_cache):
+    results, tmp, computed = rt_run
+    assert computed == 160 + 40 + 60
+    texts = [json.loads(line)["text"] for line in
+             (tmp / "rt-polarity-train-0.jsonl").read_text().splitlines()]
+    store = store_of(results, "train")
+    assert isinstance(store.array, np.memmap)
+    expected = Embedder(minilm_dir, layers="sum_last_four", pooling="mean",
+                        normalize=False).encode(texts)
+    assert np.abs(np.asarray(store.array) - expected).max() <= 1e-6
+    files = {p: p.stat().st_mtime_ns for p in feature_cache.rglob("*.npy")}
+    before = fx.COMPUTED["sequences"]
+    again = finetune("classification", MODEL, tmp / "rt-polarity-train-0.jsonl",
+                     tmp / "rt-polarity-validation-0.jsonl", tmp / "rt-polarity-test-0.jsonl",
+                     tmp / "again", feature_based=True, layers="sum_last_four", epochs=2,
+                     seeds=[2, 3], task_model="mlp", task_lr=3e-3, **QUIET)
+    assert fx.COMPUTED["sequences"] == before  # nothing encoded: every split read from cache
+    assert {p: p.stat().st_mtime_ns for p in feature_cache.rglob("*.npy")} == files
+    for run in again["runs"]:
+        assert [r["cache"] for r in run["feature_based"]["features"]] == ["hit"] * 3
+        assert run["feature_based"]["task_model"]["body"] == "mlp"
+
+
+@pytest.mark.parametrize("layers, combine", [
+    ("embeddings", "sum"), ("second_to_last", "sum"), ("concat_last_four", "sum"),
+    ("sum_all", "sum"), ("-1,-3", "mean"),
+])
+def test_every_strategy_equals_embedder_pooled_and_per_token(layers, combine, minilm_dir,
+                                                             tokenizer, tmp_path):
+    task = build_task("classification")
+    examples = task.read(sample("rt-polarity", "test", 24, tmp_path))
+    ids, types, _ = fx.sequences_of(task.encode(examples, tokenizer))
+    encoder = BertModel.from_pretrained(minilm_dir)
+    chosen = fx.layer_choice(layers)
+    texts = [e.text for e in examples]
+    for kind, pooling in (("sequence", "mean"), ("token", "tokens")):
+        extractor = fx.FeatureEncoder(encoder, tokenizer, fx.FeatureSpec(layers, combine),
+                                      kind)
+        folder = tmp_path / kind
+        folder.mkdir()
+        extractor.write(folder, ids, types)
+        store = fx.FeatureStore(folder)
+        embedder = Embedder(encoder, tokenizer=tokenizer, layers=chosen, combine=combine,
+                            pooling=pooling, normalize=False)
+        if kind == "sequence":
+            assert np.abs(np.asarray(store.array) - embedder.encode(texts)).max() <= 1e-6
+            continue
+        for i, tokens in enumerate(embedder.encode_tokens(texts)):
+            rows = np.asarray(store.array[store.offsets[i] + 1:store.offsets[i + 1] - 1])
+            assert np.abs(rows - tokens.vectors).max() <= 1e-6
+
+
+def test_the_bilstm_tagger_learns_real_tags(tmp_path):
+    train = sample("wsj-pos", "train", 240, tmp_path)
+    validation = sample("wsj-pos", "validation", 60, tmp_path)
+    results = finetune("token-classification", MODEL, train, validation, validation,
+                       tmp_path / "pos", feature_based=True, layers="sum_last_four", epochs=8,
+                       task_hidden=64, task_lr=5e-3, **QUIET)
+    assert results["feature_based"]["task_model"]["body"] == "bilstm"
+    accuracy = results["test"]["accuracy"]
+    baseline = results["test_baselines"]["most_frequent_tag_accuracy"]
+    assert accuracy >= baseline + 0.08, (accuracy, baseline)
+    predictions = predict(tmp_path / "pos", ["The company said it expects higher profits ."])
+    assert predictions[0]["tags"][:2] == ["DT", "NN"]
+
+
+def age_files(folder, n_train=300, n_eval=100):
+    """Real rt-polarity snippets whose label depends only on a generated ``age`` column."""
+    rows = [json.loads(line) for line in
+            resolve_data("rt-polarity", "train").read_text().splitlines()[:n_train + 2 * n_eval]]
+    rng = random.Random(0)
+    paths = []
+    for name, part in (("train", rows[:n_train]), ("validation", rows[n_train:n_train + n_eval]),
+                       ("test", rows[n_train + n_eval:])):
+        path = folder / f"{name}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "age", "label"])
+            for row in part:
+                age = rng.randint(20, 60)
+                writer.writerow([row["text"], age, "over-40" if age > 40 else "40-or-under"])
+        paths.append(path)
+    return paths
+
+
+def test_a_label_carried_by_a_number_is_learned_only_with_feature_fields(tmp_path):
+    train, validation, test = age_files(tmp_path)
+    common = dict(feature_based=True, epochs=20, task_lr=1e-2, **QUIET)
+    with_age = finetune("classification", MODEL, train, validation, test, tmp_path / "age",
+                        feature_fields=["age"], **common)
+    without = finetune("classification", MODEL, train, validation, test, tmp_path / "text",
+                       **common)
+    assert with_age["test"]["accuracy"] >= 0.95
+    assert without["test"]["accuracy"] <= 0.65
+    options = json.loads((tmp_path / "age" / "best" / "task.json").read_text())
+    assert options["feature_fields"] == ["age"] and 35 < options["feature_mean"][0] < 45
+    again = evaluate(tmp_path / "age", test, progress=False)
+    assert {k: again[k] for k in with_age["test"]} == with_age["test"]
+    predictions = predict(tmp_path / "age", test)
+    gold = [row["label"] for row in csv.DictReader(open(test, encoding="utf-8"))]
+    accuracy = np.mean([p["label"] == g for p, g in zip(predictions, gold, strict=True)])
+    assert accuracy == again["accuracy"] and "age" in predictions[0]
+    with pytest.raises(DataError, match="also reads the numeric fields age"):
+        predict(tmp_path / "age", ["A film."])
+
+
+def test_numbers_in_fine_tuning_mode_train_save_and_predict(tmp_path):
+    train, validation, test = age_files(tmp_path, n_train=120, n_eval=40)
+    results = finetune("classification", "tiny", train, validation, test, tmp_path / "ft",
+                       feature_fields="age", epochs=6, lr=3e-3, progress=False, batch_size=16,
+                       max_length=32)
+    assert results["test"]["accuracy"] >= 0.8
+    config = json.loads((tmp_path / "ft" / "best" / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassificationWithNumbers"]
+    again = evaluate(tmp_path / "ft", test, progress=False, precision=results["precision"])
+    assert again["accuracy"] == results["test"]["accuracy"]
+    assert len(predict(tmp_path / "ft", test)) == 40
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("abc", r"train.csv:3:age: 'abc' is not a number"),
+    ("", r"train.csv:3:age: the value is missing"),
+    ("nan", r"train.csv:3:age: 'nan' is not a finite number"),
+    ("-inf", r"train.csv:3:age: '-inf' is not a finite number"),
+])
+def test_a_bad_number_in_a_csv_names_file_line_and_field(cell, message, tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text(f"text,age,label\nfine,41,a\nbad,{cell},b\n", encoding="utf-8")
+    task = fx.WithNumbers(build_task("classification"), ["age"])
+    with pytest.raises(DataError, match=message):
+        task.read(path)
+
+
+def test_a_bad_number_in_jsonl_stops_the_run_before_it_starts(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"text": "fine", "age": 41, "label": "a"}, {"text": "no age", "label": "b"},
+            {"text": "flag", "age": True, "label": "b"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.jsonl:2:age: the value is missing \(fields: "):
+        finetune("classification", MODEL, path, out=tmp_path / "run", feature_based=True,
+                 feature_fields=["age"], **QUIET)
+    assert not (tmp_path / "run" / "best").exists()
+    path.write_text("\n".join(json.dumps(r) for r in rows[::2]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.jsonl:2:age: True is not a number"):
+        fx.WithNumbers(build_task("classification"), ["age"]).read(path)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(layers="last"), "--layers: options of the feature-based approach"),
+    (dict(feature_based=True, layers="top"), "--layers 'top': choose one of"),
+    (dict(feature_based=True, task_model="bilstm"), "bilstm runs over tokens"),
+    (dict(feature_based=True, task="token-classification", feature_fields=["age"]),
+     "--feature-fields adds numbers to classification"),
+])
+def test_settings_that_cannot_apply_are_refused(options, message, tmp_path):
+    options = {"task": "classification", **options}
+    with pytest.raises(SettingsError, match=message):
+        finetune(model=MODEL, train="rt-polarity", out=tmp_path / "run", **options)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cache_evicts_least_recently_used_entries_and_refuses_oversized_ones(tmp_path):
+    cache = fx.FeatureCache(limit_gb=2.5e-6, root=tmp_path)  # 2,500 bytes
+
+    def write(folder):
+        np.save(folder / fx.FEATURES_FILE, np.zeros((200,), np.float32))  # 928 bytes
+
+    for key in ("a", "b"):
+        cache.store(key, {}, 800, write)
+    cache.in_use.clear()
+    cache.fetch("a")  # now b is the least recently used
+    cache.in_use.clear()
+    cache.store("c", {}, 800, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c"]
+    assert cache.summary()["entries"] == 2
+    with pytest.raises(ValueError, match="raise --feature-cache-gb"):
+        cache.store("d", {}, 10_000, write)
+
+
+def test_cli_weighted_layers_for_multiple_choice_and_qa(tmp_path, monkeypatch, capsys):
+    train = sample("wiki-mc", "train", 48, tmp_path)
+    out = tmp_path / "mc"
+    code = main(["finetune", "--task", "multiple-choice", "--model", MODEL, "--train",
+                 str(train), "--validation", str(train), "--out", str(out), "--epochs", "2",
+                 "--feature-based", "--layers", "weighted", "--max-length", "64",
+                 "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    weights = results["feature_based"]["layer_weights"]
+    assert len(weights) == 7 and sum(weights) == pytest.approx(1, abs=1e-3)
+    capsys.readouterr()
+    record = json.loads(train.read_text().splitlines()[0])
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(record) + "\n"))
+    assert main(["predict", "--model", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["choice"] in record["choices"]
+    squad = sample("squad-sample", "train", 5, tmp_path)
+    finetune("question-answering", MODEL, squad, squad, out=tmp_path / "qa", feature_based=True,
+             epochs=2, max_length=96, doc_stride=32, max_query_length=32, progress=False)
+    context = build_task("question-answering").read(squad)[0].context
+    first = predict(tmp_path / "qa", squad)[0]
+    assert first["answer"] == context[first["start"]:first["end"]]
