@@ -141,8 +141,10 @@ def cmd_predict(args):
     import json
 
     from .finetune import predict
+    from .tasks.base import text_lines
 
-    inputs = sys.stdin.read().splitlines() if args.input == "-" else args.input
+    inputs = (list(text_lines(sys.stdin.buffer, "standard input", keepends=False))
+              if args.input == "-" else args.input)
     results = predict(args.model, inputs, batch_size=args.batch_size, device=args.device,
                       precision=args.precision)
     lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in results)

@@ -24,10 +24,11 @@ Numbers beside the text (``--feature-fields age,price``, both approaches): `With
 columns, standardises them with training statistics saved with the model, and the output layer
 (or MLP) sees [pooled text vector, numbers].
 
-A run saves ``OUT/best/`` with the encoder (``encoder/``), the task model
-(``head.safetensors``), the tokenizer and ``task.json``; `bertkit.finetune.load_finetuned`,
-``evaluate`` and ``predict`` load it as a `FeaturePipeline`, which computes the same features on
-the fly.
+A run saves ``OUT/best/`` with the task model (``head.safetensors``), the tokenizer and
+``task.json``, which refers to the encoder's checkpoint folder and the sha256 of its weights (an
+encoder that is no folder, a random init, is saved in ``encoder/``). `load_finetuned`,
+``evaluate`` and ``predict`` (`bertkit.finetune`) load it as a `FeaturePipeline`, which computes
+the same features on the fly.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import files
 from .checkpoint import read_weights, skipping_init
-from .config import BertConfig
+from .config import PRESETS, BertConfig
 from .embeddings import (
     STRATEGIES,
     Embedder,
@@ -62,7 +63,16 @@ from .embeddings import (
     padded,
     pool,
 )
-from .finetune import RESULTS_FILE, TASK_FILE, FinetuneRun, _print, run_model
+from .finetune import (
+    RESULTS_FILE,
+    TASK_FILE,
+    FinetuneRun,
+    WeightedLoss,
+    _print,
+    checkpoint_dir,
+    class_weights,
+    run_model,
+)
 from .model import BertForSequenceClassification, BertModel, Output
 from .settings import SettingsError
 from .sources import cache_dir
@@ -263,12 +273,14 @@ class BertForSequenceClassificationWithNumbers(BertForSequenceClassification):
         self.init_weights(only={"classifier.weight", "classifier.bias"})
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                numbers=None, **options) -> Output:
-        out = self.bert(input_ids, attention_mask, token_type_ids, **options)
+                numbers=None, output_hidden_states=False, output_attentions=False,
+                skip_padding=False, return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
         pooled = out.pooler_output
         logits = self.classifier(self.dropout(torch.cat([pooled, numbers.to(pooled.dtype)], -1)))
-        return self._head_output(out, loss=task_loss(logits, labels, self.config.num_labels == 1),
-                                 logits=logits)
+        return self._head_output(out, return_dict, logits=logits,
+                                 loss=task_loss(logits, labels, self.config.num_labels == 1))
 
 
 @functools.cache
@@ -439,7 +451,7 @@ class FeatureCache:
         folder = self.root / key
         if not (folder / META_FILE).is_file():
             return None
-        os.utime(folder / META_FILE)  # the last use orders eviction
+        _touch(folder / META_FILE)
         self.in_use.add(folder)
         return FeatureStore(folder)
 
@@ -455,6 +467,7 @@ class FeatureCache:
             staging.mkdir(parents=True)
             write(staging)
             (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _touch(folder / META_FILE)
         self.in_use.add(folder)
         return FeatureStore(folder)
 
@@ -473,6 +486,12 @@ class FeatureCache:
         entries = self.entries()
         return {"folder": str(self.root), "entries": len(entries),
                 "bytes": sum(size for _, size, _ in entries), "limit_bytes": self.limit}
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry used now (to the nanosecond: the file system's own clock is coarser)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,13 +623,16 @@ class CachedTask(_Wrapped):
 
 def save_feature_model(directory: Path, task, head: TaskModel, encoder: BertModel, tokenizer,
                        options: dict) -> None:
-    """``directory``: encoder/, head.safetensors, the tokenizer and task.json, renamed into
-    place when complete. An encoder already saved there with the same weights is linked, not
-    written again."""
-    previous = directory / ENCODER_DIR
+    """``directory``: head.safetensors, the tokenizer, task.json and, for an encoder that is no
+    checkpoint folder (random init), encoder/; renamed into place when complete. A checkpoint
+    folder's encoder is referenced in task.json (its path and weights' sha256), not copied; an
+    encoder/ already saved with the same weights is linked, not written again."""
+    previous, reference = directory / ENCODER_DIR, options["encoder"]
     with files.atomic_path(directory) as staging:
         staging.mkdir(parents=True)
-        if _saved_sha256(directory) == options["encoder_sha256"] and previous.is_dir():
+        if reference["path"] is not None:
+            pass  # referenced, not copied
+        elif _saved_sha256(directory) == reference["sha256"] and previous.is_dir():
             (staging / ENCODER_DIR).mkdir()
             for path in previous.iterdir():
                 _link_or_copy(path, staging / ENCODER_DIR / path.name)
@@ -625,7 +647,7 @@ def save_feature_model(directory: Path, task, head: TaskModel, encoder: BertMode
 def _saved_sha256(directory: Path) -> str | None:
     path = directory / TASK_FILE
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8")).get("encoder_sha256")
+        return json.loads(path.read_text(encoding="utf-8")).get("encoder", {}).get("sha256")
     return None
 
 
@@ -646,13 +668,28 @@ def load_encoder(folder: Path) -> BertModel:
     return encoder.eval().requires_grad_(False)
 
 
+def referenced_encoder(reference: dict) -> BertModel:
+    """The encoder a feature-based model refers to: its checkpoint folder, else (moved to
+    another machine) the model name fetched again."""
+    path = Path(reference["path"])
+    if not (path / "config.json").is_file():
+        path = checkpoint_dir(reference["model"])
+    return BertModel.from_pretrained(path).eval().requires_grad_(False)
+
+
 def load_feature_model(directory: Path, task, options: dict, device=None):
-    """(task, `FeaturePipeline`, tokenizer) of a feature-based ``best`` folder."""
+    """(task, `FeaturePipeline`, tokenizer) of a feature-based ``best`` folder; the encoder's
+    weights must be the ones it was trained on (sha256)."""
     tokenizer = BertTokenizer.from_pretrained(directory)
-    encoder = load_encoder(directory / ENCODER_DIR)
+    reference = options["encoder"]
+    encoder = (load_encoder(directory / ENCODER_DIR) if reference["path"] is None
+               else referenced_encoder(reference))
     spec = options["task_model"]
     extractor = FeatureEncoder(encoder, tokenizer, FeatureSpec(**options["features"]),
                                spec["kind"], device)
+    if weights_sha256(extractor.encoder) != reference["sha256"]:
+        raise ValueError(f"{directory}: the encoder ({reference['path'] or ENCODER_DIR}) is not "
+                         "the one this task model was trained on (its weights' sha256 differs).")
     head = TaskModel(spec)
     head.load_state_dict(load_file(directory / HEAD_FILE))
     config = replace(encoder.config, id2label={int(k): v for k, v in options["id2label"].items()})
@@ -682,6 +719,10 @@ class FeatureRun(FinetuneRun):
         self.extractor = FeatureEncoder(self.encoder, self.tokenizer, self.spec, self.kind,
                                         self.device)
         self.encoder_sha256 = weights_sha256(self.extractor.encoder)
+        fresh = settings.random_init or settings.model in PRESETS  # no folder holds it
+        self.encoder_reference = {
+            "model": settings.model, "sha256": self.encoder_sha256,
+            "path": None if fresh else str(checkpoint_dir(settings.model).resolve())}
         self.cache = FeatureCache(settings.feature_cache_gb)
         self.feature_report: list[dict] = []
         started = time.time()
@@ -695,8 +736,11 @@ class FeatureRun(FinetuneRun):
         self.task = CachedTask(self.task, self.kind)
         self.task_lr = settings.task_lr or DEFAULT_TASK_LR
         seed_everything(seed)  # the task model's initial weights depend on it
-        self.model = TaskModel(self.head_spec()).to(self.device)
-        self.trainer = build_trainer(self.model, replace(settings, lr=self.task_lr),
+        self.model = trained = TaskModel(self.head_spec()).to(self.device)
+        if settings.class_weights:
+            trained = WeightedLoss(self.model, class_weights(
+                settings.class_weights, [f["labels"] for f in self.features], self.label2id))
+        self.trainer = build_trainer(trained.to(self.device), replace(settings, lr=self.task_lr),
                                      self.steps_per_epoch * settings.epochs, device=self.device,
                                      precision="fp32")
         summary = self.cache.summary()
@@ -748,7 +792,7 @@ class FeatureRun(FinetuneRun):
     def save_best(self) -> None:
         options = {"mode": MODE, "features": asdict(self.spec), "task_model": self.head_spec(),
                    "id2label": {str(k): v for k, v in self.id2label.items()},
-                   "encoder_sha256": self.encoder_sha256}
+                   "encoder": self.encoder_reference}
         save_feature_model(self.folder / "best", self.task, self.model, self.encoder,
                            self.tokenizer, options)
 
@@ -761,13 +805,13 @@ class FeatureRun(FinetuneRun):
     def finish(self) -> dict:
         results = super().finish()
         after = weights_sha256(self.extractor.encoder)
-        if after != self.encoder_sha256:
+        if after != self.encoder_sha256:  # the proof that the encoder stayed frozen
             raise RuntimeError("the frozen encoder's weights changed during feature-based "
                                "training; this is a bug.")
         results["lr"] = self.task_lr
         results["feature_based"] = {
             **asdict(self.spec), "task_model": self.head_spec(),
-            "encoder_sha256": self.encoder_sha256, "encoder_unchanged": True,
+            "encoder": self.encoder_reference, "encoder_sha256_after": after,
             "features": self.feature_report, "feature_seconds": self.feature_seconds,
             "task_model_seconds": round(sum(r["epoch_seconds"] for r in self.history), 2),
             "layer_weights": self.best_head.layer_weights(), "cache": self.cache.summary()}

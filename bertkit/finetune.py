@@ -31,6 +31,7 @@ from .report import plot_metrics
 from .settings import SettingsError, comma_ints, comma_names, one_or_more, option
 from .sources import resolve_pretrained
 from .tasks import TASKS, Task, build_task
+from .tasks.base import text_lines
 from .tasks.datasets import builtin_task, resolve_data
 from .tokenizer import BertTokenizer
 from .training import (
@@ -754,7 +755,7 @@ def predict(model_dir: str | Path, inputs: str | Path | list[str], *, batch_size
         if path.suffix in STRUCTURED_SUFFIXES:
             examples = task.read(path, labelled=False)
         else:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = list(text_lines(path, keepends=False))
             examples = task.read_lines(lines, str(path), tokenizer)
     if not examples:
         return []

@@ -248,8 +248,6 @@ def test_raw_lines_of_every_task_line_up_or_are_refused_by_line(tokenizer):
         build_task("multiple-choice").read_lines(["{oops"], "<input>")
 
 
-@pytest.mark.xfail(reason="needs the lead's change: finetune.predict and cli.cmd_predict read "
-                          "their input through bertkit.tasks.base.text_lines", strict=False)
 def test_predict_reads_files_and_stdin_as_strict_utf8_lines(classifier, tmp_path, capsys,
                                                              monkeypatch):
     source = tmp_path / "in.txt"
