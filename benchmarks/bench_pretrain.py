@@ -6,6 +6,7 @@ one process so machine noise hits both alike. Prints tokens/s and the ratio to H
 bertkit in fp32 and with bf16 autocast, plus model FLOPs utilisation against a measured matmul peak.
 
     .venv/bin/python benchmarks/bench_pretrain.py [--preset mini] [--rounds 5] [--steps 5]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -56,13 +57,22 @@ def real_batches(count, batch_size, length, seed=0):
     return batches
 
 
-def matmul_peak(dtype, size=2048, repeats=10) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype, device: torch.device, size=2048, repeats=10) -> float:
     """Measured FLOP/s of a large square matmul: the machine's practical ceiling."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    size = size * 4 if device.type == "cuda" else size
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     a @ b
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
@@ -82,7 +92,9 @@ def main():
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round and model")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
     config = bertkit.BertConfig.from_preset(args.preset)
@@ -92,7 +104,9 @@ def main():
     reference = transformers.BertForPreTraining(reference_config)
     ours = BertForPreTraining(config)
     ours.load_state_dict(reference.state_dict(), strict=False)
-    batches = real_batches(args.steps, args.batch_size, args.length)
+    reference.to(device), ours.to(device)
+    batches = [{k: v.to(device) for k, v in batch.items()}
+               for batch in real_batches(args.steps, args.batch_size, args.length)]
     tokens = args.batch_size * args.length
 
     def reference_optimizer():
@@ -100,21 +114,22 @@ def main():
 
     runs = {
         "transformers fp32": (reference, reference_optimizer(), "fp32"),
+        "transformers bf16": (reference, reference_optimizer(), "bf16"),
         "bertkit fp32": (ours, build_optimizer(ours, lr=1e-4), "fp32"),
         "bertkit bf16": (ours, build_optimizer(ours, lr=1e-4), "bf16"),
     }
-    cpu = torch.device("cpu")
-
     def run(model, optimizer, precision):
         model.train()
+        synchronize(device)
         start = time.perf_counter()
         for batch in batches:
-            with autocast(cpu, precision):
+            with autocast(device, precision):
                 loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
         return len(batches) * tokens / (time.perf_counter() - start)
 
     for spec in runs.values():  # warm-up: allocator, kernels, optimizer state
@@ -127,8 +142,9 @@ def main():
     base = statistics.median(speeds["transformers fp32"])
     predicted = sum(int((b["labels"] != -100).sum()) for b in batches) / len(batches)
     flops = step_flops(config, args.batch_size, args.length, predicted)
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"preset {args.preset}, batch {args.batch_size} x {args.length}, "
+    peaks = {"fp32": matmul_peak(torch.float32, device),
+             "bf16": matmul_peak(torch.bfloat16, device)}
+    print(f"preset {args.preset}, batch {args.batch_size} x {args.length}, {device}, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps")
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
@@ -137,6 +153,8 @@ def main():
         precision = name.split()[-1]
         mfu = median / tokens * flops / peaks[precision]
         print(f"{name:18} {median:9.0f} tokens/s   x{median / base:5.2f} vs transformers fp32"
+              f"   x{median / statistics.median(speeds['transformers ' + precision]):5.2f} vs "
+              f"transformers {precision}"
               f"   MFU {100 * mfu:5.1f}% of measured {precision} peak")
 
 
