@@ -159,7 +159,7 @@ def cmd_embed(args):
     from .embeddings import Embedder
 
     embedder = Embedder(args.model, layers=args.layers, combine=args.combine,
-                        pooling=args.pooling, normalize=not args.no_normalize,
+                        pooling=args.pooling, normalize=False if args.no_normalize else None,
                         max_length=args.max_length, batch_tokens=args.batch_tokens,
                         device=args.device, precision=args.precision, quantize=args.quantize,
                         compile=args.compile)
@@ -231,14 +231,17 @@ def add_inference_commands(commands) -> None:
                        help="which hidden states (default last; see below)")
     embed.add_argument("--combine", default="sum", choices=("sum", "mean", "concat"),
                        help="how several --layers numbers combine (default sum)")
-    embed.add_argument("--pooling", default="mean", choices=("mean", "cls", "max", "tokens"),
-                       help="mean over real tokens (default), cls, max, or tokens: one vector "
-                       "per WordPiece token with its character offsets")
+    embed.add_argument("--pooling", choices=("mean", "cls", "max", "tokens"),
+                       help="mean over real tokens, cls, max, or tokens: one vector per "
+                       "WordPiece token with its character offsets (default: a "
+                       "sentence-transformers folder's own pooling, else mean)")
     embed.add_argument("--no-normalize", action="store_true",
-                       help="keep raw vectors (default: L2-normalise each output vector)")
+                       help="keep raw vectors (default: L2-normalise each output vector, or "
+                       "what a sentence-transformers folder says)")
     embed.add_argument("--max-length", type=int, metavar="N",
                        help="tokens per text; longer texts are truncated and counted "
-                       "(default: the model's 512)")
+                       "(default: a sentence-transformers folder's max_seq_length, else the "
+                       "model's positions)")
     embed.add_argument("--empty", default="zero", choices=("zero", "skip"),
                        help="empty lines: a zero vector (default) or no row (the index keeps "
                        "the line numbers)")

@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 from . import files
 from .config import PRESETS, BertConfig
 from .device import PRECISIONS, autocast, choose_device, resolve_precision
-from .report import plot_metrics
+from .report import plot_confusion, plot_metrics
 from .settings import SettingsError, comma_ints, comma_names, one_or_more, option
 from .sources import resolve_pretrained
 from .tasks import TASKS, Task, build_task
-from .tasks.base import text_lines
+from .tasks.base import text_lines, window_counts
 from .tasks.datasets import builtin_task, resolve_data
 from .tokenizer import BertTokenizer
 from .training import (
@@ -94,8 +94,8 @@ def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size
         overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if task.has_labels:
         overrides["id2label"] = dict(enumerate(label_names))
-    if task.name == "regression":
-        overrides["problem_type"] = "regression"
+    if task.problem_type:  # regression, multi-label: the loss of the sequence head
+        overrides["problem_type"] = task.problem_type
     if str(model) in PRESETS:
         config = BertConfig.from_preset(str(model), vocab_size=vocab_size)
         config = BertConfig.from_dict({**config.to_dict(), **overrides})
@@ -147,6 +147,9 @@ def class_weights(spec: str, label_ids: list[int], label2id: dict | None) -> tor
     JSON file mapping every label name to its weight."""
     if not label2id:
         raise SettingsError("--class-weights weighs the classes of a classification task.")
+    if label_ids and isinstance(label_ids[0], list):
+        raise SettingsError("--class-weights weighs the one class of each example; a "
+                            "multi-label task has several per example.")
     if spec == "balanced":
         counts = np.bincount(label_ids, minlength=len(label2id))
         if (counts == 0).any():
@@ -199,6 +202,8 @@ def load_finetuned(directory: str | Path, device=None) -> tuple[Task, nn.Module,
 
 def save_finetuned(directory: Path, task: Task, model: nn.Module, tokenizer) -> None:
     """Model, tokenizer and task options, written beside and renamed into place."""
+    # The tokenizer says where the task truncates, so a transformers pipeline cuts the same way.
+    tokenizer.model_max_length = task.max_length
     with files.atomic_path(directory) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -348,7 +353,15 @@ class FinetuneSettings(OptimizerSettings):
     label_field: str | None = option(None, "field of the label (label)")
     choices_field: str | None = option(None, "MC: field of the choices (choices)")
     context_field: str | None = option(None, "MC: field of an optional context (context)")
-    doc_stride: int | None = option(None, "QA: tokens between window starts (128)", at_least=1)
+    doc_stride: int | None = option(None, "tokens between the starts of overlapping windows "
+                                    "over a long input (QA: 128; classification, regression, "
+                                    "multi-label, tagging: none, long inputs are truncated; 0 "
+                                    "truncates)", at_least=0)
+    window_pooling: str | None = option(None, "--doc-stride: a document's logits are the mean "
+                                        "(default) or max of its windows'",
+                                        choices=("mean", "max"))
+    label_separator: str | None = option(None, "multi-label: the separator between labels in "
+                                         "a CSV/TSV (or JSONL string) label field (|)")
     max_query_length: int | None = option(None, "QA: question tokens kept (64)", at_least=1)
     max_answer_length: int | None = option(None, "QA: longest answer (30 tokens)", at_least=1)
     n_best_size: int | None = option(None, "QA: start/end candidates (20)", at_least=1)
@@ -373,7 +386,9 @@ class FinetuneSettings(OptimizerSettings):
     task_hidden: int | None = option(None, "feature-based: hidden size of the MLP (512) or of "
                                      "each BiLSTM direction (768, the paper's)", at_least=1)
     task_lr: float | None = option(None, "feature-based: the task model's peak learning rate "
-                                   "(1e-3)", above=0)
+                                   "(1e-3; 1e-2 for the BiLSTM)", above=0)
+    feature_cache: str | None = option(None, "feature-based: the feature cache folder (default "
+                                       "$BERTKIT_CACHE/features)", metavar="DIR")
     feature_cache_gb: float = option(10.0, "feature-based: most GB the feature cache in "
                                      "$BERTKIT_CACHE/features keeps (least recently used "
                                      "entries are evicted)", above=0)
@@ -652,6 +667,7 @@ class FinetuneRun:
         """The best checkpoint scored on validation and test; results, curves."""
         s = self.settings
         model = self.load_best()
+        tuned = self.tune_best(model)
         best = max(self.history, key=lambda r: r.get(f"validation_{self.task.metric}",
                                                       r["epoch"]))
         results = {"task": self.task.name, "model": s.model,
@@ -663,9 +679,12 @@ class FinetuneRun:
                    "epoch_seconds": [r["epoch_seconds"] for r in self.history],
                    "best_epoch": best["epoch"], "metric": self.task.metric,
                    "history": self.history}
+        if tuned:
+            results["tuned"] = tuned
         for split, spec in (("validation", s.validation), ("test", s.test)):
             if spec is not None:
                 results.update(self.score_split(model, split))
+        results.update(self.window_report())
         results["seconds"] = round(time.time() - self.started, 1)
         results["stopped"] = False
         files.write_json(self.folder / RESULTS_FILE, results)
@@ -677,19 +696,66 @@ class FinetuneRun:
         return results
 
     def score_split(self, model, split: str) -> dict:
-        """Metrics (and trivial baselines) of the best checkpoint on one split."""
+        """Metrics (and trivial baselines) of the best checkpoint on one split; on the test
+        split (validation without one) also the task's per-class report."""
         examples = self.validation_examples if split == "validation" else self.test_examples
-        if split == "validation" and self.best_validation is not None:
+        reported = split == ("test" if self.test_examples else "validation")
+        if split == "validation" and self.best_validation is not None and not reported:
             metrics = self.best_validation  # the best checkpoint was scored when it was saved
         else:
-            metrics, _ = self.evaluate_on(model, split)
+            metrics, predictions = self.evaluate_on(model, split)
         scored = {split: metrics}
+        if reported:
+            scored.update(self.class_report(split, examples, predictions))
         baselines = self.task.baselines(self.train_examples, examples)
         if baselines:
             scored[f"{split}_baselines"] = baselines
         _print(f"best checkpoint on {split} ({len(examples)} examples): {_format(metrics)}"
                + (f"; baselines {_format(baselines)}" if baselines else ""))
         return scored
+
+    def class_report(self, split: str, examples: list, predictions: list) -> dict:
+        """``{split}_per_class`` and ``{split}_confusion`` (drawn as ``confusion-{split}.png``)
+        for tasks with classes."""
+        report = self.task.report(examples, predictions)
+        if not report:
+            return {}
+        scored = {f"{split}_per_class": report["per_class"]}
+        if "confusion" in report:
+            scored[f"{split}_confusion"] = report["confusion"]
+            plot_confusion(report["confusion"]["matrix"], report["confusion"]["labels"],
+                           self.folder / f"confusion-{split}.png",
+                           f"{self.task.name} {split}: {self.settings.model} (seed {self.seed})")
+        return scored
+
+    def tune_best(self, model) -> dict | None:
+        """The task's decision options (a multi-label threshold) tuned on the best checkpoint's
+        validation predictions, and written into its ``task.json`` for evaluate and predict."""
+        if not (self.task.tunes and self.validation_examples):
+            return None
+        _, predictions = self.evaluate_on(model, "validation")
+        tuned = self.task.tune(self.validation_examples, predictions)
+        path = self.folder / "best" / TASK_FILE
+        files.write_json(path, {**json.loads(path.read_text(encoding="utf-8")), **tuned})
+        self.best_validation = None  # scored again with the tuned options
+        _print(f"tuned on validation: {_format(tuned)}")
+        return tuned
+
+    def window_report(self) -> dict:
+        """For tasks with --doc-stride: per split, how many documents needed more than one
+        window."""
+        if not getattr(self.task, "doc_stride", None):
+            return {}
+        splits = {"train": self.features}
+        for split, examples in (("validation", self.validation_examples),
+                                ("test", self.test_examples)):
+            if examples:
+                splits[split] = self.task.encode(examples, self.tokenizer)
+        counts = {split: window_counts(features) for split, features in splits.items()}
+        _print("documents in more than one window: " + ", ".join(
+            f"{split} {c['multi_window_documents']} of {c['documents']}"
+            for split, c in counts.items()))
+        return {"windows": counts}
 
 
 def train_epoch(trainer: Trainer, task: Task, features: list[dict], batch_size: int, *,

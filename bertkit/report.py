@@ -63,3 +63,37 @@ def plot_bars(values: dict[str, float], png_path: str | Path, title: str, ylabel
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], png_path: str | Path,
+                   title: str | None = None) -> Path:
+    """A confusion matrix: rows the gold class, columns the predicted one, each cell its count,
+    shaded by the share of its row (the class's recall on the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    rows = counts.sum(1, keepdims=True)
+    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    side = 2.2 + 0.55 * len(labels)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the gold class")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path

@@ -46,7 +46,7 @@ def snippets():
 
 @pytest.fixture(scope="module")
 def texts(snippets):
-    return [row["text"] for row in snippets[:24]]
+    return [row["text"] for row in snippets[:12]]
 
 
 def spread_head(layer: torch.nn.Linear, seed: int) -> None:
@@ -59,7 +59,7 @@ def spread_head(layer: torch.nn.Linear, seed: int) -> None:
 # --- transformers.Trainer ---------------------------------------------------------------------
 
 
-def features(tokenizer, rows, length=40):
+def features(tokenizer, rows, length=32):
     label2id = {v: k for k, v in SENTIMENT.items()}
     encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=length,
                         padding="max_length")
@@ -97,7 +97,7 @@ def runs(tmp_path_factory, classifier_dir, snippets, tokenizer):
     """The same Trainer run with bertkit's and transformers' classes from the same weights, and
     bertkit's again with gradient accumulation (4 x 2 for 8) and activation checkpointing."""
     out = tmp_path_factory.mktemp("trainer")
-    data = features(tokenizer, snippets[:32])
+    data = features(tokenizer, snippets[:24])
     ours = train(bertkit.BertForSequenceClassification.from_pretrained(classifier_dir),
                  out / "ours", data)
     theirs = train(transformers.BertForSequenceClassification.from_pretrained(classifier_dir),
@@ -110,9 +110,9 @@ def runs(tmp_path_factory, classifier_dir, snippets, tokenizer):
 
 def test_trainer_snippet_trains_bertkit_as_transformers_bert(runs):
     (_, ours), (_, theirs) = runs["ours"], runs["theirs"]
-    assert len(ours) == 12  # 32 examples, batches of 8, 3 epochs
+    assert len(ours) == 9  # 24 examples, batches of 8, 3 epochs
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
-    assert ours[-4:].mean() < ours[:4].mean() - 0.05  # it learns
+    assert ours[-3:].mean() < ours[:3].mean() - 0.05, ours  # it learns
 
 
 def test_gradient_accumulation_and_checkpointing_give_the_same_steps(runs):
@@ -224,7 +224,7 @@ def test_forward_protocol_trainer_relies_on():
                                                              num_hidden_layers=2,
                                                              num_attention_heads=4,
                                                              intermediate_size=128)).eval()
-    assert transformers.trainer_utils.find_labels(type(model)) == ["labels"]
+    assert transformers.utils.find_labels(type(model)) == ["labels"]
     assert model.main_input_name == "input_ids" and model.accepts_loss_kwargs is False
     with pytest.raises(TypeError, match="num_items_in_batch"):  # no catch-all **kwargs
         model(torch.tensor([[2, 3]]), num_items_in_batch=1)
@@ -314,7 +314,7 @@ def test_token_classification_pipeline(saved, texts):
         expected = [(e["type"], e["start"], e["end"]) for e in mine["entities"]]
         assert [(g["entity_group"], g["start"], g["end"]) for g in groups] == expected
         found_any += len(expected)
-    assert found_any > 10  # the spread head tags plenty
+    assert found_any > 5  # the spread head tags plenty
 
 
 def test_question_answering_in_transformers(saved):
@@ -362,8 +362,6 @@ def test_fill_mask_pipeline(saved, texts):
                                    [p.score for p in mine], atol=1e-5, rtol=0)
 
 
-@pytest.mark.xfail(reason="bertkit.finetune.save_finetuned does not yet write the task's "
-                          "max_length as the tokenizer's model_max_length (finetune.py)")
 def test_pipeline_truncates_where_the_finetuned_task_does(tmp_path, minilm_dir, tokenizer,
                                                           snippets):
     model = bertkit.BertForSequenceClassification.from_pretrained(minilm_dir,
@@ -389,7 +387,7 @@ def st_texts(snippets):
     """Real snippets, texts over 256 tokens (snippets joined), and an empty one."""
     joined = [" ".join(row["text"] for row in snippets[start:start + 12])
               for start in (40, 60, 80)]
-    return [row["text"] for row in snippets[:30]] + joined + [""]
+    return [row["text"] for row in snippets[:20]] + joined + [""]
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +410,7 @@ def test_embedder_follows_the_sentence_transformers_folder(minilm_dir, st_texts,
     assert (embedder.max_length, embedder.pooling, embedder.normalize) == (256, "mean", True)
     with caplog.at_level(logging.WARNING, logger="bertkit"):
         ours = embedder.encode(st_texts)
-    assert "3 of 34 texts are longer than 256 tokens" in caplog.text
+    assert "3 of 24 texts are longer than 256 tokens" in caplog.text
     assert cosines(ours[:-1], expected[:-1]).min() >= 0.99999
     # An empty text: zero by default (nothing to embed); sentence-transformers' unit vector of
     # [CLS] [SEP] with empty="model".

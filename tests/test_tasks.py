@@ -116,6 +116,35 @@ def test_regression_metrics_by_hand():
     assert metrics["mse"] == pytest.approx(0.5)
 
 
+def test_per_class_report_and_confusion_matrix_equal_sklearns_on_real_predictions():
+    """wiki-topics validation (11 topics) predicted by a tf-idf logistic regression trained on
+    1,500 training leads: a real, imperfect classifier."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    task = build_task("classification")
+    train = task.read(resolve_data("wiki-topics", "train"))[:1500]
+    examples = task.read(resolve_data("wiki-topics", "validation"))
+    vectorizer = TfidfVectorizer(min_df=2, sublinear_tf=True)
+    model = LogisticRegression(max_iter=300).fit(vectorizer.fit_transform([e.text for e in train]),
+                                                 [e.label for e in train])
+    guessed = model.predict(vectorizer.transform([e.text for e in examples]))
+    labels = task.label_names(train)[::-1]  # the model's order, whatever it is
+    task.use_labels(dict(enumerate(labels)))
+    gold = [e.label for e in examples]
+    report = task.report(examples, [{"label": g} for g in guessed])
+    assert report["confusion"]["labels"] == labels == list(report["per_class"])
+    assert report["confusion"]["matrix"] == confusion_matrix(gold, guessed, labels=labels).tolist()
+    table = classification_report(gold, guessed, labels=labels, output_dict=True, zero_division=0)
+    assert 0.3 < table["accuracy"] < 0.95
+    for name in labels:
+        assert report["per_class"][name] == pytest.approx({
+            "precision": table[name]["precision"], "recall": table[name]["recall"],
+            "f1": table[name]["f1-score"], "support": table[name]["support"]})
+    assert build_task("regression").report(examples, []) is None
+
+
 def test_classification_decodes_probabilities_to_label_names():
     task = build_task("classification")
     outputs = [{"logits": np.array([0.0, np.log(3.0)])}, {"logits": np.array([2.0, 0.0])}]

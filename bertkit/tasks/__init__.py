@@ -10,14 +10,15 @@ import inspect
 
 from .base import DataError, Task
 from .classification import Classification, PairClassification, Regression
+from .multilabel import MultiLabel
 from .multiple_choice import MultipleChoice
 from .qa import QuestionAnswering
 from .tagging import TokenClassification
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
-    for task in (Classification, PairClassification, Regression, TokenClassification,
-                 QuestionAnswering, MultipleChoice)
+    for task in (Classification, PairClassification, Regression, MultiLabel,
+                 TokenClassification, QuestionAnswering, MultipleChoice)
 }
 
 

@@ -7,6 +7,9 @@ A task family turns labelled files into model inputs and model outputs back into
     collate(features)             -> a padded batch of tensors for the model
     decode(examples, features, outputs) -> one prediction per example
     score(examples, predictions)  -> metrics, the first of which picks the best checkpoint
+
+An input longer than the model's window is, for tasks given a ``doc_stride``, encoded as several
+overlapping windows (each feature names its ``example``); ``decode`` combines them again.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import json
 import logging
 import os
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
 
 logger = logging.getLogger("bertkit")
@@ -241,6 +246,72 @@ def collate_sequences(features: list[dict], label_key: str | None = None,
     return batch
 
 
+def passage_windows(n_tokens: int, room: int, doc_stride: int) -> list[tuple[int, int]]:
+    """(start, length) of each window over ``n_tokens`` tokens, windows of at most ``room``
+    tokens starting ``doc_stride`` apart; Google's ``doc_spans`` loop."""
+    windows, start = [], 0
+    while True:
+        length = min(room, n_tokens - start)
+        windows.append((start, length))
+        if start + length >= n_tokens:
+            return windows
+        start += min(length, doc_stride)
+
+
+def is_max_context(windows: list[tuple[int, int]], window: tuple[int, int], token: int) -> bool:
+    """Whether ``window`` gives ``token`` the most context on its shorter side (ties: first)."""
+    best_score, best_window = None, None
+    for start, length in windows:
+        if not start <= token < start + length:
+            continue
+        score = min(token - start, start + length - 1 - token) + 0.01 * length
+        if best_score is None or score > best_score:
+            best_score, best_window = score, (start, length)
+    return best_window == window
+
+
+WINDOW_POOLINGS = ("mean", "max")
+
+
+def pooled_logits(features: list[dict | None], outputs: list[dict], count: int,
+                  pooling: str = "mean") -> np.ndarray:
+    """[count, labels]: each example's logits, the mean or max over its windows' logits.
+
+    A feature names its example (``feature["example"]``); without features (None) the outputs
+    are one per example, in order.
+    """
+    grouped: list[list] = [[] for _ in range(count)]
+    for i, (feature, output) in enumerate(zip(features, outputs, strict=True)):
+        grouped[feature["example"] if feature is not None else i].append(output["logits"])
+    combine = np.mean if pooling == "mean" else np.max
+    return np.stack([combine(np.asarray(rows, dtype=np.float64), axis=0) for rows in grouped])
+
+
+def window_counts(features: list[dict]) -> dict[str, int]:
+    """How many examples (documents) the features cover, how many of them needed more than
+    one window, and the number of windows."""
+    per_example = Counter(f["example"] for f in features)
+    return {"documents": len(per_example),
+            "multi_window_documents": sum(1 for n in per_example.values() if n > 1),
+            "windows": len(features)}
+
+
+def scores_from_counts(tp, fp, fn, labels: list[str]) -> dict[str, dict]:
+    """Precision, recall, F1 and support (tp + fn) of each label from its true positives, false
+    positives and false negatives (0 where a ratio has nothing to count, as scikit-learn's
+    ``zero_division=0``)."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+
+    def ratio(a, b):
+        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)
+    return {label: {"precision": float(precision[i]), "recall": float(recall[i]),
+                    "f1": float(f1[i]), "support": int(tp[i] + fn[i])}
+            for i, label in enumerate(labels)}
+
+
 class Task:
     """One task family. Subclasses set the class attributes and implement the five steps."""
 
@@ -248,6 +319,8 @@ class Task:
     model_class: type
     metrics: tuple[str, ...]  # metric names; the first picks the best checkpoint (higher wins)
     has_labels = True  # False for tasks whose answers are spans (no label vocabulary)
+    problem_type: str | None = None  # the sequence head's loss when not one class per input
+    tunes = False  # True: ``tune`` chooses decision options on validation predictions
 
     def __init__(self, max_length: int = 128):
         if max_length < 8:
@@ -305,6 +378,17 @@ class Task:
     def to_json(self, example, prediction) -> dict:
         """One line of ``predict`` output."""
         raise NotImplementedError
+
+    def report(self, examples: list, predictions: list) -> dict | None:
+        """Detail beside the metrics: ``per_class`` ({label: precision, recall, f1, support})
+        and, where it has one, a ``confusion`` matrix ({"labels", "matrix"}: rows gold,
+        columns predicted, in the labels' order); None for tasks without classes."""
+        return None
+
+    def tune(self, examples: list, predictions: list) -> dict | None:
+        """Choose decision options (a threshold) on the best checkpoint's validation
+        predictions; they become part of ``options()``. Returns them (None: nothing tuned)."""
+        return None
 
     def model_outputs(self) -> tuple[str, ...]:
         """The model output keys that ``decode`` reads."""

@@ -3,11 +3,18 @@
 Input: JSONL, CSV or TSV rows with a text field, for pairs a second text field, and a label field
 (a class name, or a number for regression). A pair is packed as ``[CLS] A [SEP] B [SEP]`` with
 segment ids 0 for A and 1 for B, as in the paper.
+
+An input longer than ``max_length`` is truncated (with a warning), or, given a ``doc_stride``,
+covered by overlapping windows of segment A that start ``doc_stride`` tokens apart, each with
+the whole of segment B (a short B; one longer than half the window is cut). Training sees every
+window with its document's label; a document's logits are the mean (or max: ``window_pooling``)
+of its windows' logits.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +24,22 @@ import torch
 
 from ..model import BertForSequenceClassification
 from .base import (
+    WINDOW_POOLINGS,
     DataError,
     Task,
     check_known_labels,
     collate_sequences,
     enough_classes,
     field,
+    passage_windows,
+    pooled_logits,
     read_records,
+    scores_from_counts,
     text_field,
     warn_truncated,
 )
+
+logger = logging.getLogger("bertkit")
 
 
 @dataclass
@@ -46,15 +59,26 @@ class Classification(Task):
     pair = False
 
     def __init__(self, max_length: int = 128, text_field: str = "text",
-                 pair_field: str = "text_pair", label_field: str = "label"):
+                 pair_field: str = "text_pair", label_field: str = "label",
+                 doc_stride: int | None = None, window_pooling: str = "mean"):
         super().__init__(max_length)
         self.text_field, self.pair_field, self.label_field = text_field, pair_field, label_field
+        if window_pooling not in WINDOW_POOLINGS:
+            raise ValueError(f"window_pooling {window_pooling!r}: choose one of "
+                             f"{', '.join(WINDOW_POOLINGS)}.")
+        self.doc_stride, self.window_pooling = doc_stride or None, window_pooling
+        self.classes: list[str] | None = None  # the model's labels, in its order
 
     def options(self) -> dict:
         fields = {"text_field": self.text_field, "label_field": self.label_field}
         if self.pair:
             fields["pair_field"] = self.pair_field
+        if self.doc_stride:
+            fields.update(doc_stride=self.doc_stride, window_pooling=self.window_pooling)
         return {**super().options(), **fields}
+
+    def use_labels(self, id2label: dict) -> None:
+        self.classes = [id2label[i] for i in sorted(id2label)]
 
     # -- reading --------------------------------------------------------------------------
 
@@ -120,23 +144,58 @@ class Classification(Task):
         texts = [e.text for e in examples]
         pairs = [e.text_pair for e in examples] if self.pair else None
         rows = tokenizer(texts, pairs)
+        sequences = [[(ids, types)] for ids, types in zip(rows["input_ids"],
+                                                          rows["token_type_ids"], strict=True)]
         too_long = [i for i, ids in enumerate(rows["input_ids"]) if len(ids) > self.max_length]
-        if too_long:  # re-encode only those, with Google's pair truncation
+        if too_long and self.doc_stride:
+            long_pairs = [pairs[i] for i in too_long] if pairs else None
+            windowed = self.windows(tokenizer, [texts[i] for i in too_long], long_pairs,
+                                    [examples[i].where for i in too_long])
+            for i, windows in zip(too_long, windowed, strict=True):
+                sequences[i] = windows
+        elif too_long:  # re-encode only those, with Google's pair truncation
             cut = tokenizer([texts[i] for i in too_long],
                             [pairs[i] for i in too_long] if pairs else None,
                             truncation=True, max_length=self.max_length)
             for j, i in enumerate(too_long):
-                rows["input_ids"][i] = cut["input_ids"][j]
-                rows["token_type_ids"][i] = cut["token_type_ids"][j]
-        warn_truncated([examples[i].where for i in too_long], self.max_length)
+                sequences[i] = [(cut["input_ids"][j], cut["token_type_ids"][j])]
+            warn_truncated([examples[i].where for i in too_long], self.max_length)
         features = []
         for i, example in enumerate(examples):
-            feature = {"input_ids": rows["input_ids"][i],
-                       "token_type_ids": rows["token_type_ids"][i], "example": i}
-            if example.label is not None and label2id is not None:
-                feature["labels"] = self.label_value(example.label, label2id)
-            features.append(feature)
+            label = (self.label_value(example.label, label2id)
+                     if example.label is not None and label2id is not None else None)
+            for ids, types in sequences[i]:
+                feature = {"input_ids": ids, "token_type_ids": types, "example": i}
+                if label is not None:
+                    feature["labels"] = label
+                features.append(feature)
         return features
+
+    def windows(self, tokenizer, texts: list[str], pairs: list[str] | None,
+                where: list[str]) -> list[list[tuple[list[int], list[int]]]]:
+        """(ids, segment ids) of each window of each text: ``[CLS] A-window [SEP] (B [SEP])``."""
+        backend = tokenizer.backend
+        firsts = backend.encode_batch(texts, add_special_tokens=False)
+        seconds = (backend.encode_batch(pairs, add_special_tokens=False) if pairs
+                   else [None] * len(texts))
+        cls, sep, half = tokenizer.cls_token_id, tokenizer.sep_token_id, (self.max_length - 3) // 2
+        windowed, cut = [], []
+        for first, second, place in zip(firsts, seconds, where, strict=True):
+            b = list(second.ids) if second is not None else []
+            if len(b) > half:
+                b = b[:half]
+                cut.append(place)
+            tail = [*b, sep] if b else []
+            room = self.max_length - 2 - len(tail)
+            windowed.append([([cls, *first.ids[start:start + length], sep, *tail],
+                              [0] * (length + 2) + [1] * len(tail))
+                             for start, length in passage_windows(len(first.ids), room,
+                                                                  self.doc_stride)])
+        if cut:
+            logger.warning("%d second text(s) longer than half of max_length=%d were cut to "
+                           "leave room for the windows of the first, e.g. %s.", len(cut),
+                           self.max_length, cut[0])
+        return windowed
 
     def label_value(self, label, label2id: dict):
         return label2id[label]
@@ -147,7 +206,7 @@ class Classification(Task):
     # -- decoding and scoring -------------------------------------------------------------
 
     def decode(self, examples, features, outputs, id2label) -> list[dict]:
-        logits = np.stack([o["logits"] for o in outputs])
+        logits = pooled_logits(features, outputs, len(examples), self.window_pooling)
         probabilities = torch.tensor(logits).float().softmax(-1).numpy()
         return [{"label": id2label[int(p.argmax())],
                  "probabilities": {id2label[j]: round(float(v), 6) for j, v in enumerate(p)}}
@@ -156,6 +215,15 @@ class Classification(Task):
     def score(self, examples, predictions) -> dict[str, float]:
         return classification_metrics([e.label for e in examples],
                                       [p["label"] for p in predictions])
+
+    def report(self, examples, predictions) -> dict:
+        """Precision, recall, F1 and support of each class and the confusion matrix, in the
+        model's label order (classes the model does not know, if any, after them)."""
+        gold = [e.label for e in examples]
+        predicted = [p["label"] for p in predictions]
+        seen = sorted(set(gold) | set(predicted))
+        labels = [*(self.classes or []), *(c for c in seen if c not in (self.classes or []))]
+        return class_report(gold, predicted, labels)
 
     def to_json(self, example: TextExample, prediction) -> dict:
         record = {"text": example.text}
@@ -176,6 +244,7 @@ class Regression(Classification):
 
     name = "regression"
     metrics = ("pearson", "spearman", "mse")
+    problem_type = "regression"
 
     def check_label_type(self, value, where, first_where, first) -> None:
         """1, "1" and 1.0 are the same number."""
@@ -204,10 +273,15 @@ class Regression(Classification):
         return collate_sequences(features, "labels", dtype=torch.float32)
 
     def decode(self, examples, features, outputs, id2label) -> list[dict]:
-        return [{"score": round(float(o["logits"][0]), 6)} for o in outputs]
+        logits = pooled_logits(features, outputs, len(examples), self.window_pooling)
+        return [{"score": round(float(row[0]), 6)} for row in logits]
 
     def score(self, examples, predictions) -> dict[str, float]:
         return regression_metrics([e.label for e in examples], [p["score"] for p in predictions])
+
+    def report(self, examples, predictions) -> None:
+        """A number has no classes."""
+        return None
 
 
 def label_type(value) -> str:
@@ -228,6 +302,17 @@ def classification_metrics(gold: list, predicted: list) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(gold, predicted)),
             "macro_f1": float(f1_score(gold, predicted, average="macro", zero_division=0)),
             "mcc": float(matthews_corrcoef(gold, predicted))}
+
+
+def class_report(gold: list[str], predicted: list[str], labels: list[str]) -> dict:
+    """Per-class precision, recall, F1 and support and the confusion matrix (rows gold, columns
+    predicted) over ``labels``, counted here (the tests hold them to scikit-learn's)."""
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(matrix, ([index[g] for g in gold], [index[p] for p in predicted]), 1)
+    tp = np.diag(matrix)
+    per_class = scores_from_counts(tp, matrix.sum(0) - tp, matrix.sum(1) - tp, labels)
+    return {"per_class": per_class, "confusion": {"labels": labels, "matrix": matrix.tolist()}}
 
 
 def regression_metrics(gold: list[float], predicted: list[float]) -> dict[str, float]:

@@ -157,6 +157,26 @@ def _wiki_topics():
     return {split: (f"{split}.jsonl", _jsonl(rows)) for split, rows in _split(rows).items()}
 
 
+# wiki-tags: words of the articles' short descriptions that become labels beside the topic.
+DESCRIPTION_TAGS = ("american", "french", "city", "capital", "country", "species", "chemical",
+                    "language")
+
+
+def _wiki_tags():
+    """Derived multi-label: each lead's labels are its topic (Wikipedia's vital-article topic)
+    and each of DESCRIPTION_TAGS that is a word of its short description ("American jazz
+    musician" -> People, american), both written by Wikipedia editors."""
+    rows = []
+    for record in _wiki_leads():
+        if record["topic"] == "Uncategorized":
+            continue
+        words = set(re.findall(r"[a-z]+", (record.get("description") or "").lower()))
+        tags = [tag for tag in DESCRIPTION_TAGS if tag in words]
+        rows.append({"text": record["extract"], "labels": [record["topic"], *tags]})
+    rows = _unique(rows)
+    return {split: (f"{split}.jsonl", _jsonl(rows)) for split, rows in _split(rows).items()}
+
+
 # A sentence ends at . ! or ? before a space and a capital letter (so "G.I. Joe" is cut after
 # "G.I.": derived questions inherit such rough edges), or at the end of the text.
 SENTENCE = re.compile(r"\S.*?(?:[.!?]+(?=\s+[A-Z])|$)", re.S)
@@ -240,6 +260,10 @@ BUILTINS: dict[str, Builtin] = {
                             "same file in every split)", _squad_sample),
     "wiki-topics": Builtin("classification", "Wikipedia lead sections, 11 topics; 80/10/10",
                            _wiki_topics),
+    "wiki-tags": Builtin("multi-label", "DERIVED multi-label: Wikipedia lead sections labelled "
+                         "with their topic and the words american, french, city, capital, "
+                         "country, species, chemical, language of their short description; "
+                         "80/10/10", _wiki_tags),
     "wiki-qa": Builtin("question-answering", "DERIVED cloze questions over Wikipedia leads "
                        "(answers are real spans; questions made by rule, not people); split by "
                        "article 80/10/10", _wiki_qa),

@@ -27,7 +27,9 @@ from .base import (
     DataError,
     Task,
     collate_sequences,
+    is_max_context,
     json_input_lines,
+    passage_windows,
     read_records,
     text_field,
     text_lines,
@@ -54,6 +56,9 @@ class QuestionAnswering(Task):
                  n_best_size: int = 20, max_answer_length: int = 30, allow_null: bool = False,
                  null_threshold: float = 0.0):
         super().__init__(max_length)
+        if doc_stride < 1:
+            raise ValueError(f"doc_stride {doc_stride}: question answering slides its windows "
+                             "over the passage; give a stride of 1 token or more.")
         if max_query_length + doc_stride + 3 > max_length:
             raise ValueError(f"doc_stride {doc_stride} + max_query_length {max_query_length} "
                              f"leaves windows of max_length {max_length} no room to overlap; "
@@ -222,29 +227,6 @@ class QuestionAnswering(Task):
 
     def to_json(self, example: QAExample, prediction) -> dict:
         return {"id": example.id, "question": example.question, **prediction}
-
-
-def passage_windows(n_tokens: int, room: int, doc_stride: int) -> list[tuple[int, int]]:
-    """(start, length) of each window over the passage; Google's ``doc_spans`` loop."""
-    windows, start = [], 0
-    while True:
-        length = min(room, n_tokens - start)
-        windows.append((start, length))
-        if start + length >= n_tokens:
-            return windows
-        start += min(length, doc_stride)
-
-
-def is_max_context(windows: list[tuple[int, int]], window: tuple[int, int], token: int) -> bool:
-    """Whether ``window`` gives ``token`` the most context on its shorter side (ties: first)."""
-    best_score, best_window = None, None
-    for start, length in windows:
-        if not start <= token < start + length:
-            continue
-        score = min(token - start, start + length - 1 - token) + 0.01 * length
-        if best_score is None or score > best_score:
-            best_score, best_window = score, (start, length)
-    return best_window == window
 
 
 # -- the official SQuAD evaluation (v1.1 script; v2.0's handling of empty answers) --------------

@@ -5,6 +5,11 @@ blank line between sentences. A word may become several WordPiece tokens; as in 
 its first sub-token carries the label and the rest get -100, so the loss and the prediction are
 per word. Tags in the BIO scheme (``B-person``, ``I-person``, ``O``) are scored as entities with
 seqeval's semantics; any other tag set (POS) by word accuracy, beside a most-frequent-tag baseline.
+
+A sentence longer than ``max_length`` is truncated (with a warning; cut-off words get O), or,
+given a ``doc_stride``, covered by overlapping windows that start ``doc_stride`` tokens apart.
+Training sees every window; each word's tag is predicted in the window where its first
+sub-token has the most context (QA's "max context" rule).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from .base import (
     check_known_labels,
     collate_sequences,
     enough_classes,
+    is_max_context,
+    passage_windows,
     text_lines,
     warn_truncated,
 )
@@ -74,9 +81,14 @@ class TokenClassification(Task):
     name = "token-classification"
     model_class = BertForTokenClassification
 
-    def __init__(self, max_length: int = 128):
+    def __init__(self, max_length: int = 128, doc_stride: int | None = None):
         super().__init__(max_length)
         self.bio = True
+        self.doc_stride = doc_stride or None
+
+    def options(self) -> dict:
+        return {**super().options(), **({"doc_stride": self.doc_stride} if self.doc_stride
+                                        else {})}
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -151,24 +163,19 @@ class TokenClassification(Task):
         budget = self.max_length - 2  # room for [CLS] and [SEP]
         features, truncated = [], []
         for index, (example, encoding) in enumerate(zip(examples, encodings, strict=True)):
-            if len(set(w for w in encoding.word_ids)) < len(example.words):
-                # A word the normaliser erases (a zero-width space, a control character) would
-                # have no token to carry its label: stand in [UNK] for it.
-                present = set(encoding.word_ids)
-                words = [w if i in present else tokenizer.unk_token
-                         for i, w in enumerate(example.words)]
-                encoding = tokenizer.backend.encode(words, is_pretokenized=True,
-                                                    add_special_tokens=False)
-            ids, word_ids = encoding.ids[:budget], encoding.word_ids[:budget]
-            if len(encoding.ids) > budget:
-                truncated.append(example.where)
-            feature = {"input_ids": [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id],
-                       "token_type_ids": [0] * (len(ids) + 2),
-                       "word_ids": [None, *word_ids, None], "example": index}
-            if example.tags is not None and label2id is not None:
-                feature["labels"] = first_subtoken_labels(feature["word_ids"], example.tags,
-                                                          label2id)
-            features.append(feature)
+            encoding = every_word_tokened(example, encoding, tokenizer)
+            labels = (first_subtoken_labels(encoding.word_ids, example.tags, label2id)
+                      if example.tags is not None and label2id is not None else None)
+            if self.doc_stride:
+                windows = passage_windows(len(encoding.ids), budget, self.doc_stride)
+            else:
+                windows = [(0, min(budget, len(encoding.ids)))]
+                if len(encoding.ids) > budget:
+                    truncated.append(example.where)
+            starts = word_starts(encoding.word_ids)
+            for window in windows:
+                features.append(window_feature(tokenizer, encoding, windows, window, starts,
+                                               labels, index))
         warn_truncated(truncated, self.max_length)
         return features
 
@@ -178,18 +185,18 @@ class TokenClassification(Task):
     # -- decoding and scoring -------------------------------------------------------------
 
     def decode(self, examples, features, outputs, id2label) -> list[dict]:
+        """Each word's tag from its first sub-token, in the window that decides it."""
         fallback = OUTSIDE if OUTSIDE in id2label.values() else id2label[0]
-        predictions = []
-        for example, feature, output in zip(examples, features, outputs, strict=True):
+        # words cut off by truncation (warned) keep the fallback
+        tags = [[fallback] * len(example.words) for example in examples]
+        for feature, output in zip(features, outputs, strict=True):
             best = output["logits"][: len(feature["input_ids"])].argmax(-1)
-            tags = [fallback] * len(example.words)  # words cut off by truncation (warned)
-            seen = set()
-            for position, word in enumerate(feature["word_ids"]):
-                if word is not None and word not in seen:
-                    seen.add(word)
-                    tags[word] = id2label[int(best[position])]
-            predictions.append({"tags": tags})
-        return predictions
+            words = tags[feature["example"]]
+            for position, (word, decides) in enumerate(zip(feature["word_ids"],
+                                                           feature["decides"], strict=True)):
+                if decides:
+                    words[word] = id2label[int(best[position])]
+        return [{"tags": t} for t in tags]
 
     def score(self, examples, predictions) -> dict[str, float]:
         gold = [e.tags for e in examples]
@@ -216,6 +223,40 @@ class TokenClassification(Task):
                  "start": example.spans[a][0], "end": example.spans[b][1]}
                 for kind, a, b in bio_entities(prediction["tags"])]
         return record
+
+
+def every_word_tokened(example: TagExample, encoding, tokenizer):
+    """``encoding``, or (when the normaliser erased a word, a zero-width space or a control
+    character, leaving it no token to carry its label) the words encoded again with [UNK]
+    standing in for each erased one."""
+    present = set(encoding.word_ids)
+    if len(present) >= len(example.words):
+        return encoding
+    words = [w if i in present else tokenizer.unk_token for i, w in enumerate(example.words)]
+    return tokenizer.backend.encode(words, is_pretokenized=True, add_special_tokens=False)
+
+
+def word_starts(word_ids: list[int]) -> list[bool]:
+    """Whether each token is its word's first sub-token (the one that carries the label)."""
+    return [i == 0 or word != word_ids[i - 1] for i, word in enumerate(word_ids)]
+
+
+def window_feature(tokenizer, encoding, windows: list[tuple[int, int]], window: tuple[int, int],
+                   starts: list[bool], labels: list[int] | None, index: int) -> dict:
+    """``[CLS] tokens [SEP]`` of one window; ``decides`` marks the positions whose prediction
+    is their word's tag: first sub-tokens that have the most context in this window."""
+    start, length = window
+    span = slice(start, start + length)
+    decides = [starts[t] and (len(windows) == 1 or is_max_context(windows, window, t))
+               for t in range(start, start + length)]
+    feature = {"input_ids": [tokenizer.cls_token_id, *encoding.ids[span],
+                             tokenizer.sep_token_id],
+               "token_type_ids": [0] * (length + 2),
+               "word_ids": [None, *encoding.word_ids[span], None],
+               "decides": [False, *decides, False], "example": index}
+    if labels is not None:
+        feature["labels"] = [IGNORE_INDEX, *labels[span], IGNORE_INDEX]
+    return feature
 
 
 def first_subtoken_labels(word_ids: list[int | None], tags: list[str],
