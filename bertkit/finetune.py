@@ -332,6 +332,9 @@ class FinetuneSettings(OptimizerSettings):
     eval_batch_size: int = option(64, "examples per evaluation batch", at_least=1)
     log_every: int = option(20, "steps between loss records", at_least=1)
     progress: bool = option(True, "progress bars")
+    gradient_checkpointing: bool = option(False, "recompute each layer's activations in the "
+                                          "backward pass: less memory, more time, the same "
+                                          "gradients")
     # The paper's model selection (bertkit.search) and early stopping.
     search: bool = option(False, "the paper's hyper-parameter search: a full run per point of "
                           "the --lr x --batch-size x --epochs grid, the best on validation "
@@ -588,6 +591,8 @@ class FinetuneRun:
                                 self.task.label_names(self.train_examples),
                                 self.tokenizer.vocab_size, settings.reinit_head,
                                 settings.random_init, settings.dropout).to(self.device)
+        if settings.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
         self.task.use_labels(self.model.config.id2label)
         self.label2id = self.model.config.label2id if self.task.has_labels else None
         if self.label2id is not None:

@@ -71,6 +71,9 @@ class PretrainSettings(OptimizerSettings):
     precision: str = option("auto", "auto (bf16 where the hardware has it), fp32, bf16, or "
                             "fp16 (CUDA)", choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = option(False, "torch.compile the model")
+    gradient_checkpointing: bool = option(False, "recompute each layer's activations in the "
+                                          "backward pass: less memory, ~30% more time, the "
+                                          "same gradients")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: this rank's GPU if any)")
     nsp: bool = option(True, "train next sentence prediction too (the paper's objective)")
     dropout: float = option(0.1, "hidden and attention dropout", at_least=0, at_most=1)
@@ -277,6 +280,8 @@ class PretrainRun:
         self.train, self.validation, phase2, self.tokenizer = load_examples(settings)
         self.model = (BertForPreTraining.from_pretrained(latest) if latest else build_model(
             settings, self.tokenizer, self.train.config.max_seq_length)).to(self.device)
+        if settings.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
         state = Checkpoints.load_state(latest) if latest else {}
         self.step = state.get("step", 0)
         self.trainer = build_trainer(torch.compile(self.model) if settings.compile

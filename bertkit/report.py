@@ -1,10 +1,32 @@
-"""Plots of training curves from a run's JSONL metrics log."""
+"""Plots: training curves from a run's JSONL metrics log, bars, confusion matrices."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .training import read_metrics
+
+
+def _pyplot():
+    """matplotlib's pyplot drawing to files only (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, png_path: str | Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    _pyplot().close(fig)
+    return png_path
 
 
 def plot_metrics(log_path: str | Path, png_path: str | Path, panels: dict[str, list[str]],
@@ -14,10 +36,7 @@ def plot_metrics(log_path: str | Path, png_path: str | Path, panels: dict[str, l
     Records missing a metric are skipped for that curve, so training and validation rows can share
     one log. Returns the PNG path, or None when the log holds nothing to draw yet.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     records = read_metrics(log_path) if Path(log_path).is_file() else []
     curves = {metric: [(r[x], r[metric]) for r in records if x in r and metric in r]
@@ -37,20 +56,12 @@ def plot_metrics(log_path: str | Path, png_path: str | Path, panels: dict[str, l
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return png_path
+    return _save(fig, png_path)
 
 
 def plot_bars(values: dict[str, float], png_path: str | Path, title: str, ylabel: str) -> Path:
     """A labelled bar per entry, its value written on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(1.8 + 1.9 * len(values), 3.6))
     bars = ax.bar(list(values), list(values.values()), color="#4878a8")
@@ -58,23 +69,14 @@ def plot_bars(values: dict[str, float], png_path: str | Path, title: str, ylabel
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, max(1.0, max(values.values()) * 1.1))
-    fig.tight_layout()
-    png_path = Path(png_path)
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return png_path
+    return _save(fig, png_path)
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], png_path: str | Path,
                    title: str | None = None) -> Path:
     """A confusion matrix: rows the gold class, columns the predicted one, each cell its count,
     shaded by the share of its row (the class's recall on the diagonal)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = _pyplot()
     counts = np.asarray(matrix, dtype=np.int64)
     rows = counts.sum(1, keepdims=True)
     shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
@@ -91,9 +93,4 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], png_path: str | P
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the gold class")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return png_path
+    return _save(fig, png_path)

@@ -113,7 +113,7 @@ def test_cached_features_are_embedders_and_a_second_run_computes_none(rt_run, mi
     again = finetune("classification", MODEL, tmp / "rt-polarity-train-0.jsonl",
                      tmp / "rt-polarity-validation-0.jsonl", tmp / "rt-polarity-test-0.jsonl",
                      tmp / "again", feature_based=True, layers="sum_last_four", epochs=2,
-                     seeds=[2], task_model="mlp", task_lr=3e-3, **QUIET)
+                     seeds=[2, 3], task_model="mlp", task_lr=3e-3, **QUIET)
     assert fx.COMPUTED["sequences"] == before  # nothing encoded: every split read from cache
     assert {p: p.stat().st_mtime_ns for p in feature_cache.rglob("*.npy")} == files
     for run in again["runs"]:
