@@ -138,13 +138,16 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
+    import io
     import json
 
     from .finetune import predict
     from .tasks.base import text_lines
 
-    inputs = (list(text_lines(sys.stdin.buffer, "standard input", keepends=False))
-              if args.input == "-" else args.input)
+    inputs = args.input
+    if args.input == "-":  # a text stream with no bytes underneath is read as its UTF-8
+        stdin = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
+        inputs = list(text_lines(stdin, "standard input", keepends=False))
     results = predict(args.model, inputs, batch_size=args.batch_size, device=args.device,
                       precision=args.precision)
     lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in results)
