@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -59,17 +60,28 @@ def rows(args) -> list[dict]:
     return planned
 
 
-def run_row(row: dict, args) -> dict:
-    """The row's results: read back if finished earlier, else run now."""
+def run_row(row: dict, args) -> dict | None:
+    """The row's results: read back if finished earlier, else run now; None while another
+    process runs it (several may share ``--out``, e.g. one with ``--reverse``)."""
     name = row["approach"] + ("" if "layers" not in row else "-" + row["layers"]
                               + "-" + row["options"]["task_model"])
     out = args.out / row["data"] / name
     results = finished(out)
     if results is None:
-        print(f"table7: {row['data']} {name}", flush=True)
-        results = finetune(data=row["data"], model=MODEL, out=out, seeds=args.seeds,
-                           progress=False, feature_cache=str(args.out / "feature-cache"),
-                           resume=(out / SETTINGS_FILE).is_file(), **row["options"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = out.parent / f".{name}.lock"
+        try:
+            lock.open("x").write(str(os.getpid()))
+        except FileExistsError:
+            print(f"table7: {row['data']} {name} is running elsewhere ({lock})", flush=True)
+            return None
+        try:
+            print(f"table7: {row['data']} {name}", flush=True)
+            results = finetune(data=row["data"], model=MODEL, out=out, seeds=args.seeds,
+                               progress=False, feature_cache=str(args.out / "feature-cache"),
+                               resume=(out / SETTINGS_FILE).is_file(), **row["options"])
+        finally:
+            lock.unlink()
     return summarise(row, results)
 
 
@@ -90,6 +102,7 @@ def summarise(row: dict, results: dict) -> dict:
             "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
             if len(values) > 1 else 0.0, "values": values,
             "features_seconds": features[0], "per_seed_seconds": float(np.mean(per_seed)),
+            "features_read": bool(info) and all(r["cache"] == "hit" for r in info["features"]),
             "baseline": runs[0].get("test_baselines", {}).get("most_frequent_tag_accuracy"),
             "layer_weights": info.get("layer_weights")}
 
@@ -100,9 +113,10 @@ def markdown(summaries: list[dict], args) -> str:
              "|---|---|---|---|---|---|"]
     for s in summaries:
         scale = 100 if s["metric"] in ("accuracy", "f1") else 1
+        once = ("read from the cache (computed for the row above)" if s["features_read"]
+                else f"{s['features_seconds']:.0f} s")
         wall = (f"{s['per_seed_seconds'] / 60:.1f} min per seed" if s["approach"] ==
-                "fine-tuning" else f"{s['features_seconds']:.0f} s + "
-                f"{s['per_seed_seconds']:.0f} s")
+                "fine-tuning" else f"{once} + {s['per_seed_seconds']:.0f} s")
         lines.append(f"| {s['data']} ({s['metric']}) | {s['approach']} | {s.get('layers', '—')}"
                      f" | {s['task_model'] if s['approach'] != 'fine-tuning' else '—'} | "
                      f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f} | {wall} |")
@@ -126,14 +140,17 @@ def main() -> None:
     parser.add_argument("--rt-train", type=int, default=2000,
                         help="rt-polarity training snippets (a fixed random subset)")
     parser.add_argument("--only", default=None, help="comma-separated data sets to run")
+    parser.add_argument("--reverse", action="store_true",
+                        help="run the rows last first (a second process sharing --out)")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
     wanted = args.only.split(",") if args.only else None
-    summaries = [run_row(row, args) for row in rows(args)
-                 if wanted is None or row["data"] in wanted]
+    planned = [row for row in rows(args) if wanted is None or row["data"] in wanted]
+    done = [run_row(row, args) for row in (planned[::-1] if args.reverse else planned)]
+    summaries = [s for s in (done[::-1] if args.reverse else done) if s is not None]
     table = markdown(summaries, args)
     (args.out / "table7.json").write_text(json.dumps(summaries, indent=2) + "\n",
                                           encoding="utf-8")

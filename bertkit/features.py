@@ -84,9 +84,9 @@ logger = logging.getLogger("bertkit")
 
 # What the task model sees, by task family: one pooled vector, one per choice, or every token.
 KINDS = {"classification": "sequence", "pair-classification": "sequence",
-         "regression": "sequence", "multiple-choice": "choice",
+         "regression": "sequence", "multi-label": "sequence", "multiple-choice": "choice",
          "token-classification": "token", "question-answering": "span"}
-NUMBER_TASKS = ("classification", "pair-classification", "regression")
+NUMBER_TASKS = ("classification", "pair-classification", "regression", "multi-label")
 WEIGHTED = "weighted"
 TASK_MODELS = ("linear", "mlp", "bilstm")
 POOLINGS = ("mean", "cls")
@@ -140,6 +140,9 @@ def check_settings(settings) -> None:
     if settings.task_model == "bilstm" and kind not in ("token", "span"):
         raise SettingsError("--task-model bilstm runs over tokens: it is for "
                             "token-classification and question-answering; use linear or mlp.")
+    if settings.search:
+        raise SettingsError("--search varies fine-tuning's --lr; with --feature-based each run "
+                            "costs only the task model: run the --task-lr values you want.")
     if settings.precision == "fp16":
         raise SettingsError("feature-based features are computed in fp32 (exact) or bf16 "
                             "(--precision bf16).")
@@ -251,12 +254,15 @@ class WithNumbers(_Wrapped):
                 **dict(zip(self.fields, example.numbers, strict=True))}
 
 
-def task_loss(logits, labels, regression: bool):
-    """Mean squared error for one regression output, else cross-entropy (ignoring -100)."""
+def task_loss(logits, labels, problem_type: str | None):
+    """The task's loss (its ``problem_type``): mean squared error for regression, binary
+    cross-entropy per label for multi-label, else cross-entropy ignoring -100."""
     if labels is None:
         return None
-    if regression:
+    if problem_type == "regression":
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX)
 
@@ -280,7 +286,7 @@ class BertForSequenceClassificationWithNumbers(BertForSequenceClassification):
         pooled = out.pooler_output
         logits = self.classifier(self.dropout(torch.cat([pooled, numbers.to(pooled.dtype)], -1)))
         return self._head_output(out, return_dict, logits=logits,
-                                 loss=task_loss(logits, labels, self.config.num_labels == 1))
+                                 loss=task_loss(logits, labels, self.config.problem_type))
 
 
 @functools.cache
@@ -529,7 +535,7 @@ class TaskModel(nn.Module):
     """What the feature-based approach trains: (the layer mix), dropout, [features, numbers],
     a body (none, an MLP or the BiLSTM; dropout after it) and the output layer. ``spec`` (in
     ``task.json``): kind, width, layers (mixed, 0 for none), body, hidden, outputs, numbers,
-    dropout, regression."""
+    dropout, problem_type (the loss, as `task_loss` reads it)."""
 
     def __init__(self, spec: dict):
         super().__init__()
@@ -566,7 +572,7 @@ class TaskModel(nn.Module):
             return Output(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
         if self.spec["kind"] == "choice":
             logits = logits.squeeze(-1)  # [B, C]: one score per choice
-        return Output(loss=task_loss(logits, labels, self.spec["regression"]), logits=logits)
+        return Output(loss=task_loss(logits, labels, self.spec["problem_type"]), logits=logits)
 
     def layer_weights(self) -> list[float] | None:
         """The learned share of each mixed layer (0 = embeddings), or None."""
@@ -781,7 +787,7 @@ class FeatureRun(FinetuneRun):
                 "outputs": {"choice": 1, "span": 2}.get(self.kind, len(self.id2label)),
                 "numbers": len(s.feature_fields or []),
                 "dropout": DEFAULT_DROPOUT if s.dropout is None else s.dropout,
-                "regression": self.task.name == "regression"}
+                "problem_type": self.task.problem_type}
 
     def evaluate_on(self, model, split: str) -> tuple[dict, list]:
         examples = self.validation_examples if split == "validation" else self.test_examples

@@ -261,6 +261,7 @@ def test_a_bad_number_in_jsonl_stops_the_run_before_it_starts(tmp_path):
     (dict(layers="last"), "--layers: options of the feature-based approach"),
     (dict(feature_based=True, layers="top"), "--layers 'top': choose one of"),
     (dict(feature_based=True, task_model="bilstm"), "bilstm runs over tokens"),
+    (dict(feature_based=True, search=True, validation="rt-polarity"), "--search varies"),
     (dict(feature_based=True, task="token-classification", feature_fields=["age"]),
      "--feature-fields adds numbers to classification"),
 ])
@@ -302,7 +303,8 @@ def test_cli_weighted_layers_for_multiple_choice_and_qa(tmp_path, monkeypatch, c
     assert len(weights) == 7 and sum(weights) == pytest.approx(1, abs=1e-3)
     capsys.readouterr()
     record = json.loads(train.read_text().splitlines()[0])
-    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(record) + "\n"))
+    stdin = io.TextIOWrapper(io.BytesIO(json.dumps(record).encode() + b"\n"), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", stdin)
     assert main(["predict", "--model", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["choice"] in record["choices"]
     squad = sample("squad-sample", "train", 5, tmp_path)
