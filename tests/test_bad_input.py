@@ -12,6 +12,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 import transformers
 
 from bertkit.cli import main
@@ -435,3 +436,54 @@ def test_an_incomplete_or_damaged_manifest(damaged):
     with pytest.raises(ValueError, match=rf"manifest.json lacks splits: it is damaged or was not "
                                          rf"written by bertkit. {rebuild}"):
         PretrainingDataset(data)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["finetune", "--data", "rt-polarity", "--model", "tiny", "--batch-size", "0"],
+     "--batch-size is 0; it must be at least 1"),
+    (["finetune", "--data", "rt-polarity", "--model", "tiny", "--epochs", "0"],
+     "--epochs is 0; it must be at least 1"),
+    (["finetune", "--data", "rt-polarity", "--model", "tiny", "--lr=-1e-5"],
+     "--lr is -1e-05; it must be above 0"),
+    (["pretrain", "--data", "x", "--warmup", "-1"], "--warmup is -1.0; it must be at least 0"),
+    (["pretrain", "--data", "x", "--optimizer", "sgd"], "is 'sgd'; choose one of adamw, lamb"),
+])
+def test_numeric_flags_are_checked_where_they_are_parsed(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_gpu_asked_for_where_there_is_none(tmp_path, capsys, rt_rows):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    train = write_jsonl(tmp_path / "train.jsonl", rt_rows[:8])
+    assert main(["finetune", "--task", "classification", "--train", str(train), *TINY,
+                 "--device", "cuda", "--out", str(tmp_path / "run")]) == 1
+    assert "PyTorch sees no CUDA GPU here" in capsys.readouterr().err
+
+
+def test_plot_draws_a_run_and_names_a_folder_that_is_not_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["plot", str(run)]) == 1
+    assert "has no metrics.jsonl" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "lr": 0.1}\n'
+                                       '{"step": 2, "loss": 1.5, "lr": 0.1}\n')
+    assert main(["plot", str(run)]) == 0 and (run / "curves.png").is_file()
+
+
+def test_vocab_train_keeps_a_data_folders_vocabulary_and_an_earlier_one(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A first sentence of text. A second one follows it.\n" * 20)
+    data = tmp_path / "data"
+    (data / "tokenizer").mkdir(parents=True)
+    (data / "manifest.json").write_text("{}")
+    assert main(["vocab", "train", str(corpus), "--out", str(data / "tokenizer")]) == 1
+    assert "is the vocabulary of the pre-training data" in capsys.readouterr().err
+    vocab = tmp_path / "vocab"
+    assert main(["vocab", "train", str(corpus), "--out", str(vocab), "--vocab-size", "200"]) == 0
+    before = (vocab / "vocab.txt").read_bytes()
+    assert main(["vocab", "train", str(corpus), "--out", str(vocab)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (vocab / "vocab.txt").read_bytes() == before
