@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from . import files
 from .device import autocast
 from .settings import Settings, option
 
@@ -319,14 +320,15 @@ class Checkpoints:
     def save(self, step: int, model, tokenizer, state: dict) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"step-{step:07d}"
-        staging = self.directory / f".tmp-step-{step:07d}"
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        torch.save({**state, "step": step, "rng": rng_states()}, staging / STATE_NAME)
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        with files.atomic_path(final) as staging:
+            model.save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            try:
+                torch.save({**state, "step": step, "rng": rng_states()}, staging / STATE_NAME)
+            except RuntimeError as error:  # PyTorch reports a failed write (a full disk) so
+                raise OSError(f"could not write the checkpoint {final} ({error}); is the disk "
+                              "full? The last complete checkpoint is kept.") from None
         for old in self.all()[:-self.keep]:
             shutil.rmtree(old)
         return final
