@@ -52,6 +52,14 @@ def run_cli(*args, wait=True):
     return done
 
 
+def wait_for(path, process):
+    """Wait until the running ``process`` has written ``path``."""
+    deadline = time.time() + 300
+    while not path.exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+
+
 def step_losses(run):
     return {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
 
@@ -97,10 +105,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(tmp_path, wi
     run_cli(*common, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
     process = run_cli(*common, "--out", killed, wait=False)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-0000004" / "trainer_state.pt").exists():
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
-        time.sleep(0.05)
+    wait_for(killed / "checkpoints" / "step-0000004" / "trainer_state.pt", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     run_cli(*common, "--out", killed, "--resume")
@@ -162,10 +167,7 @@ def test_resume_with_no_other_flag_continues_with_the_runs_own_settings(tmp_path
     run_cli(*common, "--out", tmp_path / "whole")
     run = tmp_path / "stopped"
     process = run_cli(*common, "--out", run, wait=False)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step-0000002" / "trainer_state.pt").exists():
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
-        time.sleep(0.05)
+    wait_for(run / "checkpoints" / "step-0000002" / "trainer_state.pt", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
