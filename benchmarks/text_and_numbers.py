@@ -6,7 +6,7 @@ regression task from it: the label is the mean of the other raters, and ``first_
 first rater's score, a real number of the data) goes beside the text. Duplicate texts are
 dropped; train/validation/test is 80/10/10 with seed 0, then a fixed ``--train-examples``
 subset of the training split is used. Five models, one seed each, test Pearson / Spearman /
-MSE:
+MSE (finished runs in ``--out`` are read back: delete one's folder to run it again):
 
 - the number alone (no model: first_rater's correlation with the label);
 - fine-tuning on the text; fine-tuning with ``--feature-fields first_rater`` (a head over
@@ -83,6 +83,13 @@ def write_splits(folder: Path, train_examples: int) -> dict[str, Path]:
     return paths
 
 
+def finished(out: Path) -> dict | None:
+    """The results of a run that ended before (delete its folder to run it again)."""
+    path = out / "results.json"
+    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return results if results and results.get("stopped") is False else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/text-and-numbers"))
@@ -106,9 +113,9 @@ def main() -> None:
              {**features, "feature_fields": ["first_rater"]})]
     for name, suffix, options in runs:
         out = args.out / name.replace(" ", "-").replace(",", "").replace("+", "and")
-        result = finetune("regression", MODEL, paths["train" + suffix],
-                          paths["validation" + suffix], paths["test" + suffix], out,
-                          progress=False, overwrite=True, **options)
+        result = finished(out) or finetune(
+            "regression", MODEL, paths["train" + suffix], paths["validation" + suffix],
+            paths["test" + suffix], out, progress=False, overwrite=True, **options)
         rows.append((name, result["test"], result["seconds"]))
     print(f"vader-movies with one rater's score: {args.train_examples} training snippets, "
           f"test {len(test)}\n")
