@@ -113,14 +113,19 @@ def markdown(summaries: list[dict], args) -> str:
              "|---|---|---|---|---|---|"]
     for s in summaries:
         scale = 100 if s["metric"] in ("accuracy", "f1") else 1
-        once = ("read from the cache (computed for the row above)" if s["features_read"]
-                else f"{s['features_seconds']:.0f} s")
+        once = f"{s['features_seconds']:.0f} s"
+        if s["features_read"]:  # another row of the same data and layers computed them
+            owner = next((o for o in summaries if o["data"] == s["data"] and not
+                          o["features_read"] and o.get("layers") == s.get("layers")), None)
+            once = ("shared" if owner is None else
+                    f"shared with {owner['task_model']} ({owner['features_seconds']:.0f} s)")
         wall = (f"{s['per_seed_seconds'] / 60:.1f} min per seed" if s["approach"] ==
                 "fine-tuning" else f"{once} + {s['per_seed_seconds']:.0f} s")
         lines.append(f"| {s['data']} ({s['metric']}) | {s['approach']} | {s.get('layers', '—')}"
                      f" | {s['task_model'] if s['approach'] != 'fine-tuning' else '—'} | "
                      f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f} | {wall} |")
-    baselines = {s["data"]: s["baseline"] for s in summaries if s["baseline"]}
+    baselines = {s["data"]: s["baseline"] for s in summaries
+                 if s["baseline"] and s["metric"] == "accuracy"}
     notes = [f"{data}: most-frequent-tag word accuracy {100 * b:.1f}"
              for data, b in baselines.items()]
     weights = [f"{s['data']} weighted, seed 1: {s['layer_weights']}" for s in summaries

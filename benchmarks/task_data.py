@@ -9,7 +9,8 @@ choice, seed 0) to 10% of each split; training keeps ``--train`` snippets (3,000
 ``long-documents``: files of the Linux kernel documentation (``fetch_corpus("linux-docs")``),
 each labelled with its top-level folder (``admin-guide``, ``driver-api``, ``filesystems``,
 ``networking``, ``userspace-api``); files of at least 3,000 characters, ``--per-class`` (75) of
-each folder drawn with seed 0, split 60/20/20 within each folder. The text is the file with its
+each folder drawn with seed 0, split 60/20/20 within each folder; ``--extra-test N`` writes N more
+files a folder, none of them in the splits, to ``test-extra.jsonl``. The text is the file with its
 reStructuredText underlines (lines of punctuation only) and SPDX/comment lines dropped, cut at
 ``--max-chars`` (8,000) characters: long documents, but a bounded number of windows each.
 
@@ -63,11 +64,12 @@ def cleaned(text: str, max_chars: int) -> str:
 
 
 def long_documents(out: Path, per_class: int = 75, max_chars: int = 8000,
-                   min_chars: int = 3000) -> dict[str, list[dict]]:
-    """Linux documentation files labelled by their top-level folder, split within each folder."""
+                   min_chars: int = 3000, extra_test: int = 0) -> dict[str, list[dict]]:
+    """Linux documentation files labelled by their top-level folder, split within each folder
+    (and ``extra_test`` more files a folder, drawn from the rest, as ``test-extra``)."""
     root = fetch_corpus("linux-docs", quiet=True)
-    rng = random.Random(SEED)
-    splits = {"train": [], "validation": [], "test": []}
+    rng, extra_rng = random.Random(SEED), random.Random(SEED + 1)
+    splits = {"train": [], "validation": [], "test": [], "test-extra": []}
     for folder in FOLDERS:
         texts = [gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
                  for path in sorted((root / folder).rglob("*.rst.gz"))]
@@ -78,9 +80,13 @@ def long_documents(out: Path, per_class: int = 75, max_chars: int = 8000,
                             ("validation", chosen[n_train:n_train + n_validation]),
                             ("test", chosen[n_train + n_validation:])):
             splits[split].extend({"text": t, "label": folder} for t in part)
+        taken = set(chosen)
+        rest = [t for t in texts if t not in taken]
+        splits["test-extra"].extend({"text": t, "label": folder} for t in extra_rng.sample(
+            rest, min(extra_test, len(rest))))
     for rows in splits.values():
         rng.shuffle(rows)
-    return splits
+    return {split: rows for split, rows in splits.items() if rows}
 
 
 def main() -> None:
@@ -90,9 +96,12 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=3000, help="imbalanced: training snippets")
     parser.add_argument("--per-class", type=int, default=75, help="long-documents: files a folder")
     parser.add_argument("--max-chars", type=int, default=8000, help="long-documents: text kept")
+    parser.add_argument("--extra-test", type=int, default=0,
+                        help="long-documents: files a folder for test-extra.jsonl")
     args = parser.parse_args()
     splits = (imbalanced(args.out, args.train) if args.kind == "imbalanced"
-              else long_documents(args.out, args.per_class, args.max_chars))
+              else long_documents(args.out, args.per_class, args.max_chars,
+                                  extra_test=args.extra_test))
     tokenizer = BertTokenizer.from_pretrained("all-minilm-l6-v2")
     args.out.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():

@@ -192,7 +192,7 @@ def age_files(folder, n_train=800, n_eval=100):
 def test_a_label_carried_by_a_number_is_learned_only_with_feature_fields(tmp_path):
     train, validation, test = age_files(tmp_path)
     # The embedding layer's features: real text vectors, and cheap to compute.
-    common = dict(feature_based=True, layers="embeddings", epochs=10, task_lr=3e-2,
+    common = dict(feature_based=True, layers="embeddings", epochs=10,
                   **{**QUIET, "batch_size": 32})
     with_age = finetune("classification", MODEL, train, validation, test, tmp_path / "age",
                         feature_fields=["age"], **common)
