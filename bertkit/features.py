@@ -737,8 +737,8 @@ class FeatureRun(FinetuneRun):
 
     mode = "feature-based training of"
 
-    def __init__(self, settings, seed: int, folder: Path):
-        super().__init__(settings, seed, folder)  # data, task, tokenizer, the encoder's model
+    def __init__(self, settings, seed: int, folder: Path, final: Path | None = None):
+        super().__init__(settings, seed, folder, final)  # data, task, tokenizer, encoder's model
         self.kind = KINDS[self.task.name]
         self.spec = FeatureSpec.from_settings(settings)
         self.precision = self.spec.precision

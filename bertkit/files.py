@@ -7,11 +7,14 @@ see the old version or the new one, never half of either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 
 def staging_path(path: Path, suffix: str = "tmp") -> Path:
@@ -38,6 +41,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         remove(staging)
 
 
+def failed_write(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for want of room. A full disk fails whichever
+    file is being written: Python's own writes with ENOSPC (or EDQUOT), safetensors with an
+    I/O SafetensorError, torch.save with "enforce fail at inline_container.cc" (PyTorch's zip
+    writer, a RuntimeError that gives no reason)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(error, SafetensorError):
+        return "I/O error" in str(error)
+    return isinstance(error, RuntimeError) and "inline_container" in str(error)
+
+
+class DiskFull(OSError):
+    """A write that failed for want of room, in one line: what was being written, the error
+    that stopped it (``cause``), and what is kept."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)  # one argument: it pickles (from a worker process) as is
+        self.cause = cause
+
+
+@contextlib.contextmanager
+def reporting_full_disk(what: str | os.PathLike, kept: str) -> Iterator[None]:
+    """Turns a write that fails for want of room (`failed_write`) into one `DiskFull` naming
+    ``what`` was being written and what is ``kept``; other errors pass unchanged. Nested, the
+    outermost names the failure (the checkpoint, not a file in its staging folder)."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as error:
+        if isinstance(error, DiskFull):
+            error = error.cause or error
+        elif not failed_write(error):
+            raise
+        raise DiskFull(f"could not write {what} ({error}); is the disk full? {kept}",
+                       error) from None
+
+
 def replace(source: str | os.PathLike, path: str | os.PathLike) -> None:
     """Rename the finished file or folder ``source`` to ``path``, replacing what is there."""
     source, path = Path(source), Path(path)
@@ -53,7 +93,8 @@ def replace(source: str | os.PathLike, path: str | os.PathLike) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
-    with atomic_path(path) as staging:
+    with reporting_full_disk(path, "Its earlier version, if any, is kept."), \
+            atomic_path(path) as staging:
         staging.write_text(text, encoding="utf-8")
 
 

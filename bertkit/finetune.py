@@ -204,7 +204,8 @@ def save_finetuned(directory: Path, task: Task, model: nn.Module, tokenizer) -> 
     """Model, tokenizer and task options, written beside and renamed into place."""
     # The tokenizer says where the task truncates, so a transformers pipeline cuts the same way.
     tokenizer.model_max_length = task.max_length
-    with files.atomic_path(directory) as staging:
+    with files.reporting_full_disk(directory, "What it held before is kept."), \
+            files.atomic_path(directory) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         files.write_json(staging / TASK_FILE, task.options())
@@ -492,7 +493,8 @@ def _every_seed(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> d
     runs = []
     for seed in settings.seeds:
         folder = work if len(settings.seeds) == 1 else work / f"seed-{seed}"
-        runs.append(_finished(folder) or new_run(settings, seed, folder).run(stop))
+        final = Path(settings.out) / folder.relative_to(work)
+        runs.append(_finished(folder) or new_run(settings, seed, folder, final).run(stop))
         if stop.requested:
             break
     if len(settings.seeds) == 1:
@@ -500,19 +502,26 @@ def _every_seed(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> d
     return {"seeds": settings.seeds, "runs": runs, "summary": summarise(runs)}
 
 
-def new_run(settings: FinetuneSettings, seed: int, folder: Path) -> FinetuneRun:
-    """The run of one seed: fine-tuning, or the feature-based approach."""
+def new_run(settings: FinetuneSettings, seed: int, folder: Path,
+            final: Path | None = None) -> FinetuneRun:
+    """The run of one seed into ``folder``: fine-tuning, or the feature-based approach.
+    ``final`` is where that folder ends up (see `FinetuneRun`)."""
     if settings.feature_based:
         from .features import FeatureRun
 
-        return FeatureRun(settings, seed, folder)
-    return FinetuneRun(settings, seed, folder)
+        return FeatureRun(settings, seed, folder, final)
+    return FinetuneRun(settings, seed, folder, final)
+
+
+def staging_folder(out: Path) -> Path:
+    """The sibling an ``--overwrite`` run is written to; it replaces ``out`` once finished."""
+    return out.with_name(f".{out.name}.new")
 
 
 def _work_folder(out: Path, settings: FinetuneSettings, resume: bool, overwrite: bool) -> Path:
     """The folder this run writes: ``out`` itself, or (overwriting a finished run) a sibling
     that replaces it at the end, so a run that fails leaves the earlier results as they were."""
-    beside = out.with_name(f".{out.name}.new")
+    beside = staging_folder(out)
     if resume:
         work = beside if beside.is_dir() else out
         saved = work / SETTINGS_FILE
@@ -568,12 +577,19 @@ def _read(task: Task, spec, split: str, limit: int | None = None) -> list:
 class FinetuneRun:
     """One seed's run: data, model and trainer, then epochs with an evaluation after each, the
     best checkpoint kept in ``folder/best``. `bertkit.features.FeatureRun` replaces the model
-    and the hooks ``evaluate_on``, ``save_best`` and ``load_best``."""
+    and the hooks ``evaluate_on``, ``save_best`` and ``load_best``.
+
+    ``final`` is where ``folder`` will be once the run is done (default: ``folder`` itself): an
+    ``--overwrite`` run writes a staging sibling of ``--out`` and renames it, and what the
+    results record is the path the files are found at afterwards.
+    """
 
     mode = "fine-tuning"
 
-    def __init__(self, settings: FinetuneSettings, seed: int, folder: Path):
+    def __init__(self, settings: FinetuneSettings, seed: int, folder: Path,
+                 final: Path | None = None):
         self.settings, self.seed, self.folder = settings, seed, folder
+        self.final = folder if final is None else Path(final)
         self.started = time.time()
         self.task = settings.build_task()
         self.device = choose_device(settings.device)
@@ -649,7 +665,9 @@ class FinetuneRun:
             record.update({f"validation_{k}": v for k, v in metrics.items()})
         self.log.write(**record)
         self.history.append(record)
-        _print(f"epoch {epoch}: {_format(record)}")
+        measured = {k: v for k, v in record.items() if k not in ("epoch", "step", "epoch_seconds")}
+        _print(f"epoch {epoch}, step {step}, {seconds:.1f} s"
+               + (f", {_format(measured)}" if measured else ""))
         score = record.get(f"validation_{self.task.metric}", epoch)
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_validation, self.best_epoch = score, metrics, epoch
@@ -677,7 +695,7 @@ class FinetuneRun:
                                                       r["epoch"]))
         results = {"task": self.task.name, "model": s.model,
                    "random_init": s.random_init or s.model in PRESETS, "seed": self.seed,
-                   "out": str(self.folder), "train": s.train,
+                   "out": str(self.final), "train": s.train,
                    "train_examples": len(self.train_examples), "epochs": s.epochs, "lr": s.lr,
                    "batch_size": s.batch_size, "precision": self.precision,
                    "options": self.task.options(),

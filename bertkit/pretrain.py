@@ -296,10 +296,10 @@ class PretrainRun:
                                   state.get("budget_sizings", 0))
         self.main = self.distributed.is_main
         self.log = MetricsLog(self.folder / "metrics.jsonl", enabled=self.main)
-        if self.main:
+        if self.main:  # the settings first: a resume refused (a full disk) changes nothing
+            settings.save(self.folder / SETTINGS_NAME)
             if latest:
                 truncate_metrics(self.log.path, self.step)
-            settings.save(self.folder / SETTINGS_NAME)
         self.tokens, self.started, self.held_out = 0, time.perf_counter(), {}
 
     @property

@@ -56,9 +56,10 @@ def search(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> dict:
             if settings.budget_minutes and time.time() - started > settings.budget_minutes * 60:
                 skipped += 1
                 continue
+            final = Path(settings.out) / folder.relative_to(work)  # where it is once done
             point_settings = replace(settings, **point, search=False, test=None,
-                                     seeds=[seed], out=str(folder))
-            result = new_run(point_settings, seed, folder).run(stop)
+                                     seeds=[seed], out=str(final))
+            result = new_run(point_settings, seed, folder, final).run(stop)
             if stop.requested:
                 break
         metric = result["metric"]

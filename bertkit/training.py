@@ -320,15 +320,13 @@ class Checkpoints:
     def save(self, step: int, model, tokenizer, state: dict) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"step-{step:07d}"
-        with files.atomic_path(final) as staging:
-            model.save_pretrained(staging)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(staging)
-            try:
+        with files.reporting_full_disk(f"the checkpoint {final}",
+                                       "The last complete checkpoint is kept."):
+            with files.atomic_path(final) as staging:
+                model.save_pretrained(staging)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(staging)
                 torch.save({**state, "step": step, "rng": rng_states()}, staging / STATE_NAME)
-            except RuntimeError as error:  # PyTorch reports a failed write (a full disk) so
-                raise OSError(f"could not write the checkpoint {final} ({error}); is the disk "
-                              "full? The last complete checkpoint is kept.") from None
         for old in self.all()[:-self.keep]:
             shutil.rmtree(old)
         return final
@@ -351,8 +349,15 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"time": round(time.time() - self.started, 3), **record}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        with files.reporting_full_disk(self.path, "The lines before are kept."):
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError:  # no half line left behind for the next reader
+                with contextlib.suppress(OSError):
+                    os.truncate(self.path, size)
+                raise
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -365,7 +370,7 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
     path = Path(path)
     if path.is_file():
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        files.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class GracefulStop:

@@ -2,13 +2,18 @@
 to do, or read as far as it is readable with the skipped parts named; never silently dropped.
 
 Commands run in-process through `bertkit.cli.main` (its exit code and its stderr line); the
-models are tiny and the files a few lines, so the whole file runs in well under a minute.
+models are tiny and the files a few lines. The full-disk tests run `bertkit pretrain` as a
+process on a small tmpfs they mount (skipped where mounting is not permitted).
 """
 
+import contextlib
 import gzip
 import io
 import json
+import os
+import re
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -23,6 +28,8 @@ from bertkit.finetune import predict
 from bertkit.tasks import DataError, build_task
 from bertkit.tasks.base import text_lines
 from bertkit.tasks.datasets import resolve_data
+from bertkit.tokenizer import train_vocab
+from bertkit.training import STATE_NAME, read_metrics
 
 TINY = ["--model", "tiny", "--max-length", "32", "--batch-size", "8", "--epochs", "1",
         "--no-progress"]
@@ -487,3 +494,163 @@ def test_vocab_train_keeps_a_data_folders_vocabulary_and_an_earlier_one(tmp_path
     assert main(["vocab", "train", str(corpus), "--out", str(vocab)]) == 1
     assert "pass --overwrite" in capsys.readouterr().err
     assert (vocab / "vocab.txt").read_bytes() == before
+
+
+# -- a full disk -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(folder, size_bytes):
+    """A real file system of ``size_bytes`` (a tmpfs) mounted at ``folder``; yields a function
+    that resizes it. Skips the test where mounting is not permitted (it needs root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
+                                  str(folder)], capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no `mount` command here: the full-disk test mounts a small tmpfs")
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (the full-disk test needs root): "
+                    f"{mounted.stderr.strip()}")
+
+    def resize(size):
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+    try:
+        yield resize
+    finally:
+        if subprocess.run(["umount", str(folder)]).returncode:
+            subprocess.run(["umount", "-l", str(folder)])
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def disk_bytes(path):
+    """What a file, or a folder's files, take on a tmpfs: whole 4 KiB pages."""
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in paths)
+
+
+@pytest.fixture(scope="module")
+def small_vocab_data(tmp_path_factory, wiki_leads):
+    """Pre-training data from 40 Wikipedia leads with a 1,000-token vocabulary, so that a tiny
+    model's checkpoint is a few MB."""
+    tmp = tmp_path_factory.mktemp("small-vocab")
+    corpus = write_jsonl(tmp / "corpus.jsonl", [{"text": r["extract"]} for r in wiki_leads[:40]])
+    vocab = train_vocab([corpus], vocab_size=1000, out_dir=tmp / "vocab")
+    create_pretraining_data(Corpus(corpus), tmp / "data", vocab,
+                            PretrainingConfig(max_seq_length=64, dupe_factor=1,
+                                              validation_fraction=0.1), workers=1,
+                            progress=False)
+    return tmp / "data"
+
+
+def pretrain_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "bertkit", "pretrain", "--model", "tiny", "--precision", "fp32",
+         "--batch-size", "8", "--log-every", "1", "--eval-every", "1000", *map(str, args)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True, text=True)
+
+
+FULL_DISK_RUN = ["--steps", 4, "--save-every", 2]  # checkpoints at steps 2 and 4
+
+
+@pytest.fixture(scope="module")
+def healthy_run(tmp_path_factory, small_vocab_data):
+    """The full-disk run on a disk with room: what each of its steps and files must be."""
+    run = tmp_path_factory.mktemp("healthy") / "run"
+    done = pretrain_cli("--data", small_vocab_data, *FULL_DISK_RUN, "--out", run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def step_losses(run):
+    return {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
+
+
+def error_line(stderr: str) -> str:
+    """The one line a failed command wrote about its failure (and that it wrote only one)."""
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and lines[0] == stderr.strip().splitlines()[-1], stderr[-3000:]
+    return lines[0]
+
+
+def fill(disk):
+    """Take every byte left on ``disk``."""
+    with open(disk / "filler", "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+
+
+@pytest.mark.parametrize("runs_out_in", ["model.safetensors", "trainer_state.pt"])
+def test_a_full_disk_stops_pretraining_in_one_line_and_keeps_the_last_checkpoint(
+        tmp_path, small_vocab_data, healthy_run, runs_out_in):
+    first = healthy_run / "checkpoints" / "step-0000002"
+    checkpoint = disk_bytes(first)
+    # Room for the first checkpoint (and the run's small files) plus the second's files up to
+    # half of `runs_out_in`: the second checkpoint runs out of room while writing that file.
+    written_before = ([p for p in first.iterdir() if p.name != STATE_NAME]
+                      if runs_out_in == STATE_NAME else [first / "config.json"])
+    room = sum(map(disk_bytes, written_before)) + disk_bytes(first / runs_out_in) // 2
+    disk = tmp_path / "disk"
+    with small_disk(disk, checkpoint + 64 * 1024 + room) as resize:
+        run = disk / "run"
+        failed = pretrain_cli("--data", small_vocab_data, *FULL_DISK_RUN, "--out", run)
+        assert failed.returncode == 1, failed.stderr[-3000:]
+        second = run / "checkpoints" / "step-0000004"
+        assert re.fullmatch(
+            rf"bertkit: error: could not write the checkpoint {re.escape(str(second))} \(.+\); "
+            r"is the disk full\? The last complete checkpoint is kept\.",
+            error_line(failed.stderr))
+        kept = run / "checkpoints" / "step-0000002"
+        assert snapshot(kept) == snapshot(first)  # complete, and what a healthy run writes
+        assert [p.name for p in (run / "checkpoints").iterdir()] == [kept.name]  # no debris
+        assert not (run / "model").exists()
+
+        earlier = snapshot(run)
+        fill(disk)  # --resume on a disk with no room at all: refused, nothing changed
+        refused_resume = pretrain_cli("--out", run, "--resume")
+        assert refused_resume.returncode == 1
+        assert re.fullmatch(
+            rf"bertkit: error: could not write {re.escape(str(run / 'pretrain_settings.json'))} "
+            r"\(\[Errno 28\] No space left on device\); is the disk full\? Its earlier "
+            r"version, if any, is kept\.", error_line(refused_resume.stderr))
+        assert snapshot(run) == earlier
+
+        (disk / "filler").unlink()
+        resize(checkpoint * 4)  # room made: the run continues from the kept checkpoint
+        resumed = pretrain_cli("--out", run, "--resume")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert step_losses(run) == step_losses(healthy_run)  # bitwise, steps 1-4
+        assert snapshot(kept) == snapshot(first)
+        assert snapshot(run / "model") == snapshot(healthy_run / "model")
+
+
+def test_a_full_disk_while_saving_the_best_finetuned_model_keeps_the_one_before(
+        tmp_path, capsys, rt_rows):
+    train = write_jsonl(tmp_path / "train.jsonl", rt_rows[:16])
+    flags = ["finetune", "--task", "classification", *TINY, "--train", train]
+    done, _, _ = run_cli([*flags, "--out", tmp_path / "whole"], capsys)
+    assert done == 0
+    best = disk_bytes(tmp_path / "whole" / "best")
+    disk = tmp_path / "disk"
+    # Without validation data every epoch is the best so far: epoch 1's best/ fits, epoch 2's
+    # (written beside it, then swapped in) does not.
+    with small_disk(disk, best * 3 // 2):
+        out = disk / "run"
+        code, _, err = run_cli([*flags, "--epochs", 2, "--out", out], capsys)
+        assert code == 1, err
+        assert re.fullmatch(
+            rf"bertkit: error: could not write {re.escape(str(out / 'best'))} \(.+\); is the "
+            r"disk full\? What it held before is kept\.", err.strip().splitlines()[-1])
+        kept = snapshot(out / "best")
+        assert {str(p) for p in kept} == {str(p) for p in snapshot(tmp_path / "whole" / "best")}
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no debris
+        assert len(predict(out / "best", ["a fine film", "a dull one"], device="cpu")) == 2

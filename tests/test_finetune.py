@@ -6,6 +6,7 @@ name, clear errors); the accuracy of real runs is measured by the commands in th
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -264,9 +265,15 @@ def test_an_earlier_run_is_kept_until_a_rerun_succeeds(tmp_path, capsys):
     bad.write_text(json.dumps({"text": "fine", "tag": "fresh"}) + "\n")
     assert main([*flags, "--overwrite", "--train", str(bad)]) == 1  # fails after starting
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    capsys.readouterr()
     assert main([*flags, "--overwrite", "--epochs", "2"]) == 0
-    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs"] == 2
     assert not list(tmp_path.glob(".run*"))  # the staging folder was swapped in
+    assert results["out"] == str(out)  # where the run is, not the folder it was written in
+    assert [p for p in out.rglob("*") if p.is_file() and b".run.new" in p.read_bytes()] == []
+    assert re.search(r"^bertkit: epoch 2, step 4, \d+\.\d s, validation_accuracy 0\.\d{4}, ",
+                     capsys.readouterr().err, re.MULTILINE)  # the epoch said once
 
 
 def test_resume_refuses_a_changed_setting(tmp_path, capsys):
