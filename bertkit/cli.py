@@ -210,16 +210,47 @@ with tokens and offsets) or FILE.jsonl / - (one JSON object per line). Examples:
 """
 
 
-def _command(commands, name: str, **texts) -> argparse.ArgumentParser:
-    """A subcommand whose help keeps the line breaks of its epilog (examples, lists)."""
-    return commands.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter,
-                               **texts)
+def _command(commands, name: str, handler, **texts) -> argparse.ArgumentParser:
+    """A subcommand running ``handler``, whose help keeps the line breaks of its epilog
+    (examples, lists)."""
+    parser = commands.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 **texts)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+# Flags that several commands share, each declared once
+
+
+def _add_job_flags(parser, settings_class, *, resume: str, settings: str | None = None,
+                   overwrite: str | None = None) -> None:
+    """A job's flags: --settings FILE and --overwrite where it has them, --resume, then one flag
+    per field of its settings class."""
+    if settings:
+        parser.add_argument("--settings", metavar="FILE", help=settings)
+    parser.add_argument("--resume", action="store_true", help=resume)
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true", help=overwrite)
+    settings_class.add_flags(parser)
+
+
+def _add_device_flag(parser) -> None:
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
+
+
+def _add_progress_flag(parser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_inference_commands(commands) -> None:
     """The embed and fill-mask subcommands."""
+    _add_embed_command(commands)
+    _add_fill_mask_command(commands)
+
+
+def _add_embed_command(commands) -> None:
     embed = _command(
-        commands, "embed",
+        commands, "embed", cmd_embed,
         help="embed text lines: sentence vectors or per-token features, streamed",
         epilog=EMBED_EPILOG,
         description="Embed every line of a UTF-8 text file with a pre-trained encoder "
@@ -264,12 +295,13 @@ def add_inference_commands(commands) -> None:
                        help="torch.compile the encoder (the first batches wait for compilation)")
     embed.add_argument("--batch-tokens", type=int, metavar="N",
                        help="padded tokens per batch (default 2048 on CPU, 16384 on GPU)")
-    embed.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
-    embed.add_argument("--no-progress", action="store_true", help="no progress bar")
-    embed.set_defaults(handler=cmd_embed)
+    _add_device_flag(embed)
+    _add_progress_flag(embed)
 
+
+def _add_fill_mask_command(commands) -> None:
     fill_mask = _command(
-        commands, "fill-mask",
+        commands, "fill-mask", cmd_fill_mask,
         help="top-k tokens with probabilities for each [MASK] in a text",
         description="Predict the words hidden behind [MASK] with a model that has the masked-LM "
         "head (a BertForMaskedLM/BertForPreTraining checkpoint, e.g. from `bertkit pretrain`).")
@@ -278,8 +310,7 @@ def add_inference_commands(commands) -> None:
     fill_mask.add_argument("--model", required=True, help="checkpoint folder with an MLM head")
     fill_mask.add_argument("--top-k", type=int, default=5, help="predictions per mask (5)")
     fill_mask.add_argument("--json", action="store_true", help="one JSON object per text")
-    fill_mask.add_argument("--device", help="cpu, cuda ... (default: GPU if any)")
-    fill_mask.set_defaults(handler=cmd_fill_mask)
+    _add_device_flag(fill_mask)
 
 
 FINETUNE_EPILOG = """\
@@ -297,7 +328,7 @@ def _add_finetuned_model_flags(parser, precision: str) -> None:
     """The flags of a command that runs a model `bertkit finetune` wrote."""
     parser.add_argument("--model", required=True, help="a folder written by finetune")
     parser.add_argument("--batch-size", type=int, default=64, help="inputs per batch (64)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if any)")
+    _add_device_flag(parser)
     parser.add_argument("--precision", default=precision, choices=("auto", "fp32", "bf16", "fp16"),
                         help=f"numeric precision (default {precision})")
 
@@ -307,33 +338,29 @@ def add_finetune_commands(commands) -> None:
     from .finetune import FinetuneSettings
 
     finetune = _command(
-        commands, "finetune",
+        commands, "finetune", cmd_finetune,
         help="fine-tune a checkpoint (or a preset from scratch) on a labelled task",
         epilog=FINETUNE_EPILOG,
         description="Fine-tune with the paper's recipe: AdamW (no decay on LayerNorm/bias), 10% "
         "linear warm-up then linear decay, evaluation every epoch, the best checkpoint by the "
         "task's metric kept in OUT/best with metrics.jsonl, curves.png and results.json. "
         "The paper's search space: lr 5e-5/3e-5/2e-5, batch 16/32, 2-4 epochs.")
-    finetune.add_argument("--settings", metavar="FILE", help="a JSON or YAML settings file "
-                          "(flags override it)")
-    finetune.add_argument("--resume", action="store_true", help="continue the run in --out: "
-                          "finished seeds are kept, the others run again")
-    finetune.add_argument("--overwrite", action="store_true", help="replace the earlier run in "
-                          "--out (kept until the new one finishes)")
-    FinetuneSettings.add_flags(finetune)
-    finetune.set_defaults(handler=cmd_finetune)
+    _add_job_flags(finetune, FinetuneSettings,
+                   settings="a JSON or YAML settings file (flags override it)",
+                   resume="continue the run in --out: finished seeds are kept, the others run "
+                   "again",
+                   overwrite="replace the earlier run in --out (kept until the new one finishes)")
 
     evaluate = _command(
-        commands, "evaluate",
+        commands, "evaluate", cmd_evaluate,
         help="score a fine-tuned model on a labelled file or built-in data set")
     _add_finetuned_model_flags(evaluate, precision="auto")
     evaluate.add_argument("--data", required=True, help="file, or built-in NAME[:SPLIT]")
     evaluate.add_argument("--split", default="test", help="split of a built-in name (test)")
     evaluate.add_argument("--max-examples", type=int, metavar="N", help="a fixed random subset")
-    evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = _command(
-        commands, "predict",
+        commands, "predict", cmd_predict,
         help="predict with a fine-tuned model; one JSON line per input",
         description="Input: a file in the task's format (labels not needed), a built-in name, or "
         "raw lines (a .txt file or stdin): one text a line, tab-separated pairs, JSON lines with "
@@ -342,7 +369,6 @@ def add_finetune_commands(commands) -> None:
     _add_finetuned_model_flags(predict, precision="fp32")
     predict.add_argument("input", nargs="?", default="-", help="input file or - for stdin")
     predict.add_argument("--output", metavar="FILE", help="write JSONL here (default stdout)")
-    predict.set_defaults(handler=cmd_predict)
 
 
 def cmd_data_fetch(args):
@@ -426,16 +452,22 @@ def add_data_commands(commands) -> None:
     data_commands = data.add_subparsers(title="commands", metavar="COMMAND")
 
     fetch = _command(
-        data_commands, "fetch",
+        data_commands, "fetch", cmd_data_fetch,
         help="download a built-in corpus into the cache and print its folder")
     fetch.add_argument("name", nargs="?", help="a built-in corpus; omit to list them")
-    fetch.set_defaults(handler=cmd_data_fetch)
+    _add_data_pretrain_command(data_commands)
 
+    vocab = commands.add_parser("vocab", help="WordPiece vocabularies (vocab --help)")
+    vocab_commands = vocab.add_subparsers(title="commands", metavar="COMMAND")
+    _add_vocab_train_command(vocab_commands)
+
+
+def _add_data_pretrain_command(data_commands) -> None:
     from .data import PretrainingConfig
 
     defaults = PretrainingConfig()
     pretrain = _command(
-        data_commands, "pretrain",
+        data_commands, "pretrain", cmd_data_pretrain,
         help="turn a corpus into masked-LM + next-sentence examples",
         epilog=DATA_EPILOG,
         description="Make pre-training examples with the semantics and defaults of Google's "
@@ -471,13 +503,12 @@ def add_data_commands(commands) -> None:
                           help="MB of token ids per shard (default 64)")
     pretrain.add_argument("--overwrite", action="store_true",
                           help="replace earlier output in --out")
-    pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
-    pretrain.set_defaults(handler=cmd_data_pretrain)
+    _add_progress_flag(pretrain)
 
-    vocab = commands.add_parser("vocab", help="WordPiece vocabularies (vocab --help)")
-    vocab_commands = vocab.add_subparsers(title="commands", metavar="COMMAND")
+
+def _add_vocab_train_command(vocab_commands) -> None:
     train = _command(
-        vocab_commands, "train",
+        vocab_commands, "train", cmd_vocab_train,
         help="train a WordPiece vocabulary on a corpus",
         epilog=CORPUS_EPILOG,
         description="Train a BERT WordPiece vocabulary (BERT's normalisation, [PAD] [UNK] [CLS] "
@@ -493,7 +524,6 @@ def add_data_commands(commands) -> None:
                        help="least count of a merged piece (default 2)")
     train.add_argument("--limit-alphabet", type=int, default=1000,
                        help="most distinct characters kept (default 1000)")
-    train.set_defaults(handler=cmd_vocab_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoSettings
 
     demo = _command(
-        commands, "demo",
+        commands, "demo", cmd_demo,
         help="the whole of BERT on real data in minutes: vocabulary, pre-training, "
         "fill-mask, fine-tuning, report (what `make run` does)",
         description="Trains a WordPiece vocabulary on the Wikipedia leads, builds MLM + NSP "
@@ -514,38 +544,32 @@ def build_parser() -> argparse.ArgumentParser:
         "fill-mask predictions, fine-tunes it as the random one was, and writes a report with "
         "plots (runs/demo-DATE-TIME/report.html). Ctrl-C stops cleanly; --resume continues "
         "without redoing finished stages.")
-    demo.add_argument("--resume", action="store_true",
-                      help="continue --out (default: the latest runs/demo-*) where it stopped, "
-                      "with the settings it was started with")
-    DemoSettings.add_flags(demo)
-    demo.set_defaults(handler=cmd_demo)
+    _add_job_flags(demo, DemoSettings,
+                   resume="continue --out (default: the latest runs/demo-*) where it stopped, "
+                   "with the settings it was started with")
 
     fetch = _command(
-        commands, "fetch",
+        commands, "fetch", cmd_fetch,
         help="download a pinned model or data set into the cache and print its path")
     fetch.add_argument("name", nargs="?", help="a source name; omit to list them")
     fetch.add_argument("--list", action="store_true", help="list the known sources")
-    fetch.set_defaults(handler=cmd_fetch)
 
     from .pretrain import PretrainSettings
 
     pretrain = _command(
-        commands, "pretrain",
+        commands, "pretrain", cmd_pretrain,
         help="pre-train BERT with masked LM + next sentence prediction",
         description="Pre-train with the paper's objective (mean MLM + mean NSP loss) and "
         "optimiser (AdamW, lr 1e-4, weight decay 0.01, beta 0.9/0.999, eps 1e-6, warm-up then "
         "linear decay). Settings come from --settings FILE (JSON/YAML) with any flag overriding "
         "it. Ctrl-C saves a checkpoint; --resume continues exactly. Runs on several GPUs or "
         "machines with `torchrun --nproc_per_node=N -m bertkit pretrain ...`.")
-    pretrain.add_argument("--settings", metavar="FILE", help="a JSON or YAML settings file")
-    pretrain.add_argument("--resume", action="store_true",
-                          help="continue the run in --out from its latest checkpoint")
-    PretrainSettings.add_flags(pretrain)
-    pretrain.set_defaults(handler=cmd_pretrain)
+    _add_job_flags(pretrain, PretrainSettings, settings="a JSON or YAML settings file",
+                   resume="continue the run in --out from its latest checkpoint")
 
-    plot = commands.add_parser("plot", help="draw a run's training curves into RUN/curves.png")
+    plot = _command(commands, "plot", cmd_plot,
+                    help="draw a run's training curves into RUN/curves.png")
     plot.add_argument("folder", metavar="RUN", help="a run folder written by `bertkit pretrain`")
-    plot.set_defaults(handler=cmd_plot)
 
     add_finetune_commands(commands)
     add_inference_commands(commands)

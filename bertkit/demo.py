@@ -343,45 +343,48 @@ def write_report(run_dir: Path, settings: DemoSettings, state: DemoState) -> Pat
     """A results table on screen, a bar chart, and a self-contained report.html."""
     from .report import plot_bars
 
+    rows = _results_table(settings, state)
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"  {name:<{width}}  {value}" for name, value in rows))
+    accuracies = {label: state.stages[stage]["test_accuracy"]
+                  for stage, label in state.classifiers(settings).items()}
+    plot_bars(accuracies, run_dir / "classifiers.png", title="rt-polarity test accuracy",
+              ylabel="accuracy")
+    path = run_dir / "report.html"
+    path.write_text(_report_html(run_dir, settings, state, rows), encoding="utf-8")
+    return path
+
+
+def _results_table(settings: DemoSettings, state: DemoState) -> list[tuple[str, str]]:
+    """The results table: (what, value) rows."""
     stages = state.stages
     pre = stages["pretrain"]
+    templates = stages["fill-mask"]["templates"]
+    first, top5 = _sensible_counts(templates)
     rows = [("held-out masked-token accuracy", f"{pre['val_mlm_accuracy']:.1%} (always the most "
              f"frequent token: {pre['most_frequent_token_accuracy']:.1%})"),
             ("held-out next-sentence accuracy", f"{pre.get('val_nsp_accuracy', 0):.1%}"),
+            ("fill-mask contexts with a sensible word first / in the top 5",
+             f"{first} / {top5} of {len(templates)}"),
             ("pre-training steps", f"{pre['steps']} ({pre['seconds'] / 60:.1f} min, "
                                    f"{pre['tokens_per_second']:.0f} tokens/s)")]
-    accuracies = {}
-    classifiers = state.classifiers(settings)
-    for stage, label in classifiers.items():
+    for stage, label in state.classifiers(settings).items():
         result = stages[stage]
-        accuracies[label] = result["test_accuracy"]
         rows.append((f"rt-polarity test accuracy, {label}",
                      f"{result['test_accuracy']:.1%} ({result['seconds'] / 60:.1f} min)"))
-    templates = stages["fill-mask"]["templates"]
-    first, top5 = _sensible_counts(templates)
-    rows.insert(2, ("fill-mask contexts with a sensible word first / in the top 5",
-                    f"{first} / {top5} of {len(templates)}"))
     rows.append(("total time", f"{stages['elapsed']['seconds'] / 60:.1f} min"))
-    width = max(len(name) for name, _ in rows)
-    print("\n".join(f"  {name:<{width}}  {value}" for name, value in rows))
-    plot_bars(accuracies, run_dir / "classifiers.png", title="rt-polarity test accuracy",
-              ylabel="accuracy")
+    return rows
 
-    def guesses(top5, sensible):
-        return ", ".join(f"<b>{escape(w)}</b> ({s:.2f})" if w in sensible
-                         else f"{escape(w)} ({s:.2f})" for w, s in top5)
 
-    fill_rows = "".join(
-        f"<tr><td>{escape(t['text'])}</td><td>{', '.join(t['sensible'])}</td>"
-        f"<td>{guesses(t['top5'], t['sensible'])}</td></tr>" for t in templates)
-    held_rows = "".join(
-        f"<tr><td>{escape(h['text'])}</td><td>{escape(h['answer'])}</td>"
-        f"<td>{guesses(h['top5'], {h['answer']})}</td></tr>"
-        for h in stages["fill-mask"]["held_out"])
+def _report_html(run_dir: Path, settings: DemoSettings, state: DemoState,
+                 rows: list[tuple[str, str]]) -> str:
+    """report.html: what was run, the results table, the fill-mask predictions, the plots."""
+    stages = state.stages
     table = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
     corpus = ("the 10,033 Wikipedia lead sections (wiki-leads)" if settings.corpus == "wiki-leads"
               else settings.corpus)
-    html = f"""<!doctype html><meta charset="utf-8"><title>bertkit demo</title>
+    fill_rows, held_rows = _fill_mask_rows(stages["fill-mask"])
+    return f"""<!doctype html><meta charset="utf-8"><title>bertkit demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
 td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}</style>
 <h1>bertkit demo</h1>
@@ -402,11 +405,24 @@ Settings: <code>{json.dumps(asdict(settings))}</code></p>
 <table><tr><th>text</th><th>answer</th><th>top 5</th></tr>{held_rows}</table>
 <h2>Classifiers</h2>{_image(run_dir / "classifiers.png")}
 {"".join(f"<h3>{label}</h3>" + _image(_curves(run_dir / stage))
-         for stage, label in classifiers.items())}
+         for stage, label in state.classifiers(settings).items())}
 """
-    path = run_dir / "report.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+
+
+def _fill_mask_rows(fill_mask: dict) -> tuple[str, str]:
+    """HTML table rows of the fill-mask stage: the common contexts, the held-out sentences."""
+
+    def guesses(top5, sensible):
+        return ", ".join(f"<b>{escape(w)}</b> ({s:.2f})" if w in sensible
+                         else f"{escape(w)} ({s:.2f})" for w, s in top5)
+
+    contexts = "".join(
+        f"<tr><td>{escape(t['text'])}</td><td>{', '.join(t['sensible'])}</td>"
+        f"<td>{guesses(t['top5'], t['sensible'])}</td></tr>" for t in fill_mask["templates"])
+    held_out = "".join(
+        f"<tr><td>{escape(h['text'])}</td><td>{escape(h['answer'])}</td>"
+        f"<td>{guesses(h['top5'], {h['answer']})}</td></tr>" for h in fill_mask["held_out"])
+    return contexts, held_out
 
 
 def _curves(folder: Path) -> Path:

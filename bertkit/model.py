@@ -344,13 +344,6 @@ class BertPreTrainedModel(nn.Module):
         return sum(p.numel() for p in self.parameters()
                    if id(p) not in skip and (p.requires_grad or not only_trainable))
 
-    def _head_output(self, out: Output, return_dict: bool | None, **values) -> Output | tuple:
-        """The head's outputs, then the encoder's states and attentions when asked for; a tuple
-        of the ones that are not None with ``return_dict=False``."""
-        extras = {k: out[k] for k in ("hidden_states", "attentions") if k in out}
-        result = Output(**values, **extras)
-        return result.to_tuple() if return_dict is False else result
-
 
 # --------------------------------------------------------------------------------------------
 # BertModel
@@ -426,6 +419,34 @@ class BertModel(BertPreTrainedModel):
                     f"{name} contains {bad}, outside [0, {size}) for this model; the tokenizer's "
                     "vocabulary (or the segment ids) does not match the model's config."
                 )
+
+
+# --------------------------------------------------------------------------------------------
+# Head models: the encoder, then a head on its outputs
+
+
+class BertHeadModel(BertPreTrainedModel):
+    """``self.bert`` with a head on top: forward runs the encoder, then the subclass's
+    ``head(out, labels)``, the paper's output layer and loss, which gives its named outputs.
+
+    forward's parameters stay explicit, never ``**kwargs``: transformers.Trainer reads the inputs
+    and label names it feeds from the signature. A head whose labels are named otherwise
+    (pre-training's two, QA's span) declares its own forward with those names.
+    """
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                output_hidden_states=False, output_attentions=False, skip_padding=False,
+                return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
+        return self._head_output(out, return_dict, **self.head(out, labels))
+
+    def _head_output(self, out: Output, return_dict: bool | None, **values) -> Output | tuple:
+        """The head's outputs, then the encoder's states and attentions when asked for; a tuple
+        of the ones that are not None with ``return_dict=False``."""
+        extras = {k: out[k] for k in ("hidden_states", "attentions") if k in out}
+        result = Output(**values, **extras)
+        return result.to_tuple() if return_dict is False else result
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,7 +529,7 @@ def _masked_lm(predictions: BertLMPredictionHead, hidden, labels):
     return logits, F.cross_entropy(logits, labels[picked])
 
 
-class BertForPreTraining(BertPreTrainedModel):
+class BertForPreTraining(BertHeadModel):
     """The paper's pre-training model: loss = mean MLM cross-entropy + mean NSP cross-entropy.
 
     Given ``labels``, ``prediction_logits`` cover only the predicted positions (see _masked_lm).
@@ -525,6 +546,9 @@ class BertForPreTraining(BertPreTrainedModel):
                 skip_padding=False, return_dict=None) -> Output | tuple:
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
                         output_attentions, skip_padding)
+        return self._head_output(out, return_dict, **self.head(out, labels, next_sentence_label))
+
+    def head(self, out: Output, labels, next_sentence_label) -> dict:
         prediction_logits, mlm_loss = _masked_lm(self.cls.predictions, out.last_hidden_state,
                                                  labels)
         seq_relationship_logits = self.cls.seq_relationship(out.pooler_output)  # [B, 2]
@@ -532,13 +556,12 @@ class BertForPreTraining(BertPreTrainedModel):
         if next_sentence_label is not None:
             nsp_loss = _cross_entropy(seq_relationship_logits, next_sentence_label)
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
-        return self._head_output(out, return_dict, loss=sum(losses) if losses else None,
-                                 mlm_loss=mlm_loss,
-                                 nsp_loss=nsp_loss, prediction_logits=prediction_logits,
-                                 seq_relationship_logits=seq_relationship_logits)
+        return dict(loss=sum(losses) if losses else None, mlm_loss=mlm_loss, nsp_loss=nsp_loss,
+                    prediction_logits=prediction_logits,
+                    seq_relationship_logits=seq_relationship_logits)
 
 
-class BertForMaskedLM(BertPreTrainedModel):
+class BertForMaskedLM(BertHeadModel):
     """Masked LM alone; given ``labels``, ``logits`` cover only the predicted positions."""
 
     def __init__(self, config: BertConfig):
@@ -547,37 +570,29 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings, nsp=False)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                output_hidden_states=False, output_attentions=False, skip_padding=False,
-                return_dict=None) -> Output | tuple:
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
+    def head(self, out: Output, labels) -> dict:
         logits, loss = _masked_lm(self.cls.predictions, out.last_hidden_state, labels)
-        return self._head_output(out, return_dict, loss=loss, logits=logits)
+        return dict(loss=loss, logits=logits)
 
 
-class BertForNextSentencePrediction(BertPreTrainedModel):
+class BertForNextSentencePrediction(BertHeadModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config, None, nsp=True)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                output_hidden_states=False, output_attentions=False, skip_padding=False,
-                return_dict=None) -> Output | tuple:
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
+    def head(self, out: Output, labels) -> dict:
         logits = self.cls.seq_relationship(out.pooler_output)  # [B, 2]
         loss = _cross_entropy(logits, labels) if labels is not None else None
-        return self._head_output(out, return_dict, loss=loss, logits=logits)
+        return dict(loss=loss, logits=logits)
 
 
 # --------------------------------------------------------------------------------------------
 # Fine-tuning heads: one fresh output layer on top, every weight trained
 
 
-class BertForSequenceClassification(BertPreTrainedModel):
+class BertForSequenceClassification(BertHeadModel):
     """Classification (or, with one label, regression) from the pooled [CLS] vector."""
 
     def __init__(self, config: BertConfig):
@@ -587,11 +602,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                output_hidden_states=False, output_attentions=False, skip_padding=False,
-                return_dict=None) -> Output | tuple:
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
+    def head(self, out: Output, labels) -> dict:
         logits = self.classifier(self.dropout(out.pooler_output))  # [B, num_labels]
         loss = None
         if labels is not None:
@@ -605,10 +616,10 @@ class BertForSequenceClassification(BertPreTrainedModel):
                 loss = _cross_entropy(logits, labels)
             else:
                 loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return self._head_output(out, return_dict, loss=loss, logits=logits)
+        return dict(loss=loss, logits=logits)
 
 
-class BertForTokenClassification(BertPreTrainedModel):
+class BertForTokenClassification(BertHeadModel):
     """A label for every token (NER, POS) from its final hidden state."""
 
     def __init__(self, config: BertConfig):
@@ -618,17 +629,13 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                output_hidden_states=False, output_attentions=False, skip_padding=False,
-                return_dict=None) -> Output | tuple:
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
+    def head(self, out: Output, labels) -> dict:
         logits = self.classifier(self.dropout(out.last_hidden_state))  # [B, T, num_labels]
         loss = _cross_entropy(logits, labels) if labels is not None else None
-        return self._head_output(out, return_dict, loss=loss, logits=logits)
+        return dict(loss=loss, logits=logits)
 
 
-class BertForQuestionAnswering(BertPreTrainedModel):
+class BertForQuestionAnswering(BertHeadModel):
     """Extractive QA: a start vector and an end vector dotted with every token's final state."""
 
     def __init__(self, config: BertConfig):
@@ -642,6 +649,10 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                 skip_padding=False, return_dict=None) -> Output | tuple:
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
                         output_attentions, skip_padding)
+        return self._head_output(out, return_dict, **self.head(out, start_positions,
+                                                               end_positions))
+
+    def head(self, out: Output, start_positions, end_positions) -> dict:
         start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)  # [B, T]
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -651,12 +662,11 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             end = end_positions.reshape(-1).clamp(0, length)
             loss = (F.cross_entropy(start_logits, start, ignore_index=length)
                     + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
-        return self._head_output(out, return_dict, loss=loss,
-                                 start_logits=start_logits.contiguous(),
-                                 end_logits=end_logits.contiguous())
+        return dict(loss=loss, start_logits=start_logits.contiguous(),
+                    end_logits=end_logits.contiguous())
 
 
-class BertForMultipleChoice(BertPreTrainedModel):
+class BertForMultipleChoice(BertHeadModel):
     """One score per (context, choice) pair from its pooled vector; softmax across choices."""
 
     def __init__(self, config: BertConfig):
@@ -669,16 +679,19 @@ class BertForMultipleChoice(BertPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 output_hidden_states=False, output_attentions=False, skip_padding=False,
                 return_dict=None) -> Output | tuple:
-        batch, choices, length = input_ids.shape  # [B, C, T]
+        batch, choices, length = input_ids.shape  # [B, C, T]: each pair is encoded on its own
 
         def flat(t):
             return None if t is None else t.reshape(batch * choices, length)
 
         out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids),
                         output_hidden_states, output_attentions, skip_padding)
-        logits = self.classifier(self.dropout(out.pooler_output)).view(batch, choices)  # [B, C]
+        return self._head_output(out, return_dict, **self.head(out, labels, choices))
+
+    def head(self, out: Output, labels, choices: int) -> dict:
+        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, choices)  # [B, C]
         loss = _cross_entropy(logits, labels) if labels is not None else None
-        return self._head_output(out, return_dict, loss=loss, logits=logits)
+        return dict(loss=loss, logits=logits)
 
 
 def _classifier_dropout(config: BertConfig) -> float:

@@ -136,7 +136,8 @@ class Settings:
                 continue
             flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
             default = None if spec.default is MISSING else spec.default
-            text = meta.get("help") or spec.name.replace("_", " ")
+            # argparse formats help with %: a literal one ("~30% more time") must be doubled.
+            text = (meta.get("help") or spec.name.replace("_", " ")).replace("%", "%%")
             if str(spec.type).startswith("bool"):
                 shown = {True: " (default on)", False: " (default off)"}.get(default, "")
                 parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction,

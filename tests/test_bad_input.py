@@ -6,6 +6,7 @@ models are tiny and the files a few lines. The full-disk tests run `bertkit pret
 process on a small tmpfs they mount (skipped where mounting is not permitted).
 """
 
+import argparse
 import contextlib
 import gzip
 import io
@@ -20,7 +21,7 @@ import pytest
 import torch
 import transformers
 
-from bertkit.cli import main
+from bertkit.cli import build_parser, main
 from bertkit.data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
 from bertkit.data.corpora import NAMED_SKIPS, Skip
 from bertkit.fill_mask import FillMask
@@ -654,3 +655,21 @@ def test_a_full_disk_while_saving_the_best_finetuned_model_keeps_the_one_before(
         assert {str(p) for p in kept} == {str(p) for p in snapshot(tmp_path / "whole" / "best")}
         assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no debris
         assert len(predict(out / "best", ["a fine film", "a dull one"], device="cpu")) == 2
+
+
+def test_every_command_explains_itself_with_help(capsys):
+    # A help text with a bare % once made `bertkit pretrain --help` die inside argparse.
+    def commands(parser, path=()):
+        yield path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, (*path, name))
+
+    paths = list(commands(build_parser()))
+    assert ("pretrain",) in paths and ("data", "pretrain") in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as stop:
+            main([*path, "--help"])
+        assert stop.value.code == 0, path
+        assert "usage: bertkit" in capsys.readouterr().out, path
