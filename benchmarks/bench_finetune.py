@@ -1,26 +1,42 @@
-"""bertkit's fine-tuning against HuggingFace transformers' BertForSequenceClassification.
+"""bertkit's fine-tuning against `transformers.Trainer`, what a user copies from any tutorial.
 
-Both start from the same weights (all-MiniLM-L6-v2 plus one head initialised by bertkit with the
-seed, copied into the HF model), see the same batches in the same order, and use the same
-hyper-parameters: AdamW (no decay on LayerNorm/bias, eps 1e-6), 10% warm-up then linear decay,
-gradient clipping at 1.0, the same autocast precision. bertkit trains through its own loop
-(`bertkit.finetune.train_epoch` and `training.Trainer`); transformers through a plain PyTorch
-loop. Epochs alternate in one process (bertkit, then HF, for each epoch of each seed) so both see
-the same machine load. Dropout masks differ (each model draws its own), which is part of the
-run-to-run noise that the seeds measure.
+All start from the same weights (all-MiniLM-L6-v2 plus one head initialised by bertkit with the
+seed, copied into transformers' BertForSequenceClassification), train on the same examples
+(rt-polarity, the same tokenized features) with the same hyper-parameters: fused AdamW (no decay
+on LayerNorm/bias, decay 0.01, eps 1e-6), 10% warm-up then linear decay, gradient clipping at
+1.0, the same precision (``--precision auto``: bf16 autocast where the CPU has native bf16, else
+fp32; the Trainer gets ``bf16=True`` for bf16), and are evaluated by the same code on the whole
+test split. The systems, one after the other for each seed, in one process:
+
+- ``bertkit``: its own loop (`bertkit.finetune.train_epoch` and `training.Trainer`), batches of
+  similar lengths in a random order;
+- ``trainer``: ``transformers.Trainer(model, TrainingArguments(...), train_dataset,
+  data_collator)`` with the tutorial's defaults but for the settings above (random batches,
+  padded to their longest; logging, saving and evaluation off, ``use_cpu=True``);
+- ``loop`` (opt-in, ``--references trainer,loop``): the plain PyTorch loop around transformers'
+  model, on bertkit's batches in bertkit's order (the model's speed alone).
+
+Printed per seed and as mean ± std over the seeds: test accuracy, epoch seconds, the speed-up
+over each reference, and MFU (3x forward matmul FLOPs of the real tokens, `benchmarks/peak.py`,
+against the matmul peak of the precision measured in this run). Dropout masks differ (each model
+draws its own), part of the run-to-run noise the seeds measure. Issue 17's bar: an epoch >= 2x
+the Trainer's at the same test accuracy (means within one standard deviation).
 
     .venv/bin/python benchmarks/bench_finetune.py --train-examples 3000 --seeds 1,2,3
+    .venv/bin/python benchmarks/bench_finetune.py --references trainer,loop --epochs 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from peak import measure_peaks, training_flops
 
 from bertkit.device import autocast, resolve_precision
 from bertkit.finetune import (
@@ -33,13 +49,7 @@ from bertkit.finetune import (
 from bertkit.sources import fetch
 from bertkit.tasks import build_task
 from bertkit.tasks.datasets import resolve_data
-from bertkit.training import (
-    Trainer,
-    build_optimizer,
-    parameter_groups,
-    seed_everything,
-    warmup_linear_decay,
-)
+from bertkit.training import Trainer, build_optimizer, seed_everything, warmup_linear_decay
 
 MODEL = "all-minilm-l6-v2"
 
@@ -83,6 +93,25 @@ def hf_accuracy(model, task, tokenizer, examples, label2id, device, precision) -
     return correct / len(features)
 
 
+def trainer_run(model, task, features, args, seed, warmup, precision, scratch) -> float:
+    """transformers.Trainer as the tutorials write it; returns its seconds per epoch."""
+    import transformers
+
+    settings = transformers.TrainingArguments(
+        output_dir=str(scratch), num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, weight_decay=0.01,
+        adam_epsilon=1e-6, warmup_steps=warmup, lr_scheduler_type="linear", max_grad_norm=1.0,
+        bf16=precision == "bf16", use_cpu=True, seed=seed, save_strategy="no",
+        eval_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
+        remove_unused_columns=False)  # the collator needs the features as they are
+    trainer = transformers.Trainer(model=model, args=settings, train_dataset=features,
+                                   data_collator=task.collate)
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # its final log line
+    start = time.perf_counter()
+    trainer.train()
+    return (time.perf_counter() - start) / args.epochs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,8 +124,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--references", default="trainer",
+                        help="trainer (transformers.Trainer), loop (a plain loop around "
+                        "transformers' model on bertkit's batches), or both: trainer,loop")
     parser.add_argument("--out", default="runs/bench/finetune.json")
     args = parser.parse_args()
+    references = args.references.split(",")
+    if not references or set(references) - {"trainer", "loop"}:
+        parser.error("--references: trainer, loop or trainer,loop")
 
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
@@ -111,64 +146,94 @@ def main() -> None:
     labels = task.label_names(train)
     print(f"rt-polarity: {len(train)} train, {len(test)} test; {args.epochs} epoch(s), batch "
           f"{args.batch_size}, lr {args.lr}, {precision}, torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}; references: {', '.join(references)}", flush=True)
+    peaks = measure_peaks(device, precisions=[precision])
+    print(peaks.line(), flush=True)
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         seed_everything(seed)
         ours = load_model(task, MODEL, labels, tokenizer.vocab_size).to(device)
-        theirs = hf_copy(ours).to(device)
+        copies = {name: hf_copy(ours).to(device) for name in references}  # the same start
         features = task.encode(train, tokenizer, ours.config.label2id)
         steps = -(-len(features) // args.batch_size) * args.epochs
         warmup = round(0.1 * steps)
+        flops = training_flops(ours.config, [len(f["input_ids"]) for f in features],
+                               pooled=len(features))
+        row = {"seed": seed}
 
         our_optimizer = build_optimizer(ours, lr=args.lr, weight_decay=0.01)
         trainer = Trainer(ours, our_optimizer, warmup_linear_decay(our_optimizer, warmup, steps),
                           device=device, precision=precision, max_grad_norm=1.0)
-        import transformers
-
-        their_optimizer = torch.optim.AdamW(parameter_groups(theirs, 0.01), lr=args.lr,
-                                            eps=1e-6)
-        their_scheduler = transformers.get_linear_schedule_with_warmup(their_optimizer, warmup,
-                                                                       steps)
-        our_seconds, their_seconds = [], []
+        our_seconds = []
         for epoch in range(1, args.epochs + 1):
-            order_seed = seed * 1000 + epoch  # the same batches, in the same order, for both
+            order_seed = seed * 1000 + epoch
             torch.manual_seed(order_seed)
             start = time.perf_counter()
             train_epoch(trainer, task, features, args.batch_size, seed=order_seed,
                         progress=False)
             our_seconds.append(time.perf_counter() - start)
-            torch.manual_seed(order_seed)
-            start = time.perf_counter()
-            hf_epoch(theirs, their_optimizer, their_scheduler, task, features, args.batch_size,
-                     order_seed, device, precision)
-            their_seconds.append(time.perf_counter() - start)
-        our_metrics, _ = evaluate_examples(ours, task, tokenizer, test, precision=precision)
-        their_accuracy = hf_accuracy(theirs, task, tokenizer, test, ours.config.label2id,
-                                     device, precision)
-        row = {"seed": seed, "bertkit_accuracy": our_metrics["accuracy"],
-               "transformers_accuracy": their_accuracy,
-               "bertkit_epoch_s": float(np.mean(our_seconds)),
-               "transformers_epoch_s": float(np.mean(their_seconds))}
-        row["speedup"] = row["transformers_epoch_s"] / row["bertkit_epoch_s"]
+        metrics, _ = evaluate_examples(ours, task, tokenizer, test, precision=precision)
+        row["bertkit_accuracy"] = metrics["accuracy"]
+        row["bertkit_epoch_s"] = float(np.mean(our_seconds))
+
+        if "trainer" in references:
+            theirs = copies["trainer"]
+            torch.manual_seed(seed)
+            with tempfile.TemporaryDirectory() as scratch:
+                row["trainer_epoch_s"] = trainer_run(theirs, task, features, args, seed, warmup,
+                                                     precision, scratch)
+            row["trainer_accuracy"] = hf_accuracy(theirs, task, tokenizer, test,
+                                                  ours.config.label2id, device, precision)
+        if "loop" in references:
+            import transformers
+
+            theirs = copies["loop"]
+            their_optimizer = build_optimizer(theirs, lr=args.lr, weight_decay=0.01)
+            their_scheduler = transformers.get_linear_schedule_with_warmup(their_optimizer,
+                                                                           warmup, steps)
+            their_seconds = []
+            for epoch in range(1, args.epochs + 1):
+                order_seed = seed * 1000 + epoch  # bertkit's batches, in bertkit's order
+                torch.manual_seed(order_seed)
+                start = time.perf_counter()
+                hf_epoch(theirs, their_optimizer, their_scheduler, task, features,
+                         args.batch_size, order_seed, device, precision)
+                their_seconds.append(time.perf_counter() - start)
+            row["loop_epoch_s"] = float(np.mean(their_seconds))
+            row["loop_accuracy"] = hf_accuracy(theirs, task, tokenizer, test,
+                                               ours.config.label2id, device, precision)
+        for name in ("bertkit", *references):
+            row[f"{name}_mfu"] = peaks.mfu(flops / row[f"{name}_epoch_s"], precision)
+        for name in references:
+            row[f"speedup_vs_{name}"] = row[f"{name}_epoch_s"] / row["bertkit_epoch_s"]
         rows.append(row)
         print(json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
-        summary = write_results(Path(args.out), args, precision, rows)  # after every seed
-    print("\nmean ± std over seeds")
+        summary = write_results(Path(args.out), args, precision, peaks, rows)  # after each seed
+    print(f"\nmean ± std over {len(rows)} seed(s), MFU against the {precision} peak "
+          f"({peaks[precision] / 1e9:,.1f} GFLOP/s)")
     for key, (mean, std) in summary.items():
         print(f"  {key:22} {mean:.4f} ± {std:.4f}")
+    if "trainer" in references:
+        (ours_mean, ours_std), (theirs_mean, theirs_std) = (summary["bertkit_accuracy"],
+                                                            summary["trainer_accuracy"])
+        speedup = summary["speedup_vs_trainer"][0]
+        same = abs(ours_mean - theirs_mean) <= max(ours_std, theirs_std)
+        print(f"\nepoch {speedup:.2f}x transformers.Trainer, accuracy {ours_mean:.4f} vs "
+              f"{theirs_mean:.4f} (goal >= 2x, means within one std): "
+              f"{'met' if speedup >= 2 and same else 'NOT met'}")
     print(f"written to {args.out}")
 
 
-def write_results(out: Path, args, precision: str, rows: list[dict]) -> dict:
+def write_results(out: Path, args, precision: str, peaks, rows: list[dict]) -> dict:
     def mean_std(key):
         values = [r[key] for r in rows]
         return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
     summary = {key: mean_std(key) for key in rows[0] if key != "seed"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "precision": precision, "runs": rows,
+    out.write_text(json.dumps({"settings": vars(args), "precision": precision,
+                               "peaks": peaks.rates, "threads": peaks.threads, "runs": rows,
                                "summary": summary}, indent=2) + "\n")
     return summary
 
