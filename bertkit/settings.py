@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class Settings:
 
     def __post_init__(self):
         for spec in fields(self):
+            if isinstance(getattr(self, spec.name), os.PathLike):  # saved as JSON: a str
+                setattr(self, spec.name, os.fspath(getattr(self, spec.name)))
             check_value(spec, getattr(self, spec.name), f"{self.job_name()} setting {spec.name}")
 
     @classmethod

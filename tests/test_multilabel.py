@@ -190,3 +190,31 @@ def _tokenizer():
     from bertkit.tokenizer import BertTokenizer
 
     return BertTokenizer.from_pretrained("all-minilm-l6-v2")
+
+
+def test_feature_based_multi_label_learns_real_topics_far_above_the_most_frequent_label(
+        tmp_path):
+    rows = {split: resolve_data("wiki-tags", split).read_text(encoding="utf-8").splitlines()
+            for split in ("train", "validation")}
+    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    train.write_text("\n".join(rows["train"][:400]) + "\n")
+    seen = {n for line in rows["train"][:400] for n in json.loads(line)["labels"]}
+    kept = [line for line in rows["validation"] if set(json.loads(line)["labels"]) <= seen][:120]
+    validation.write_text("\n".join(kept) + "\n")
+    results = finetune("multi-label", "all-minilm-l6-v2", train, validation, validation,
+                       tmp_path / "run", feature_based=True, epochs=15, batch_size=32,
+                       feature_cache=tmp_path / "cache", progress=False)
+
+    # The baseline: every lead gets the training split's most frequent label.
+    task = build_task("multi-label")
+    examples = task.read(validation)
+    frequent = max(seen, key=lambda n: sum(n in json.loads(line)["labels"] for line in
+                                           rows["train"][:400]))
+    gold = [set(e.label) for e in examples]
+    hits = sum(frequent in g for g in gold)
+    baseline = 2 * hits / (len(gold) + sum(map(len, gold)))
+    assert results["test"]["micro_f1"] > 2 * baseline
+    assert results["feature_based"]["task_model"]["problem_type"] == "multi_label_classification"
+    [first] = predict(tmp_path / "run", [examples[0].text])
+    assert first["labels"] == [n for n, p in first["probabilities"].items()
+                               if p >= results["tuned"]["threshold"]]
