@@ -493,7 +493,7 @@ def _every_seed(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> d
     runs = []
     for seed in settings.seeds:
         folder = work if len(settings.seeds) == 1 else work / f"seed-{seed}"
-        final = Path(settings.out) / folder.relative_to(work)
+        final = final_folder(settings, work, folder)
         runs.append(_finished(folder) or new_run(settings, seed, folder, final).run(stop))
         if stop.requested:
             break
@@ -511,6 +511,11 @@ def new_run(settings: FinetuneSettings, seed: int, folder: Path,
 
         return FeatureRun(settings, seed, folder, final)
     return FinetuneRun(settings, seed, folder, final)
+
+
+def final_folder(settings: FinetuneSettings, work: Path, folder: Path) -> Path:
+    """Where ``folder``, written under the work folder, is once the run is done (under --out)."""
+    return Path(settings.out) / folder.relative_to(work)
 
 
 def staging_folder(out: Path) -> Path:

@@ -18,7 +18,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import files
-from .finetune import GRID, FinetuneSettings, _finished, _format, _print, evaluate, new_run
+from .finetune import (
+    GRID,
+    FinetuneSettings,
+    _finished,
+    _format,
+    _print,
+    evaluate,
+    final_folder,
+    new_run,
+)
 from .report import plot_bars
 from .training import GracefulStop
 
@@ -44,6 +53,14 @@ def point_name(point: dict, seed: int) -> str:
     return f"lr{point['lr']:g}-batch{point['batch_size']}-epochs{point['epochs']}-seed{seed}"
 
 
+def point_settings(settings: FinetuneSettings, point: dict, seed: int,
+                   out: Path) -> FinetuneSettings:
+    """One grid point's run: its values, one seed, no test split (test is scored once, for the
+    chosen point); ``data`` is dropped too, or it would give the point its test split back."""
+    return replace(settings, **point, search=False, data=None, test=None, seeds=[seed],
+                   out=str(out))
+
+
 def search(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> dict:
     """Run the grid (resuming finished points) and return the search's results."""
     started = time.time()
@@ -56,10 +73,9 @@ def search(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> dict:
             if settings.budget_minutes and time.time() - started > settings.budget_minutes * 60:
                 skipped += 1
                 continue
-            final = Path(settings.out) / folder.relative_to(work)  # where it is once done
-            point_settings = replace(settings, **point, search=False, test=None,
-                                     seeds=[seed], out=str(final))
-            result = new_run(point_settings, seed, folder, final).run(stop)
+            final = final_folder(settings, work, folder)
+            result = new_run(point_settings(settings, point, seed, final), seed, folder,
+                             final).run(stop)
             if stop.requested:
                 break
         metric = result["metric"]

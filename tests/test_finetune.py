@@ -374,3 +374,16 @@ def test_a_weighted_run_trains_and_saves_the_plain_model(tmp_path):
     finetune("classification", "tiny", train, train, None, out, epochs=1,
              class_weights="balanced", **TINY)
     assert predict(out, ["Fine."])[0]["label"] in ("fresh", "rotten")
+
+
+def test_a_search_point_on_built_in_data_has_no_test_split(tmp_path):
+    # A built-in data set gives every split; a grid point must not get test back from it.
+    from bertkit.finetune import FinetuneSettings
+    from bertkit.search import point_settings
+
+    settings = FinetuneSettings(data="rt-polarity", model="tiny", out=str(tmp_path), search=True)
+    assert settings.test == "rt-polarity"
+    point = point_settings(settings, {"lr": 5e-5, "batch_size": 16, "epochs": 2}, 1, tmp_path)
+    assert point.test is None and not point.search
+    assert (point.train, point.validation, point.task) == ("rt-polarity", "rt-polarity",
+                                                          settings.task)
