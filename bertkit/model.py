@@ -434,6 +434,10 @@ class BertHeadModel(BertPreTrainedModel):
     (pre-training's two, QA's span) declares its own forward with those names.
     """
 
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer)
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 output_hidden_states=False, output_attentions=False, skip_padding=False,
                 return_dict=None) -> Output | tuple:
@@ -537,16 +541,8 @@ class BertForPreTraining(BertHeadModel):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings, nsp=True)
         self.init_weights()
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                next_sentence_label=None, output_hidden_states=False, output_attentions=False,
-                skip_padding=False, return_dict=None) -> Output | tuple:
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
-        return self._head_output(out, return_dict, **self.head(out, labels, next_sentence_label))
 
     def head(self, out: Output, labels, next_sentence_label) -> dict:
         prediction_logits, mlm_loss = _masked_lm(self.cls.predictions, out.last_hidden_state,
@@ -560,13 +556,19 @@ class BertForPreTraining(BertHeadModel):
                     prediction_logits=prediction_logits,
                     seq_relationship_logits=seq_relationship_logits)
 
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                next_sentence_label=None, output_hidden_states=False, output_attentions=False,
+                skip_padding=False, return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
+        return self._head_output(out, return_dict, **self.head(out, labels, next_sentence_label))
+
 
 class BertForMaskedLM(BertHeadModel):
     """Masked LM alone; given ``labels``, ``logits`` cover only the predicted positions."""
 
     def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
+        super().__init__(config, add_pooling_layer=False)
         self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings, nsp=False)
         self.init_weights()
 
@@ -578,7 +580,6 @@ class BertForMaskedLM(BertHeadModel):
 class BertForNextSentencePrediction(BertHeadModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config, None, nsp=True)
         self.init_weights()
 
@@ -597,7 +598,6 @@ class BertForSequenceClassification(BertHeadModel):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.bert = BertModel(config)
         self.dropout = Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
@@ -623,8 +623,7 @@ class BertForTokenClassification(BertHeadModel):
     """A label for every token (NER, POS) from its final hidden state."""
 
     def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
+        super().__init__(config, add_pooling_layer=False)
         self.dropout = Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
@@ -639,18 +638,9 @@ class BertForQuestionAnswering(BertHeadModel):
     """Extractive QA: a start vector and an end vector dotted with every token's final state."""
 
     def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
+        super().__init__(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.init_weights()
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
-                end_positions=None, output_hidden_states=False, output_attentions=False,
-                skip_padding=False, return_dict=None) -> Output | tuple:
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
-        return self._head_output(out, return_dict, **self.head(out, start_positions,
-                                                               end_positions))
 
     def head(self, out: Output, start_positions, end_positions) -> dict:
         start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)  # [B, T]
@@ -665,13 +655,20 @@ class BertForQuestionAnswering(BertHeadModel):
         return dict(loss=loss, start_logits=start_logits.contiguous(),
                     end_logits=end_logits.contiguous())
 
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None, output_hidden_states=False, output_attentions=False,
+                skip_padding=False, return_dict=None) -> Output | tuple:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding)
+        return self._head_output(out, return_dict, **self.head(out, start_positions,
+                                                               end_positions))
+
 
 class BertForMultipleChoice(BertHeadModel):
     """One score per (context, choice) pair from its pooled vector; softmax across choices."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.bert = BertModel(config)
         self.dropout = Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.init_weights()
