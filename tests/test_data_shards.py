@@ -201,7 +201,9 @@ def test_an_interrupted_run_leaves_intact_shards_and_an_honest_manifest(tmp_path
 def test_ctrl_c_on_the_command_line_leaves_an_honest_manifest(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "bertkit", "data", "pretrain", "linux-docs", "--out",
-               str(out), "--shard-mb", "0.2", "--dupe-factor", "1", "--no-progress"]
+               str(out), "--shard-mb", "0.2", "--dupe-factor", "10", "--no-progress"]
+    # Ten passes take over a minute, so the Ctrl-C after the first shard always lands mid-run
+    # (one pass could finish first on a busy machine)
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
