@@ -37,6 +37,7 @@ WordPiece `tokenizer.json` as transformers 5 and sentence-transformers write the
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -48,6 +49,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
+import tokenizers
 import torch
 from tokenizers import (
     Encoding,
@@ -61,7 +63,8 @@ from tokenizers import (
     trainers,
 )
 
-from .sources import MODELS, fetch
+from . import files
+from .sources import MODELS, cache_dir, fetch
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # the order train_vocab gives them: ids 0..4
@@ -137,6 +140,22 @@ def _engine_disagreements(chars: list[str], engine: Callable[[str], str],
 
 @functools.cache
 def _google_text_rules() -> _TextRules:
+    """`_evaluate_text_rules`, kept in the bertkit cache: evaluating them takes seconds, which
+    every command that tokenizes would pay. The file is per Unicode version of Python and
+    `tokenizers` version (both change the answers); an unreadable one is evaluated again."""
+    path = (cache_dir() / "text-rules"
+            / f"unicode-{unicodedata.unidata_version}-tokenizers-{tokenizers.__version__}.json")
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        values = json.loads(path.read_text(encoding="utf-8"))
+        pairs = tuple((char, nfd) for char, nfd in values.pop("decompositions"))
+        return _TextRules(**values, decompositions=pairs)
+    rules = _evaluate_text_rules()
+    with contextlib.suppress(OSError):  # a read-only cache only costs the time again
+        files.write_json(path, rules._asdict())
+    return rules
+
+
+def _evaluate_text_rules() -> _TextRules:
     """Evaluate Google's character tests on every code point with Python's `unicodedata`."""
     engine_nfd = normalizers.NFD()
     dropped, nonspacing_marks, punctuation, cased, case_ignorable, decompositions = (

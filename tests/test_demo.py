@@ -125,3 +125,14 @@ def test_ctrl_c_during_fine_tuning_exits_130_and_resume_redoes_only_that_stage(t
     """)], env=env, text=True, capture_output=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert float(again.stdout.split()[-1]) == after["finetune-minilm"]["test_accuracy"]
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_the_demo_says_when_it_will_train_in_fp32(monkeypatch, capsys, native_bf16):
+    from bertkit import demo, device
+
+    monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native_bf16)
+    demo._note_a_slow_machine()
+    said = capsys.readouterr().out
+    assert ("trains in fp32" in said) is not native_bf16

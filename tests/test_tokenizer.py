@@ -355,3 +355,27 @@ def test_bad_call_arguments(uncased):
         uncased(["a", "b c"], return_tensors="pt")
     with pytest.raises(ValueError, match=r"token ids \[30522\] are outside this vocabulary"):
         uncased.decode([101, 30522])
+
+
+def test_text_rules_are_evaluated_once_then_read_from_the_cache(tmp_path, monkeypatch, uncased,
+                                                                 minilm_dir):
+    from bertkit import tokenizer as module
+
+    monkeypatch.setenv("BERTKIT_CACHE", str(tmp_path))
+    module._google_text_rules.cache_clear()
+    try:
+        evaluated = module._google_text_rules()
+        (saved,) = (tmp_path / "text-rules").glob("unicode-*-tokenizers-*.json")
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "_evaluate_text_rules", lambda: pytest.fail("evaluated again"))
+            module._google_text_rules.cache_clear()
+            assert module._google_text_rules() == evaluated
+            text = "Ünïcode ΣΊΣΥΦΟΣ \u00adsoft\u200bhyphen 東京 ﬁne"
+            fresh = BertTokenizer.from_pretrained(minilm_dir)
+            assert fresh(text)["input_ids"] == uncased(text)["input_ids"]
+        saved.write_text('{"dropped": "[a]"}', encoding="utf-8")  # not a whole rule set
+        module._google_text_rules.cache_clear()
+        assert module._google_text_rules() == evaluated
+        assert json.loads(saved.read_text(encoding="utf-8"))["alone"] == evaluated.alone
+    finally:
+        module._google_text_rules.cache_clear()
