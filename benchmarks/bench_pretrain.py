@@ -77,6 +77,24 @@ def real_batches(count, batch_size, length, seed=0):
     return batches
 
 
+def reference_config(config: bertkit.BertConfig) -> transformers.BertConfig:
+    return transformers.BertConfig(**{
+        k: getattr(config, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                        "num_attention_heads", "intermediate_size",
+                                        "hidden_dropout_prob", "attention_probs_dropout_prob")})
+
+
+def paired_models(preset: str):
+    """bertkit's config of ``preset``, transformers' BertForPreTraining of it (seed 0) and
+    bertkit's with the same weights."""
+    torch.manual_seed(0)
+    config = bertkit.BertConfig.from_preset(preset)
+    reference = transformers.BertForPreTraining(reference_config(config))
+    ours = BertForPreTraining(config)
+    ours.load_state_dict(reference.state_dict(), strict=False)
+    return config, reference, ours
+
+
 def train_steps(model, optimizer, precision, batches, device, phases=False) -> float:
     """Seconds for one optimiser step per batch (with ``phases``: each phase labelled for the
     profiler)."""
@@ -158,15 +176,7 @@ def main():
     peaks = measure_peaks(device, precisions=precisions)
     print(peaks.line(), flush=True)
 
-    torch.manual_seed(0)
-    config = bertkit.BertConfig.from_preset(args.preset)
-    reference_config = transformers.BertConfig(**{
-        k: getattr(config, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                        "num_attention_heads", "intermediate_size",
-                                        "hidden_dropout_prob", "attention_probs_dropout_prob")})
-    reference = transformers.BertForPreTraining(reference_config)
-    ours = BertForPreTraining(config)
-    ours.load_state_dict(reference.state_dict(), strict=False)
+    config, reference, ours = paired_models(args.preset)
     reference.to(device), ours.to(device)
     batches = [{k: v.to(device) for k, v in batch.items()}
                for batch in real_batches(args.steps, args.batch_size, args.length)]
