@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -141,10 +142,12 @@ def _engine_disagreements(chars: list[str], engine: Callable[[str], str],
 @functools.cache
 def _google_text_rules() -> _TextRules:
     """`_evaluate_text_rules`, kept in the bertkit cache: evaluating them takes seconds, which
-    every command that tokenizes would pay. The file is per Unicode version of Python and
-    `tokenizers` version (both change the answers); an unreadable one is evaluated again."""
-    path = (cache_dir() / "text-rules"
-            / f"unicode-{unicodedata.unidata_version}-tokenizers-{tokenizers.__version__}.json")
+    every command that tokenizes would pay. The file is per Unicode version of Python,
+    `tokenizers` version and this module's text (each can change the answers); an unreadable
+    one is evaluated again."""
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    path = (cache_dir() / "text-rules" / f"unicode-{unicodedata.unidata_version}-tokenizers-"
+                                         f"{tokenizers.__version__}-{code}.json")
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         values = json.loads(path.read_text(encoding="utf-8"))
         pairs = tuple((char, nfd) for char, nfd in values.pop("decompositions"))
