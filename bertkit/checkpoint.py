@@ -79,8 +79,9 @@ def _read_config(directory: Path, overrides: dict) -> BertConfig:
         raise FileNotFoundError(
             f"{directory} needs a config.json: it holds weights written by transformers' "
             "Trainer.save_model(), which saves only the state dict of a model that is not a "
-            "transformers PreTrainedModel. Save the trained model with "
-            "trainer.model.save_pretrained(folder) (it writes config.json and the weights)."
+            "transformers PreTrainedModel. Train the classes of bertkit.hf (e.g. "
+            "bertkit.hf.BertForSequenceClassification, a PreTrainedModel) and save_model writes "
+            "config.json too, or save this model with trainer.model.save_pretrained(folder)."
         )
     config = BertConfig.from_json_file(directory / "config.json")
     if overrides:

@@ -18,6 +18,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import Trainer, TrainingArguments
 
 import bertkit
+import bertkit.hf
 from bertkit.config import BertConfig
 from bertkit.embeddings import Embedder
 from bertkit.fill_mask import FillMask
@@ -94,11 +95,12 @@ def train(model, out, train_dataset, batch_size=8, accumulation=1, **options):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, classifier_dir, snippets, tokenizer):
-    """The same Trainer run with bertkit's and transformers' classes from the same weights, and
-    bertkit's again with gradient accumulation (4 x 2 for 8) and activation checkpointing."""
+    """The same Trainer run with bertkit's (as `PreTrainedModel`, the README's snippet) and
+    transformers' classes from the same weights, and bertkit's plain class again with gradient
+    accumulation (4 x 2 for 8) and activation checkpointing."""
     out = tmp_path_factory.mktemp("trainer")
     data = features(tokenizer, snippets[:24])
-    ours = train(bertkit.BertForSequenceClassification.from_pretrained(classifier_dir),
+    ours = train(bertkit.hf.BertForSequenceClassification.from_pretrained(classifier_dir),
                  out / "ours", data)
     theirs = train(transformers.BertForSequenceClassification.from_pretrained(classifier_dir),
                    out / "theirs", data)
@@ -137,14 +139,11 @@ def test_trainer_evaluate_predict_and_save(runs, snippets, tokenizer, tmp_path):
     np.testing.assert_allclose(predicted.predictions, expected.logits.numpy(), atol=1e-5)
     np.testing.assert_array_equal(predicted.label_ids, labels.numpy())
 
-    # save_model writes the state dict (HuggingFace names) of a model that is not transformers'
-    # own, without config.json: bertkit explains that, and save_pretrained writes the folder.
+    # bertkit.hf's class is a PreTrainedModel: save_model writes config.json through bertkit's
+    # save_pretrained, and the folder loads in both libraries with the trained model's logits.
+    assert isinstance(model, transformers.PreTrainedModel)
+    assert isinstance(model, bertkit.BertForSequenceClassification)
     trainer.save_model(tmp_path)
-    saved = safetensors.torch.load_file(tmp_path / "model.safetensors")
-    assert saved.keys() == model.state_dict().keys()
-    with pytest.raises(FileNotFoundError, match=r"Trainer.save_model\(\).*save_pretrained"):
-        bertkit.BertForSequenceClassification.from_pretrained(tmp_path)
-    trainer.model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     with torch.no_grad():
         a = bertkit.BertForSequenceClassification.from_pretrained(tmp_path).eval()(**batch)
@@ -152,6 +151,21 @@ def test_trainer_evaluate_predict_and_save(runs, snippets, tokenizer, tmp_path):
     torch.testing.assert_close(a.logits, expected.logits, atol=1e-6, rtol=0)
     torch.testing.assert_close(b.logits, expected.logits, atol=1e-5, rtol=0)
     assert transformers.AutoConfig.from_pretrained(tmp_path).id2label == SENTIMENT
+
+
+def test_save_model_of_a_plain_bertkit_class_says_what_to_do(runs, tmp_path):
+    """Of a module that is not a PreTrainedModel, save_model writes the state dict alone
+    (HuggingFace names): bertkit names the two ways to a folder with config.json."""
+    trainer = runs["accumulated"][0]
+    assert not isinstance(trainer.model, transformers.PreTrainedModel)
+    trainer.save_model(tmp_path)
+    saved = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    assert saved.keys() == trainer.model.state_dict().keys()
+    hint = r"Trainer.save_model\(\).*bertkit\.hf.*save_pretrained"
+    with pytest.raises(FileNotFoundError, match=hint):
+        bertkit.BertForSequenceClassification.from_pretrained(tmp_path)
+    trainer.model.save_pretrained(tmp_path)
+    bertkit.BertForSequenceClassification.from_pretrained(tmp_path)
 
 
 def test_masked_lm_under_trainer_saves_and_resumes(tmp_path, minilm_dir, snippets):
@@ -170,7 +184,7 @@ def test_masked_lm_under_trainer_saves_and_resumes(tmp_path, minilm_dir, snippet
         args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps,
                                  per_device_train_batch_size=8, save_steps=1, report_to=[],
                                  use_cpu=True, disable_tqdm=True, seed=0)
-        trainer = Trainer(model=bertkit.BertForMaskedLM(config), args=args,
+        trainer = Trainer(model=bertkit.hf.BertForMaskedLM(config), args=args,
                           train_dataset=data, data_collator=collator)
         trainer.train(resume_from_checkpoint=resume)
         return trainer
@@ -185,6 +199,13 @@ def test_masked_lm_under_trainer_saves_and_resumes(tmp_path, minilm_dir, snippet
     assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
     torch.testing.assert_close(fresh.bert.embeddings.word_embeddings.weight,
                                trainer.model.bert.embeddings.word_embeddings.weight)
+    batch = torch.tensor(data[0]["input_ids"])[None]
+    with torch.no_grad():
+        expected = trainer.model.eval()(batch).logits
+        loaded = bertkit.BertForMaskedLM.from_pretrained(tmp_path / "final").eval()(batch)
+        theirs = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "final")(batch)
+    torch.testing.assert_close(loaded.logits, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(theirs.logits, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("every_n_layers", [1, 2])
