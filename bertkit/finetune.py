@@ -666,7 +666,13 @@ class FinetuneRun:
         record = {"epoch": epoch, "step": step, "epoch_seconds": seconds}
         metrics = None
         if self.validation_examples:
-            metrics, _ = self.evaluate_on(self.model, "validation")
+            metrics, predictions = self.evaluate_on(self.model, "validation")
+            if self.task.tunes:
+                # Each epoch is scored with the options tuned on it, as its checkpoint would be
+                # used: at a threshold of 0.5 an early multi-label model predicts no label at all,
+                # and the best epoch would be chosen among zeros.
+                record.update(self.task.tune(self.validation_examples, predictions))
+                metrics, _ = self.evaluate_on(self.model, "validation")
             record.update({f"validation_{k}": v for k, v in metrics.items()})
         self.log.write(**record)
         self.history.append(record)

@@ -171,9 +171,14 @@ def test_a_run_trains_with_bce_tunes_the_threshold_and_predicts_label_sets(tmp_p
         out["logits"], batch["labels"]).item())
 
     results = finetune("multi-label", "tiny", train, validation, validation, tmp_path / "run",
-                       epochs=1, batch_size=16, max_length=64, lr=1e-3, progress=False)
+                       epochs=2, batch_size=16, max_length=64, lr=1e-3, progress=False)
     threshold = results["tuned"]["threshold"]
     assert threshold in THRESHOLDS
+    # Every epoch was scored at the threshold tuned on it; the best one's is the one kept.
+    best = results["history"][results["best_epoch"] - 1]
+    assert all(r["threshold"] in THRESHOLDS for r in results["history"])
+    assert best["threshold"] == threshold
+    assert best["validation_micro_f1"] == pytest.approx(results["validation"]["micro_f1"])
     saved = json.loads((tmp_path / "run" / "best" / "task.json").read_text())
     assert saved["threshold"] == threshold and saved["task"] == "multi-label"
     assert set(results["test"]) == {"micro_f1", "macro_f1", "subset_accuracy"}
