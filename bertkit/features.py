@@ -72,6 +72,7 @@ from .finetune import (
     checkpoint_dir,
     class_weights,
     run_model,
+    start_output,
 )
 from .model import BertForSequenceClassification, BertModel, Output
 from .settings import SettingsError
@@ -761,11 +762,14 @@ class FeatureRun(FinetuneRun):
                 features = self.task.encode(examples, self.tokenizer, self.label2id)
                 self.prepared[split] = self.store_features(features, split)
         self.feature_seconds = round(time.time() - started, 2)
+        output_bias = self.task.output_bias(self.train_examples,
+                                            [self.id2label[i] for i in range(len(self.id2label))])
         self.task = CachedTask(self.task, self.kind)
         body = self.head_spec()["body"]
         self.task_lr = settings.task_lr or DEFAULT_TASK_LR.get(body, 1e-3)
         seed_everything(seed)  # the task model's initial weights depend on it
-        self.model = trained = TaskModel(self.head_spec()).to(self.device)
+        self.model = trained = start_output(TaskModel(self.head_spec()),
+                                            output_bias).to(self.device)
         if settings.class_weights:
             trained = WeightedLoss(self.model, class_weights(
                 settings.class_weights, [f["labels"] for f in self.features], self.label2id))

@@ -80,7 +80,8 @@ def tokenizer_for(model: str | Path, tokenizer: str | Path | None = None) -> Ber
 
 def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size: int,
                reinit_head: bool = False, random_init: bool = False,
-               dropout: float | None = None) -> nn.Module:
+               dropout: float | None = None, output_bias: list[float] | None = None
+               ) -> nn.Module:
     """``task``'s model from a checkpoint folder (or fetchable name), or a preset at random init.
 
     A checkpoint that already has this task's head keeps it when its labels are the training
@@ -88,6 +89,7 @@ def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size
     ``random_init`` builds the checkpoint's architecture (its config.json) with fresh weights:
     the baseline that shows what pre-training brings. ``dropout`` replaces the checkpoint's
     hidden and attention dropout (one pre-trained without dropout still wants it here).
+    ``output_bias`` (`Task.output_bias`) starts a new head's biases; a kept head keeps its own.
     """
     overrides: dict = {}
     if dropout is not None:
@@ -99,12 +101,13 @@ def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size
     if str(model) in PRESETS:
         config = BertConfig.from_preset(str(model), vocab_size=vocab_size)
         config = BertConfig.from_dict({**config.to_dict(), **overrides})
-        return task.model_class(config)
+        return start_output(task.model_class(config), output_bias)
 
     directory = checkpoint_dir(model)
     saved = BertConfig.from_json_file(directory / "config.json")
     if random_init:
-        return task.model_class(BertConfig.from_dict({**saved.to_dict(), **overrides}))
+        config = BertConfig.from_dict({**saved.to_dict(), **overrides})
+        return start_output(task.model_class(config), output_bias)
     if vocab_size > saved.vocab_size:
         raise ValueError(f"the tokenizer has {vocab_size} entries but {directory} has "
                          f"vocab_size {saved.vocab_size}; use the checkpoint's own vocab.txt.")
@@ -122,7 +125,16 @@ def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size
                                               **overrides)
     if reinit_head and has_head:
         reset_head(loaded)
-    return loaded
+    return loaded if has_head and not reinit_head else start_output(loaded, output_bias)
+
+
+def start_output(model: nn.Module, bias: list[float] | None) -> nn.Module:
+    """``model`` with its new output layer's biases set to ``bias`` (None: left at zero)."""
+    if bias is not None:
+        output = model.output if hasattr(model, "output") else model.classifier
+        with torch.no_grad():
+            output.bias.copy_(torch.tensor(bias))
+    return model
 
 
 class WeightedLoss(nn.Module):
@@ -608,10 +620,12 @@ class FinetuneRun:
             else None for split, spec in (("validation", settings.validation),
                                           ("test", settings.test)))
         seed_everything(seed)  # the new head's initial weights depend on it
-        self.model = load_model(self.task, settings.model,
-                                self.task.label_names(self.train_examples),
+        label_names = self.task.label_names(self.train_examples)
+        self.output_bias = self.task.output_bias(self.train_examples, label_names)
+        self.model = load_model(self.task, settings.model, label_names,
                                 self.tokenizer.vocab_size, settings.reinit_head,
-                                settings.random_init, settings.dropout).to(self.device)
+                                settings.random_init, settings.dropout,
+                                self.output_bias).to(self.device)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.task.use_labels(self.model.config.id2label)

@@ -223,3 +223,30 @@ def test_feature_based_multi_label_learns_real_topics_far_above_the_most_frequen
     [first] = predict(tmp_path / "run", [examples[0].text])
     assert first["labels"] == [n for n, p in first["probabilities"].items()
                                if p >= results["tuned"]["threshold"]]
+
+
+def test_a_new_head_starts_at_the_label_priors_and_a_kept_head_keeps_its_own(tmp_path, wiki_tags,
+                                                                             task):
+    examples = wiki_tags["train"][:300]
+    names = task.label_names(examples)
+    bias = task.output_bias(examples, names)
+    shares = np.array([(sum(n in e.label for e in examples) + 0.5) / (len(examples) + 1)
+                       for n in names])
+    np.testing.assert_allclose(torch.sigmoid(torch.tensor(bias)).numpy(), shares, rtol=1e-6)
+
+    model = load_model(task, "all-minilm-l6-v2", names, 30522, output_bias=bias).eval()
+    torch.testing.assert_close(model.classifier.bias, torch.tensor(bias))
+    # On real leads the untrained head's probabilities are the label frequencies, not 0.5.
+    tokenizer = _tokenizer()
+    batch = task.collate(task.encode(examples[:64], tokenizer, model.config.label2id))
+    with torch.no_grad():
+        probabilities = model(batch["input_ids"], batch["attention_mask"],
+                              batch["token_type_ids"]).logits.sigmoid().mean(0).numpy()
+    np.testing.assert_allclose(probabilities, shares, atol=0.05)
+
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    kept = load_model(task, tmp_path, names, 30522, output_bias=[0.0] * len(names))
+    torch.testing.assert_close(kept.classifier.bias, torch.tensor(bias))
+    fresh = load_model(task, tmp_path, names, 30522, reinit_head=True, output_bias=bias[::-1])
+    torch.testing.assert_close(fresh.classifier.bias, torch.tensor(bias[::-1]))

@@ -358,6 +358,10 @@ class Task:
         """The label vocabulary found in training examples, in a stable order."""
         return []
 
+    def output_bias(self, train_examples: list, label_names: list[str]) -> list[float] | None:
+        """Starting biases of a new output layer, one per label (None: zeros)."""
+        return None
+
     def check_labels(self, examples: list, label2id: dict) -> None:
         """Raise DataError if an example has a label outside ``label2id``: call it on the
         validation and test examples before training, with the model's ``label2id``."""

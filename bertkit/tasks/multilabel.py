@@ -14,6 +14,8 @@ classification does (``doc_stride``).
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 
 import numpy as np
 import torch
@@ -85,6 +87,16 @@ class MultiLabel(Classification):
     def label_names(self, examples) -> list[str]:
         names = sorted({name for e in examples for name in e.label})
         return enough_classes(names, examples, "label")
+
+    def output_bias(self, train_examples, label_names: list[str]) -> list[float]:
+        """Each label's log prior odds in training (as Lin et al. 2017, "Focal Loss", section 3.3,
+        start a rare class): a new head starts at the label frequencies, not at 0.5 for every
+        label, so training does not first spend its steps pushing all of them down. On
+        wiki-tags with the default recipe, a zero-bias head still predicted 2 of 19 labels after
+        3 epochs. Counts are smoothed by a half, so a label on every text stays finite."""
+        counts = Counter(name for e in train_examples for name in e.label)
+        shares = [(counts[name] + 0.5) / (len(train_examples) + 1) for name in label_names]
+        return [math.log(p / (1 - p)) for p in shares]
 
     def check_labels(self, examples, label2id: dict) -> None:
         check_known_labels(((e.where, name) for e in examples for name in e.label), label2id,
