@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint as checkpointed
 
 from . import checkpoint
 from .config import BertConfig
-from .speedups import Dropout, Packing, dropout
+from .speedups import Dropout, LinearCrossEntropy, Packing, dropout
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -524,11 +524,18 @@ def _masked_lm(predictions: BertLMPredictionHead, hidden, labels):
     Without labels: logits for every position, [B, T, V]. With labels, the decoder runs only on
     the predicted positions (labels != -100): logits are [N, V] in row-major order of those
     positions, the loss is the same mean cross-entropy, and the vocabulary projection, most of a
-    small model's step, shrinks to the ~15% of tokens that are predicted.
+    small model's step, shrinks to the ~15% of tokens that are predicted. With gradients on, the
+    projection and the loss run as one (`LinearCrossEntropy`), and those logits carry no gradient
+    of their own: the loss's is computed with them.
     """
     if labels is None:
         return predictions(hidden), None
     picked = labels != -100
+    if torch.is_grad_enabled():  # training: the same loss and gradients with far less traffic
+        x = predictions.transform(hidden[picked])  # [N, H]
+        loss, logits = LinearCrossEntropy.apply(x, predictions.decoder.weight, predictions.bias,
+                                                labels[picked])
+        return logits, loss
     logits = predictions(hidden[picked])  # [N, V]
     return logits, F.cross_entropy(logits, labels[picked])
 

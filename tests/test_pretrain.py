@@ -97,7 +97,8 @@ def test_same_loss_and_gradients_as_transformers_on_real_batches(tmp_path, wiki_
     reference = dict(theirs.named_parameters())
     for name, param in ours.named_parameters():
         expected = reference[name].grad
-        assert (param.grad - expected).abs().max() <= 1e-4 * expected.abs().max() + 1e-12, name
+        # key biases: zero gradient in exact arithmetic, rounding noise of ~1e-12 on both sides
+        assert (param.grad - expected).abs().max() <= 1e-4 * expected.abs().max() + 1e-10, name
 
 
 def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(tmp_path, wiki_data):
