@@ -621,11 +621,11 @@ class FinetuneRun:
                                           ("test", settings.test)))
         seed_everything(seed)  # the new head's initial weights depend on it
         label_names = self.task.label_names(self.train_examples)
-        self.output_bias = self.task.output_bias(self.train_examples, label_names)
         self.model = load_model(self.task, settings.model, label_names,
                                 self.tokenizer.vocab_size, settings.reinit_head,
                                 settings.random_init, settings.dropout,
-                                self.output_bias).to(self.device)
+                                self.task.output_bias(self.train_examples, label_names)
+                                ).to(self.device)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.task.use_labels(self.model.config.id2label)
@@ -686,7 +686,8 @@ class FinetuneRun:
                 # used: at a threshold of 0.5 an early multi-label model predicts no label at all,
                 # and the best epoch would be chosen among zeros.
                 record.update(self.task.tune(self.validation_examples, predictions))
-                metrics, _ = self.evaluate_on(self.model, "validation")
+                metrics = self.task.score(self.validation_examples,
+                                          self.task.decide_again(predictions))
             record.update({f"validation_{k}": v for k, v in metrics.items()})
         self.log.write(**record)
         self.history.append(record)

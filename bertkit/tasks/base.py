@@ -394,6 +394,11 @@ class Task:
         predictions; they become part of ``options()``. Returns them (None: nothing tuned)."""
         return None
 
+    def decide_again(self, predictions: list) -> list:
+        """``predictions`` decided again under the options `tune` just chose, from the scores
+        they hold (no second pass of the model)."""
+        return predictions
+
     def model_outputs(self) -> tuple[str, ...]:
         """The model output keys that ``decode`` reads."""
         return ("logits",)

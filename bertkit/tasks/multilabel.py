@@ -118,9 +118,15 @@ class MultiLabel(Classification):
         logits = pooled_logits(features, outputs, len(examples), self.window_pooling)
         probabilities = torch.tensor(logits).sigmoid().numpy()
         names = [id2label[j] for j in range(logits.shape[1])]
-        return [{"labels": [n for n, p in zip(names, row, strict=True) if p >= self.threshold],
+        return [{"labels": self._chosen(dict(zip(names, row, strict=True))),
                  "probabilities": {n: round(float(p), 6) for n, p in zip(names, row, strict=True)}}
                 for row in probabilities]
+
+    def decide_again(self, predictions: list[dict]) -> list[dict]:
+        return [{**p, "labels": self._chosen(p["probabilities"])} for p in predictions]
+
+    def _chosen(self, probabilities: dict) -> list[str]:
+        return [name for name, p in probabilities.items() if p >= self.threshold]
 
     def label_order(self, examples, predictions) -> list[str]:
         """The model's labels (then any others seen, sorted)."""
