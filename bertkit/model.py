@@ -96,12 +96,16 @@ class BertSelfAttention(nn.Module):
     def forward(self, x, mask, output_attentions=False, packing=None):
         # x [B, T, H], or [N, H] real tokens with their `packing`; mask [B, 1, 1, T], True where a
         # key may be attended to (None: no padding)
-        q, k, v = (proj(x) for proj in (self.query, self.key, self.value))
+        # The three projections as one matmul ([H, H] each, checkpoint names kept): one bigger
+        # product and one weight gradient instead of three, a quarter of the attention ops.
+        projections = (self.query, self.key, self.value)
+        qkv = F.linear(x, torch.cat([p.weight for p in projections]),
+                       torch.cat([p.bias for p in projections]))  # [..., 3H]
         if packing is not None:
-            q, k, v = (packing.pad(t) for t in (q, k, v))
-        B, T, H = q.shape
-        q, k, v = (t.view(B, T, self.num_heads, -1).transpose(1, 2)  # [B, A, T, H/A]
-                   for t in (q, k, v))
+            qkv = packing.pad(qkv)
+        B, T = qkv.shape[:2]
+        H = qkv.shape[-1] // 3
+        q, k, v = qkv.view(B, T, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, A, T, H/A]
         dropout_prob = self.dropout_prob if self.training else 0.0
         probs = None
         # Spelled out when the probabilities are wanted (the fused kernel hides them), and on CPU

@@ -77,6 +77,9 @@ class PretrainSettings(OptimizerSettings):
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: this rank's GPU if any)")
     nsp: bool = option(True, "train next sentence prediction too (the paper's objective)")
     dropout: float = option(0.1, "hidden and attention dropout", at_least=0, at_most=1)
+    mlm_bias_prior: bool = option(False, "a new model's MLM output bias starts at each token's "
+                                  "log frequency among the training predictions, not at the "
+                                  "paper's zero (a shorter early plateau in a short run)")
     eval_every: int = option(200, "steps between held-out evaluations", at_least=1)
     eval_examples: int = option(2048, "held-out examples per evaluation", at_least=1)
     log_every: int = option(10, "steps between metrics records", at_least=1)
@@ -180,15 +183,19 @@ def load_examples(settings: PretrainSettings):
 
 
 def build_model(settings: PretrainSettings, tokenizer: BertTokenizer,
-                max_seq_length: int) -> BertForPreTraining:
+                train: PretrainingDataset) -> BertForPreTraining:
     """A preset at random initialisation, or the checkpoint to continue pre-training from."""
     overrides = dict(hidden_dropout_prob=settings.dropout,
                      attention_probs_dropout_prob=settings.dropout)
     if settings.model in PRESETS:
-        config = BertConfig.from_preset(settings.model, vocab_size=tokenizer.vocab_size,
-                                        max_position_embeddings=max(512, max_seq_length),
-                                        **overrides)
-        return BertForPreTraining(config)
+        config = BertConfig.from_preset(
+            settings.model, vocab_size=tokenizer.vocab_size,
+            max_position_embeddings=max(512, train.config.max_seq_length), **overrides)
+        model = BertForPreTraining(config)
+        if settings.mlm_bias_prior:
+            with torch.no_grad():
+                model.cls.predictions.bias.copy_(unigram_log_prior(train, config.vocab_size))
+        return model
     model = BertForPreTraining.from_pretrained(settings.model, **overrides)
     has_vocabulary = any((Path(settings.model) / name).is_file()
                          for name in ("vocab.txt", "tokenizer.json"))
@@ -199,6 +206,15 @@ def build_model(settings: PretrainSettings, tokenizer: BertTokenizer,
             f"{settings.data}: build the examples with that checkpoint's vocab.txt "
             f"(bertkit data pretrain --vocab {settings.model}).")
     return model
+
+
+def unigram_log_prior(train: PretrainingDataset, vocab_size: int) -> torch.Tensor:
+    """log p(token) among the predicted tokens of ``train`` (add-one smoothed): the MLM's best
+    guess before it reads any context. As a start for the output bias (Focal Loss's prior
+    init, Lin et al. 2017) the first steps need not learn token frequencies through the tied
+    word embeddings, and the model leaves the frequency plateau sooner."""
+    counts = np.bincount(train.masked_labels(), minlength=vocab_size) + 1.0
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
 
 
 class BudgetSizer:
@@ -279,7 +295,7 @@ class PretrainRun:
         seed_everything(settings.seed + self.distributed.rank)  # ranks draw different masks
         self.train, self.validation, phase2, self.tokenizer = load_examples(settings)
         self.model = (BertForPreTraining.from_pretrained(latest) if latest else build_model(
-            settings, self.tokenizer, self.train.config.max_seq_length)).to(self.device)
+            settings, self.tokenizer, self.train)).to(self.device)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         state = Checkpoints.load_state(latest) if latest else {}

@@ -2,19 +2,22 @@
 and its checkpoints are HuggingFace's."""
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import transformers
 
 from bertkit.data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
 from bertkit.model import BertForPreTraining
-from bertkit.pretrain import PretrainSettings, pretrain
+from bertkit.pretrain import PretrainSettings, build_model, load_examples, pretrain
 from bertkit.pretrain import held_out_metrics as evaluate
 from bertkit.tokenizer import train_vocab
 from bertkit.training import read_metrics
@@ -193,3 +196,23 @@ def test_gradient_checkpointing_gives_the_same_steps(tmp_path, wiki_data):
     assert sorted(plain) == [1, 2, 3]
     for step, loss in plain.items():  # dropout on: the recomputation replays its masks
         assert abs(loss - checkpointed[step]) <= 1e-5, (step, loss, checkpointed[step])
+
+
+def test_mlm_bias_prior_starts_the_model_at_the_token_frequencies(wiki_data):
+    """Before any step, a model built with --mlm-bias-prior predicts held-out masked tokens as
+    well as the smoothed unigram distribution of the training predictions does; the paper's
+    zero bias predicts them uniformly (loss log V)."""
+    settings = PretrainSettings(data=str(wiki_data), model="tiny", dropout=0.0)
+    train, validation, _, tokenizer = load_examples(settings)
+    vocab_size = tokenizer.vocab_size
+    counts = np.bincount(train.masked_labels(), minlength=vocab_size) + 1.0
+    unigram_loss = -np.log(counts / counts.sum())[validation.masked_labels()].mean()
+    losses = {}
+    for prior in (True, False):
+        torch.manual_seed(0)
+        model = build_model(replace(settings, mlm_bias_prior=prior), tokenizer, train)
+        losses[prior] = evaluate(model, validation, device=torch.device("cpu"),
+                                 precision="fp32")["val_mlm_loss"]
+    assert unigram_loss < math.log(vocab_size) - 0.5  # the frequencies carry real information
+    assert abs(losses[True] - unigram_loss) < 0.1, (losses, unigram_loss)
+    assert abs(losses[False] - math.log(vocab_size)) < 0.1, (losses, math.log(vocab_size))
