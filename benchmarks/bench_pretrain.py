@@ -84,11 +84,12 @@ def reference_config(config: bertkit.BertConfig) -> transformers.BertConfig:
                                         "hidden_dropout_prob", "attention_probs_dropout_prob")})
 
 
-def paired_models(preset: str):
+def paired_models(preset: str, dropout: float = 0.1):
     """bertkit's config of ``preset``, transformers' BertForPreTraining of it (seed 0) and
     bertkit's with the same weights."""
     torch.manual_seed(0)
-    config = bertkit.BertConfig.from_preset(preset)
+    config = bertkit.BertConfig.from_preset(preset, hidden_dropout_prob=dropout,
+                                            attention_probs_dropout_prob=dropout)
     reference = transformers.BertForPreTraining(reference_config(config))
     ours = BertForPreTraining(config)
     ours.load_state_dict(reference.state_dict(), strict=False)
@@ -150,6 +151,8 @@ def main():
     parser.add_argument("--preset", default="mini")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="hidden and attention dropout (the demo pre-trains with 0)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternating rounds (0: no comparison, e.g. only --profile)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round and model")
@@ -176,7 +179,7 @@ def main():
     peaks = measure_peaks(device, precisions=precisions)
     print(peaks.line(), flush=True)
 
-    config, reference, ours = paired_models(args.preset)
+    config, reference, ours = paired_models(args.preset, args.dropout)
     reference.to(device), ours.to(device)
     batches = [{k: v.to(device) for k, v in batch.items()}
                for batch in real_batches(args.steps, args.batch_size, args.length)]

@@ -406,8 +406,9 @@ def _report_html(run_dir: Path, settings: DemoSettings, state: DemoState,
 td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}</style>
 <h1>bertkit demo</h1>
 <p>A {settings.preset} BERT pre-trained from scratch with masked LM + next sentence prediction
-(AdamW {settings.pretrain_lr:g}, β2 {settings.pretrain_beta2:g}, dropout
-{settings.pretrain_dropout:g}, length {settings.max_seq_length}) on {escape(corpus)}
+(batch {settings.pretrain_batch_size}, AdamW {settings.pretrain_lr:g}, β2
+{settings.pretrain_beta2:g}, dropout {settings.pretrain_dropout:g}, length
+{settings.max_seq_length}) on {escape(corpus)}
 (vocabulary of {stages['vocab']['vocab_size']} WordPieces trained on the same text), then
 fine-tuned on {settings.finetune_examples or "all"} Rotten Tomatoes snippets
 ({settings.finetune_epochs} epochs) next to the same model from random initialisation (few labels

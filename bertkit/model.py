@@ -99,8 +99,11 @@ class BertSelfAttention(nn.Module):
         # The three projections as one matmul ([H, H] each, checkpoint names kept): one bigger
         # product and one weight gradient instead of three, a quarter of the attention ops.
         projections = (self.query, self.key, self.value)
-        qkv = F.linear(x, torch.cat([p.weight for p in projections]),
-                       torch.cat([p.bias for p in projections]))  # [..., 3H]
+        if isinstance(self.query.weight, torch.Tensor):
+            qkv = F.linear(x, torch.cat([p.weight for p in projections]),
+                           torch.cat([p.bias for p in projections]))  # [..., 3H]
+        else:  # int8 Linear modules (`Embedder(quantize="int8")`) hold packed weights
+            qkv = torch.cat([p(x) for p in projections], dim=-1)
         if packing is not None:
             qkv = packing.pad(qkv)
         B, T = qkv.shape[:2]
