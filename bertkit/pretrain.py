@@ -55,6 +55,10 @@ class PretrainSettings(OptimizerSettings):
                       "final model")
     model: str = option("mini", "a preset (tiny, mini, small, medium, base, large) or a "
                         "checkpoint folder to continue pre-training from")
+    validation_data: str | None = option(None, "folder whose validation split is evaluated "
+                                         "instead of --data's: the same corpus, seed and "
+                                         "--validation-fraction, built another way (e.g. "
+                                         "training examples masked at another rate)")
     phase2_data: str | None = option(None, "examples of length 512 used for the last "
                                      "--phase2-fraction of the steps")
     phase2_fraction: float = option(0.1, "share of the steps on --phase2-data", at_least=0,
@@ -167,7 +171,17 @@ def vocabulary_sha256(tokenizer: BertTokenizer) -> str:
 def load_examples(settings: PretrainSettings):
     """(train, validation, phase-2 or None, tokenizer), each checked to share one vocabulary."""
     train = PretrainingDataset(settings.data, split="train")
-    validation = PretrainingDataset(settings.data, split="validation")
+    validation = PretrainingDataset(settings.validation_data or settings.data, split="validation")
+    if settings.validation_data:
+        same = ("inputs", "seed", "validation_fraction", "max_seq_length")
+        theirs, ours = (({**d.manifest["settings"], "inputs": d.manifest["inputs"]})
+                        for d in (validation, train))
+        if any(theirs.get(key) != ours.get(key) for key in same):
+            raise ValueError(
+                f"{settings.validation_data} was not built from the same documents as "
+                f"{settings.data} (its {', '.join(same)} differ), so its validation split may "
+                "hold training documents: build both with the same corpus, --seed, "
+                "--validation-fraction and --max-seq-length.")
     tokenizer = BertTokenizer.from_pretrained(Path(settings.data) / TOKENIZER_FOLDER)
     recorded = train.manifest["tokenizer"]["vocab_sha256"]
     if vocabulary_sha256(tokenizer) != recorded:
@@ -176,9 +190,11 @@ def load_examples(settings: PretrainSettings):
                          "the manifest's): it was replaced after `bertkit data pretrain`. Build "
                          "the examples again with the vocabulary you want.")
     phase2 = PretrainingDataset(settings.phase2_data) if settings.phase2_data else None
-    if phase2 and phase2.manifest["tokenizer"]["vocab_sha256"] != recorded:
-        raise ValueError(f"{settings.phase2_data} was built with another vocabulary than "
-                         f"{settings.data}; build both phases with the same vocab.")
+    for other, folder in ((phase2, settings.phase2_data),
+                          (validation, settings.validation_data)):
+        if folder and other.manifest["tokenizer"]["vocab_sha256"] != recorded:
+            raise ValueError(f"{folder} was built with another vocabulary than "
+                             f"{settings.data}; build both with the same vocab.")
     return train, validation, phase2, tokenizer
 
 

@@ -80,8 +80,15 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
     for stage in ("finetune-pretrained", "finetune-random", "finetune-minilm"):
         assert 0 <= after[stage]["test_accuracy"] <= 1
     assert json.loads((out / "demo_settings.json").read_text())["budget_minutes"] == 0.8
-    assert json.loads((out / "pretrain" / "pretrain_settings.json").read_text())[
-        "budget_minutes"] <= 0.8
+    pretrain_settings = json.loads((out / "pretrain" / "pretrain_settings.json").read_text())
+    assert pretrain_settings["budget_minutes"] <= 0.8
+    # trained on examples masked at 35%, scored on the held-out documents masked at the paper's
+    # 15%
+    assert pretrain_settings["data"] == str(out / "data-train")
+    assert pretrain_settings["validation_data"] == str(out / "data")
+    for folder, rate in (("data-train", 0.35), ("data", 0.15)):
+        manifest = json.loads((out / folder / "manifest.json").read_text())
+        assert manifest["settings"]["masked_lm_prob"] == rate
     html = (out / "report.html").read_text()
     assert "always the most frequent token" in html and "sensible word first" in html
     assert html.count("data:image/png;base64") >= 3  # curves, bar chart, fine-tuning curves

@@ -216,3 +216,27 @@ def test_mlm_bias_prior_starts_the_model_at_the_token_frequencies(wiki_data):
     assert unigram_loss < math.log(vocab_size) - 0.5  # the frequencies carry real information
     assert abs(losses[True] - unigram_loss) < 0.1, (losses, unigram_loss)
     assert abs(losses[False] - math.log(vocab_size)) < 0.1, (losses, math.log(vocab_size))
+
+
+def test_validation_data_evaluates_another_folders_held_out_documents(tmp_path, wiki_data):
+    """Training examples masked at 25% evaluated on the 15% folder's validation split: the same
+    held-out documents (the split follows the seed, not the masking); a folder of another seed
+    is refused, since its validation documents may be training documents here."""
+    def rebuild(folder, **settings):  # wiki_data's corpus and vocabulary, other settings
+        config = PretrainingConfig(max_seq_length=64, dupe_factor=2, validation_fraction=0.05,
+                                   **settings)
+        create_pretraining_data(Corpus(wiki_data.parent / "corpus.jsonl"), tmp_path / folder,
+                                wiki_data / "tokenizer", config, workers=1, progress=False)
+        return tmp_path / folder
+
+    masked_more = rebuild("more", masked_lm_prob=0.25, max_predictions_per_seq=16)
+    settings = PretrainSettings(data=str(masked_more), validation_data=str(wiki_data))
+    train, validation, _, _ = load_examples(settings)
+    theirs = PretrainingDataset(wiki_data, split="validation")
+    own = PretrainingDataset(masked_more, split="validation")
+    assert len(validation) == len(theirs) == len(own) > 0  # the same held-out documents
+    np.testing.assert_array_equal(validation.masked_labels(), theirs.masked_labels())
+    assert len(own.masked_labels()) > 1.4 * len(theirs.masked_labels())  # 25% against 15%
+    other_seed = rebuild("seed", seed=7)
+    with pytest.raises(ValueError, match="not built from the same documents"):
+        load_examples(replace(settings, validation_data=str(other_seed)))
