@@ -210,9 +210,9 @@ def main():
 
         peaks = peaks.best(measure_peaks(device, precisions=precisions))  # again, after
         print(peaks.line())
-        print(f"\n{'':18} {'tokens/s':>9} {'steps/s':>8} {'x tf fp32':>10} "
+        print(f"\n{'':18} {'tokens/s':>9} {'steps/s':>8} {'x tf ' + precisions[0]:>10} "
               f"{'x tf same precision':>20} {'MFU':>6}  of the measured peak")
-        base = statistics.median(speeds["transformers fp32"])
+        base = statistics.median(speeds[f"transformers {precisions[0]}"])
         for name, values in speeds.items():
             median = statistics.median(values)
             precision = name.split()[-1]
