@@ -173,14 +173,16 @@ def load_examples(settings: PretrainSettings):
     train = PretrainingDataset(settings.data, split="train")
     validation = PretrainingDataset(settings.validation_data or settings.data, split="validation")
     if settings.validation_data:
-        same = ("inputs", "seed", "validation_fraction", "max_seq_length")
-        theirs, ours = (({**d.manifest["settings"], "inputs": d.manifest["inputs"]})
-                        for d in (validation, train))
-        if any(theirs.get(key) != ours.get(key) for key in same):
+        same = ("seed", "validation_fraction", "max_seq_length")
+
+        def documents(dataset):  # what decides which documents are held out
+            return dataset.manifest["inputs"], [dataset.manifest["settings"][k] for k in same]
+
+        if documents(validation) != documents(train):
             raise ValueError(
                 f"{settings.validation_data} was not built from the same documents as "
-                f"{settings.data} (its {', '.join(same)} differ), so its validation split may "
-                "hold training documents: build both with the same corpus, --seed, "
+                f"{settings.data} (its inputs, {', '.join(same)} differ), so its validation "
+                "split may hold training documents: build both with the same corpus, --seed, "
                 "--validation-fraction and --max-seq-length.")
     tokenizer = BertTokenizer.from_pretrained(Path(settings.data) / TOKENIZER_FOLDER)
     recorded = train.manifest["tokenizer"]["vocab_sha256"]
