@@ -6,7 +6,8 @@ seed, copied into transformers' BertForSequenceClassification), train on the sam
 on LayerNorm/bias, decay 0.01, eps 1e-6), 10% warm-up then linear decay, gradient clipping at
 1.0, the same precision (``--precision auto``: bf16 autocast where the CPU has native bf16, else
 fp32; the Trainer gets ``bf16=True`` for bf16), and are evaluated by the same code on the whole
-test split. The systems, one after the other for each seed, in one process:
+test split. The systems, one after the other for each seed, in one run, each in a fresh
+process (as users run them; bertkit's training sets process-wide malloc options):
 
 - ``bertkit``: its own loop (`bertkit.finetune.train_epoch` and `training.Trainer`), batches of
   similar lengths in a random order;
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -112,7 +114,7 @@ def trainer_run(model, task, features, args, seed, warmup, precision, scratch) -
     return (time.perf_counter() - start) / args.epochs
 
 
-def main() -> None:
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-examples", type=int, default=3000,
@@ -132,79 +134,101 @@ def main() -> None:
     references = args.references.split(",")
     if not references or set(references) - {"trainer", "loop"}:
         parser.error("--references: trainer, loop or trainer,loop")
+    return args, references
 
-    device = torch.device("cpu")
-    precision = resolve_precision(args.precision, device)
-    task = build_task("classification", max_length=128)
-    tokenizer = tokenizer_for(MODEL)
+
+def rt_polarity(args, task):
+    """The fixed training subset and the test examples."""
     rng = np.random.default_rng(0)
     train = task.read(resolve_data("rt-polarity", "train"))
     train = [train[i] for i in rng.permutation(len(train))[: args.train_examples]]
     test = task.read(resolve_data("rt-polarity", "test"))
-    if args.test_examples:
-        test = test[: args.test_examples]
-    labels = task.label_names(train)
+    return train, test[: args.test_examples] if args.test_examples else test
+
+
+def run_system(name: str, seed: int, args, precision: str) -> dict:
+    """One system's epochs from the seed's shared start: epoch seconds, test accuracy, FLOPs."""
+    device = torch.device("cpu")
+    task = build_task("classification", max_length=128)
+    tokenizer = tokenizer_for(MODEL)
+    train, test = rt_polarity(args, task)
+    seed_everything(seed)
+    ours = load_model(task, MODEL, task.label_names(train), tokenizer.vocab_size).to(device)
+    features = task.encode(train, tokenizer, ours.config.label2id)
+    steps = -(-len(features) // args.batch_size) * args.epochs
+    warmup = round(0.1 * steps)
+    flops = training_flops(ours.config, [len(f["input_ids"]) for f in features],
+                           pooled=len(features))
+    if name == "trainer":
+        theirs = hf_copy(ours).to(device)
+        torch.manual_seed(seed)
+        with tempfile.TemporaryDirectory() as scratch:
+            seconds = trainer_run(theirs, task, features, args, seed, warmup, precision, scratch)
+        accuracy = hf_accuracy(theirs, task, tokenizer, test, ours.config.label2id, device,
+                               precision)
+        return {"epoch_s": seconds, "accuracy": accuracy, "flops": flops}
+    if name == "loop":
+        import transformers
+
+        model = hf_copy(ours).to(device)
+        optimizer = build_optimizer(model, lr=args.lr, weight_decay=0.01)
+        scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup, steps)
+
+        def epoch(order_seed):  # bertkit's batches, in bertkit's order
+            hf_epoch(model, optimizer, scheduler, task, features, args.batch_size, order_seed,
+                     device, precision)
+    else:
+        model = ours
+        optimizer = build_optimizer(model, lr=args.lr, weight_decay=0.01)
+        trainer = Trainer(model, optimizer, warmup_linear_decay(optimizer, warmup, steps),
+                          device=device, precision=precision, max_grad_norm=1.0)
+
+        def epoch(order_seed):
+            train_epoch(trainer, task, features, args.batch_size, seed=order_seed,
+                        progress=False)
+    seconds = []
+    for number in range(1, args.epochs + 1):
+        order_seed = seed * 1000 + number
+        torch.manual_seed(order_seed)
+        start = time.perf_counter()
+        epoch(order_seed)
+        seconds.append(time.perf_counter() - start)
+    if name == "loop":
+        accuracy = hf_accuracy(model, task, tokenizer, test, ours.config.label2id, device,
+                               precision)
+    else:
+        accuracy = evaluate_examples(model, task, tokenizer, test, precision=precision)[0][
+            "accuracy"]
+    return {"epoch_s": float(np.mean(seconds)), "accuracy": accuracy, "flops": flops}
+
+
+def in_a_fresh_process(*run):
+    """``run_system`` in a new interpreter: bertkit's training sets process-wide malloc options
+    (`bertkit.device.keep_freed_memory`), which would otherwise reach the references too."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_system, run)
+
+
+def main() -> None:
+    args, references = parse_args()
+    device = torch.device("cpu")
+    precision = resolve_precision(args.precision, device)
+    task = build_task("classification", max_length=128)
+    train, test = rt_polarity(args, task)
     print(f"rt-polarity: {len(train)} train, {len(test)} test; {args.epochs} epoch(s), batch "
           f"{args.batch_size}, lr {args.lr}, {precision}, torch threads "
-          f"{torch.get_num_threads()}; references: {', '.join(references)}", flush=True)
+          f"{torch.get_num_threads()}; references: {', '.join(references)}; each system in a "
+          "fresh process", flush=True)
     peaks = measure_peaks(device, precisions=[precision])
     print(peaks.line(), flush=True)
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        seed_everything(seed)
-        ours = load_model(task, MODEL, labels, tokenizer.vocab_size).to(device)
-        copies = {name: hf_copy(ours).to(device) for name in references}  # the same start
-        features = task.encode(train, tokenizer, ours.config.label2id)
-        steps = -(-len(features) // args.batch_size) * args.epochs
-        warmup = round(0.1 * steps)
-        flops = training_flops(ours.config, [len(f["input_ids"]) for f in features],
-                               pooled=len(features))
         row = {"seed": seed}
-
-        our_optimizer = build_optimizer(ours, lr=args.lr, weight_decay=0.01)
-        trainer = Trainer(ours, our_optimizer, warmup_linear_decay(our_optimizer, warmup, steps),
-                          device=device, precision=precision, max_grad_norm=1.0)
-        our_seconds = []
-        for epoch in range(1, args.epochs + 1):
-            order_seed = seed * 1000 + epoch
-            torch.manual_seed(order_seed)
-            start = time.perf_counter()
-            train_epoch(trainer, task, features, args.batch_size, seed=order_seed,
-                        progress=False)
-            our_seconds.append(time.perf_counter() - start)
-        metrics, _ = evaluate_examples(ours, task, tokenizer, test, precision=precision)
-        row["bertkit_accuracy"] = metrics["accuracy"]
-        row["bertkit_epoch_s"] = float(np.mean(our_seconds))
-
-        if "trainer" in references:
-            theirs = copies["trainer"]
-            torch.manual_seed(seed)
-            with tempfile.TemporaryDirectory() as scratch:
-                row["trainer_epoch_s"] = trainer_run(theirs, task, features, args, seed, warmup,
-                                                     precision, scratch)
-            row["trainer_accuracy"] = hf_accuracy(theirs, task, tokenizer, test,
-                                                  ours.config.label2id, device, precision)
-        if "loop" in references:
-            import transformers
-
-            theirs = copies["loop"]
-            their_optimizer = build_optimizer(theirs, lr=args.lr, weight_decay=0.01)
-            their_scheduler = transformers.get_linear_schedule_with_warmup(their_optimizer,
-                                                                           warmup, steps)
-            their_seconds = []
-            for epoch in range(1, args.epochs + 1):
-                order_seed = seed * 1000 + epoch  # bertkit's batches, in bertkit's order
-                torch.manual_seed(order_seed)
-                start = time.perf_counter()
-                hf_epoch(theirs, their_optimizer, their_scheduler, task, features,
-                         args.batch_size, order_seed, device, precision)
-                their_seconds.append(time.perf_counter() - start)
-            row["loop_epoch_s"] = float(np.mean(their_seconds))
-            row["loop_accuracy"] = hf_accuracy(theirs, task, tokenizer, test,
-                                               ours.config.label2id, device, precision)
         for name in ("bertkit", *references):
-            row[f"{name}_mfu"] = peaks.mfu(flops / row[f"{name}_epoch_s"], precision)
+            result = in_a_fresh_process(name, seed, args, precision)
+            row[f"{name}_accuracy"], row[f"{name}_epoch_s"] = result["accuracy"], result["epoch_s"]
+            row[f"{name}_mfu"] = peaks.mfu(result["flops"] / result["epoch_s"], precision)
         for name in references:
             row[f"speedup_vs_{name}"] = row[f"{name}_epoch_s"] / row["bertkit_epoch_s"]
         rows.append(row)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import files
 from .config import PRESETS, BertConfig
-from .device import PRECISIONS, autocast, choose_device, keep_freed_memory, resolve_precision
+from .device import PRECISIONS, autocast, choose_device, resolve_precision
 from .report import plot_confusion, plot_metrics
 from .settings import SettingsError, comma_ints, comma_names, one_or_more, option
 from .sources import resolve_pretrained
@@ -610,7 +610,6 @@ class FinetuneRun:
         self.started = time.time()
         self.task = settings.build_task()
         self.device = choose_device(settings.device)
-        keep_freed_memory(self.device)
         self.precision = resolve_precision(settings.precision, self.device)
         self.tokenizer = tokenizer_for(settings.model, settings.tokenizer)
         self.train_examples = _read(self.task, settings.train, "train",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .config import PRESETS, BertConfig
 from .data import PretrainingDataset, example_stream, micro_batches
 from .data.shards import TOKENIZER_FOLDER
-from .device import autocast, choose_device, keep_freed_memory, resolve_precision
+from .device import autocast, choose_device, resolve_precision
 from .model import BertForPreTraining
 from .report import plot_metrics
 from .settings import SettingsError, option
@@ -301,7 +301,6 @@ class PretrainRun:
     def __init__(self, settings: PretrainSettings, resume: bool):
         self.settings = settings
         self.device = choose_device(settings.device)
-        keep_freed_memory(self.device)
         self.distributed: Distributed = init_distributed(self.device)
         self.precision = resolve_precision(settings.precision, self.device)
         self.folder = Path(settings.out)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import files
-from .device import autocast
+from .device import autocast, keep_freed_memory
 from .settings import Settings, option
 
 OPTIMIZERS = ("adamw", "lamb")
@@ -199,6 +199,7 @@ class Trainer:
         self.distributed = distributed
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.skipped_steps = 0
+        keep_freed_memory(device)
         self.wrapped = model
         if distributed.world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
