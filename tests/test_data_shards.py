@@ -204,7 +204,10 @@ def test_ctrl_c_on_the_command_line_leaves_an_honest_manifest(tmp_path):
                str(out), "--shard-mb", "0.2", "--dupe-factor", "10", "--no-progress"]
     # Ten passes take over a minute, so the Ctrl-C after the first shard always lands mid-run
     # (one pass could finish first on a busy machine)
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal leaves it: a shell's background job (`make test &`) starts with it
+    # ignored, and a Python started so never raises KeyboardInterrupt.
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
