@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -205,8 +206,8 @@ def run_system(name: str, seed: int, args, precision: str) -> dict:
 def in_a_fresh_process(*run):
     """``run_system`` in a new interpreter: bertkit's training sets process-wide malloc options
     (`bertkit.device.keep_freed_memory`), which would otherwise reach the references too."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_system, run)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_system, *run).result()
 
 
 def main() -> None:
