@@ -424,7 +424,7 @@ def _budget_advice(settings: DemoSettings, state: DemoState) -> str:
     at the speed this machine showed."""
     pre = state.stages["pretrain"]
     default = DemoSettings()
-    if (pre["steps"] >= 0.9 * RECIPE_STEPS
+    if (not pre["steps"] or pre["steps"] >= 0.9 * RECIPE_STEPS
             or any(getattr(settings, f) != getattr(default, f) for f in RECIPE_FIELDS)):
         return ""
     other_stages = state.stages["elapsed"]["seconds"] - pre["seconds"]
