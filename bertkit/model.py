@@ -11,7 +11,6 @@ A attention heads, C choices, V vocabulary. Checkpoint reading and writing live 
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
 from functools import partial
 
@@ -98,12 +97,12 @@ class BertSelfAttention(nn.Module):
         # key may be attended to (None: no padding)
         # The three projections as one matmul ([H, H] each, checkpoint names kept): one bigger
         # product and one weight gradient instead of three, a quarter of the attention ops.
-        projections = (self.query, self.key, self.value)
-        if isinstance(self.query.weight, torch.Tensor):
+        if hasattr(self, "qkv"):  # packed int8 weights, joined once (`Embedder(quantize="int8")`)
+            qkv = self.qkv(x)
+        else:
+            projections = (self.query, self.key, self.value)
             qkv = F.linear(x, torch.cat([p.weight for p in projections]),
                            torch.cat([p.bias for p in projections]))  # [..., 3H]
-        else:  # int8 Linear modules (`Embedder(quantize="int8")`) hold packed weights
-            qkv = torch.cat([p(x) for p in projections], dim=-1)
         if packing is not None:
             qkv = packing.pad(qkv)
         B, T = qkv.shape[:2]
@@ -112,14 +111,23 @@ class BertSelfAttention(nn.Module):
         dropout_prob = self.dropout_prob if self.training else 0.0
         probs = None
         # Spelled out when the probabilities are wanted (the fused kernel hides them), and on CPU
-        # when SDPA is slower: its dropout is the slow per-element kind (see `dropout`), and it
-        # has no bf16 kernel there (2-4x slower than these matmuls in bf16, measured).
-        if output_attentions or (q.device.type == "cpu"
-                                 and (dropout_prob or q.dtype != torch.float32)):
-            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, A, T, T]
+        # when SDPA is slower: its dropout is the slow per-element kind (see `dropout`), it has
+        # no bf16 kernel there (2-4x slower than these matmuls in bf16), and below ~64 tokens its
+        # per-head overhead outweighs the products (1.5x slower at 30 tokens in fp32; measured).
+        # A traced graph (torch.compile, ONNX export) keeps SDPA: it cannot branch on a length.
+        if output_attentions or (q.device.type == "cpu" and (
+                dropout_prob or q.dtype != torch.float32
+                or (not torch.compiler.is_compiling() and T < 64))):
+            A, d = q.shape[1], q.shape[-1]
+            # The scale and the padding mask go into the product (baddbmm's alpha and bias),
+            # not into two more passes over the [B, A, T, T] scores.
+            bias = q.new_zeros(B, 1, 1, T)
             if mask is not None:
-                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            probs = scores.softmax(dim=-1)
+                bias.masked_fill_(~mask, torch.finfo(q.dtype).min)
+            scores = torch.baddbmm(bias.expand(B, A, 1, T).reshape(B * A, 1, T),
+                                   q.reshape(B * A, T, d), k.reshape(B * A, T, d).transpose(1, 2),
+                                   alpha=d ** -0.5)
+            probs = scores.softmax(dim=-1).view(B, A, T, T)
             context = dropout(probs, dropout_prob) @ v
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
