@@ -4,9 +4,10 @@ Every benchmark that reports MFU (model FLOPs utilisation) imports this module, 
 measure the peak and count FLOPs the same way:
 
 - `measure_peaks` times square matmuls (1024² and 2048² on a CPU, 4096² and 8192² on a GPU; as
-  ``a @ b`` and as ``F.linear``) in fp32 and bf16 with torch's current thread count and keeps
-  the best rate of a few tries: the practical ceiling of this machine, now, for the dense work
-  a transformer is made of.
+  ``a @ b``, as ``F.linear`` and, on a CPU, through oneDNN with a packed weight, as bertkit's
+  CPU inference runs them) in fp32 and bf16 with torch's current thread count and keeps the
+  best rate of a few tries: the practical ceiling of this machine, now, for the dense work a
+  transformer is made of. (In fp32 on an AMD EPYC, MKL's ``a @ b`` reached ~0.88x oneDNN's.)
 - `fast_precisions` / `parse_precisions`: what ``--precisions auto`` means in every benchmark,
   fp32 plus bf16 only where the hardware has it (AVX512-BF16/AMX, a GPU).
 - `forward_flops` counts the matmul FLOPs one forward pass of BERT needs over sequences of given
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bertkit.speedups import can_pack_linears
+
 TRAINING_FACTOR = 3  # forward + backward (gradients of activations and of weights: 2 forwards)
 
 
@@ -36,14 +39,18 @@ def synchronize(device: torch.device) -> None:
 def matmul_rate(dtype: torch.dtype, device: torch.device, size: int, tries: int = 3,
                 min_seconds: float = 0.2, slow_seconds: float = 1.0) -> float:
     """Best FLOP/s of ``size`` x ``size`` products over ``tries`` timed bursts of at least
-    ``min_seconds`` each, after one call that warms up, for both ``a @ b`` and ``a @ b.T``
-    (``F.linear``, the nn.Linear path, which in bf16 on a CPU can take other kernels); where
+    ``min_seconds`` each, after one call that warms up, for ``a @ b``, ``a @ b.T`` (``F.linear``,
+    the nn.Linear path, which in bf16 on a CPU can take other kernels) and on a CPU oneDNN's
+    product with ``b`` packed (`bertkit.speedups.PackedLinear`); where
     that first call alone takes over ``slow_seconds`` (a dtype without native kernels), its rate
     is the answer."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     out = torch.empty(size, size, dtype=dtype, device=device)
-    calls = (lambda: torch.matmul(a, b, out=out), lambda: torch.nn.functional.linear(a, b))
+    calls = [lambda: torch.matmul(a, b, out=out), lambda: torch.nn.functional.linear(a, b)]
+    if can_pack_linears(device):
+        packed = torch.ops.mkldnn._reorder_linear_weight(b, size)
+        calls.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
     best = 0.0
     for call in calls:
         synchronize(device)

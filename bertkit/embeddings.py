@@ -40,6 +40,7 @@ from .config import BertConfig
 from .device import DTYPES, choose_device, keep_freed_memory
 from .model import BertModel
 from .sources import resolve_pretrained
+from .speedups import can_pack_linears, join_qkv, pack_linears
 from .tokenizer import BertTokenizer
 
 logger = logging.getLogger("bertkit")
@@ -324,7 +325,13 @@ class Embedder:
         if quantize:
             encoder = _quantize_int8(encoder)
         self.model = encoder
-        self._forward = torch.compile(encoder, dynamic=True) if compile else encoder
+        if compile:
+            self._forward = torch.compile(encoder, dynamic=True)
+        elif not quantize and can_pack_linears(self.device):  # its own modules, same weights
+            self._forward = pack_linears(_encoder_view(encoder, encoder.config.num_hidden_layers),
+                                         self.batch_tokens)
+        else:
+            self._forward = encoder
         width = 1 if self.combine != "concat" else len(self.layers)
         self.dim = config.hidden_size * width
         self.pooling = pooling or (recipe.pooling if recipe else "mean")
@@ -544,23 +551,9 @@ def _quantize_int8(model: BertModel) -> BertModel:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
-            return quantize_dynamic(_join_qkv(model),
+            return quantize_dynamic(join_qkv(model),
                                     {torch.nn.Linear: per_channel_dynamic_qconfig},
                                     dtype=torch.qint8, inplace=True)
     finally:
         torch.backends.quantized.engine = engine
 
-
-def _join_qkv(model: BertModel) -> BertModel:
-    """``model`` with one [3H, H] Linear ``qkv`` in each attention in place of query, key and
-    value: int8 then quantizes each batch's input once and runs one product, not three (the same
-    numbers: weights are quantized per output row, an input per batch)."""
-    for layer in model.encoder.layer:
-        attention = layer.attention.self
-        parts = (attention.query, attention.key, attention.value)
-        joined = torch.nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))
-        joined.weight.data = torch.cat([p.weight.data for p in parts])
-        joined.bias.data = torch.cat([p.bias.data for p in parts])
-        del attention.query, attention.key, attention.value
-        attention.qkv = joined
-    return model

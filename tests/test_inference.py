@@ -5,6 +5,7 @@ fill-mask, which needs an MLM head no offline checkpoint has, runs on a seeded r
 transformers BertForMaskedLM with the real vocabulary.
 """
 
+import copy
 import itertools
 import json
 import shutil
@@ -20,7 +21,8 @@ from bertkit.embed_files import embed_file
 from bertkit.embeddings import STRATEGIES, Embedder, length_sorted_batches
 from bertkit.export import export_onnx
 from bertkit.fill_mask import FillMask
-from bertkit.model import BertForMaskedLM, BertModel
+from bertkit.model import ACTIVATIONS, BertForMaskedLM, BertModel
+from bertkit.speedups import PackedLinear, can_pack_linears, join_qkv, pack_linears
 from bertkit.tokenizer import BertTokenizer
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "tokenizer.json",
@@ -224,6 +226,64 @@ def test_batches_bound_padded_tokens_and_sort_by_length():
         assert len(rows) * longest <= 24 or len(rows) == 1
     flat = [lengths[i] for rows in batches for i in rows]
     assert flat == sorted(lengths)
+
+
+@pytest.mark.skipif(not can_pack_linears(torch.device("cpu")), reason="no oneDNN in this torch")
+@pytest.mark.parametrize("activation", [None, "gelu", "gelu_new", "relu"])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_packed_linear_is_the_linear_and_its_activation(activation, dtype, tolerance):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(384, 1536).to(dtype)
+    x = torch.randn(3, 37, 384, dtype=dtype)
+    expected = linear(x)
+    if activation:
+        expected = ACTIVATIONS[activation](expected)
+    with torch.inference_mode():
+        packed = PackedLinear(linear, activation)(x)
+    assert packed.shape == expected.shape and packed.dtype == dtype
+    torch.testing.assert_close(packed, expected.detach(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.skipif(not can_pack_linears(torch.device("cpu")), reason="no oneDNN in this torch")
+def test_the_packed_encoder_gives_the_encoders_states(minilm, sentences):
+    """What `Embedder` runs on a CPU (joined query/key/value, oneDNN products, GELU inside the
+    product) against the plain encoder, padding and all."""
+    model, tokenizer = minilm["model"], minilm["tokenizer"]
+    batch = tokenizer(sentences[:16], padding=True, return_tensors="pt")
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    packed = pack_linears(copy.deepcopy(model), 2048)
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.encoder.modules())
+    with torch.inference_mode():
+        expected = model(**inputs, output_hidden_states=True).hidden_states
+        ours = packed(**inputs, output_hidden_states=True).hidden_states
+    real = inputs["attention_mask"].bool()  # what padding positions hold is nobody's business
+    for layer, (a, b) in enumerate(zip(ours, expected, strict=True)):
+        torch.testing.assert_close(a[real], b[real], atol=2e-5, rtol=1e-5, msg=f"layer {layer}")
+
+
+def test_int8_joined_query_key_value_change_nothing(minilm, sentences):
+    """int8 quantizes query, key and value as one Linear: weights per output row, the input once
+    a batch, so the numbers are those of the three quantized apart."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    model, tokenizer = minilm["model"], minilm["tokenizer"]
+    batch = tokenizer(sentences[:8], padding=True, return_tensors="pt")
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    layer = model.encoder.layer[0].attention.self
+    x = model.embeddings(inputs["input_ids"], torch.zeros_like(inputs["input_ids"]))
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        qconfig = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        apart = quantize_dynamic(copy.deepcopy(layer), qconfig)
+        joined = quantize_dynamic(join_qkv(copy.deepcopy(model)).encoder.layer[0].attention.self,
+                                  qconfig)
+        with torch.inference_mode():
+            three = torch.cat([apart.query(x), apart.key(x), apart.value(x)], dim=-1)
+            one = joined.qkv(x)
+    finally:
+        torch.backends.quantized.engine = engine
+    torch.testing.assert_close(one, three, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("options,floor", [({"precision": "bf16"}, 0.999),
