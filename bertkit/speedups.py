@@ -168,21 +168,39 @@ class PackedLinear(nn.Module):
                              persistent=False)
         self.register_buffer("bias", linear.bias.detach(), persistent=False)
 
-    def forward(self, x):  # [..., in] -> [..., out]
-        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight,
-                                                 self.bias, self.post_op, [], self.algorithm)
+    def forward(self, x, residual=None):  # [..., in] (+ [..., out]) -> [..., out]
+        rows = x.reshape(-1, x.shape[-1])
+        if residual is None:
+            out = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, self.post_op,
+                                                     [], self.algorithm)
+        else:  # the residual added as the product is written, not in a pass of its own
+            out = torch.ops.mkldnn._linear_pointwise.binary(
+                rows, residual.reshape(rows.shape[0], -1), self.weight, self.bias, "add")
         return out.view(*x.shape[:-1], self.out_features)
+
+
+class PackedResidualOutput(nn.Module):
+    """`bertkit.model.BertResidualOutput` for inference: LayerNorm(dense(x) + residual) with the
+    dense a `PackedLinear` that adds the residual itself."""
+
+    def __init__(self, output: nn.Module, batch_tokens: int):
+        super().__init__()
+        self.dense = PackedLinear(output.dense, batch_tokens=batch_tokens)
+        self.LayerNorm = output.LayerNorm
+
+    def forward(self, x, residual):
+        return self.LayerNorm(self.dense(x, residual))
 
 
 def pack_linears(model, batch_tokens: int):
     """``model`` (a BertModel for CPU inference, whose modules are its own) with every encoder
-    Linear a `PackedLinear`, query, key and value joined (`join_qkv`) and the feed-forward
-    activation inside its product."""
+    Linear a `PackedLinear`, query, key and value joined (`join_qkv`), and the feed-forward
+    activation and the residual adds inside their products."""
     activation = model.config.hidden_act
     for layer in join_qkv(model).encoder.layer:
         attention = layer.attention
         attention.self.qkv = PackedLinear(attention.self.qkv, batch_tokens=batch_tokens)
-        attention.output.dense = PackedLinear(attention.output.dense, batch_tokens=batch_tokens)
+        attention.output = PackedResidualOutput(attention.output, batch_tokens)
         layer.intermediate = PackedLinear(layer.intermediate.dense, activation, batch_tokens)
-        layer.output.dense = PackedLinear(layer.output.dense, batch_tokens=batch_tokens)
+        layer.output = PackedResidualOutput(layer.output, batch_tokens)
     return model

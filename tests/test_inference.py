@@ -238,10 +238,14 @@ def test_packed_linear_is_the_linear_and_its_activation(activation, dtype, toler
     expected = linear(x)
     if activation:
         expected = ACTIVATIONS[activation](expected)
+    residual = torch.randn(3, 37, 1536, dtype=dtype)
     with torch.inference_mode():
         packed = PackedLinear(linear, activation)(x)
+        added = PackedLinear(linear)(x, residual)
     assert packed.shape == expected.shape and packed.dtype == dtype
     torch.testing.assert_close(packed, expected.detach(), atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(added, (linear(x) + residual).detach(), atol=tolerance,
+                               rtol=tolerance)
 
 
 @pytest.mark.skipif(not can_pack_linears(torch.device("cpu")), reason="no oneDNN in this torch")
