@@ -556,4 +556,3 @@ def _quantize_int8(model: BertModel) -> BertModel:
                                     dtype=torch.qint8, inplace=True)
     finally:
         torch.backends.quantized.engine = engine
-

@@ -97,7 +97,7 @@ class BertSelfAttention(nn.Module):
         # key may be attended to (None: no padding)
         # The three projections as one matmul ([H, H] each, checkpoint names kept): one bigger
         # product and one weight gradient instead of three, a quarter of the attention ops.
-        if hasattr(self, "qkv"):  # packed int8 weights, joined once (`Embedder(quantize="int8")`)
+        if hasattr(self, "qkv"):  # inference: the three joined once (`speedups.join_qkv`)
             qkv = self.qkv(x)
         else:
             projections = (self.query, self.key, self.value)
