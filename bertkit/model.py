@@ -115,9 +115,10 @@ class BertSelfAttention(nn.Module):
         # no bf16 kernel there (2-4x slower than these matmuls in bf16), and below ~64 tokens its
         # per-head overhead outweighs the products (1.5x slower at 30 tokens in fp32; measured).
         # A traced graph (torch.compile, ONNX export) keeps SDPA: it cannot branch on a length.
-        if output_attentions or (q.device.type == "cpu" and (
-                dropout_prob or q.dtype != torch.float32
-                or (not torch.compiler.is_compiling() and T < 64))):
+        short_on_cpu = (q.device.type == "cpu" and not torch.compiler.is_compiling()
+                        and T < 64)
+        if output_attentions or short_on_cpu or (q.device.type == "cpu" and (
+                dropout_prob or q.dtype != torch.float32)):
             A, d = q.shape[1], q.shape[-1]
             # The scale and the padding mask go into the product (baddbmm's alpha and bias),
             # not into two more passes over the [B, A, T, T] scores.
@@ -127,7 +128,7 @@ class BertSelfAttention(nn.Module):
             scores = torch.baddbmm(bias.expand(B, A, 1, T).reshape(B * A, 1, T),
                                    q.reshape(B * A, T, d), k.reshape(B * A, T, d).transpose(1, 2),
                                    alpha=d ** -0.5)
-            if q.device.type == "cpu" and q.dtype != torch.float32 and T < 64:
+            if short_on_cpu and q.dtype != torch.float32:
                 # PyTorch's CPU softmax is slow on short bf16 rows: in float32, then rounded,
                 # it ran 5x faster at 30 tokens (the same from 64 on, slower from 128)
                 probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
