@@ -99,15 +99,24 @@ class LinearCrossEntropy(torch.autograd.Function):
             logits, grad_logits = x.new_empty(n, vocab), x.new_empty(n, vocab)
             grad_bias = x.new_zeros(vocab, dtype=torch.float32)
             size = min(n, LinearCrossEntropy.block_rows(vocab))
-            probabilities = x.new_empty(size, vocab, dtype=torch.float32)
+            # MKL's fp32 product against the transposed weight ran at ~40% of the fp32 peak on
+            # an AMD EPYC, oneDNN's (with the bias added as it writes) 2.1x as fast; in bf16
+            # MKL's is the faster one.
+            onednn = dtype == torch.float32 and can_pack_linears(x.device)
+            if not onednn:
+                probabilities = x.new_empty(size, vocab, dtype=torch.float32)
             total = x.new_zeros((), dtype=torch.float32)
             for start in range(0, n, size):
                 rows = slice(start, start + size)
                 targets = labels[rows]
                 k = targets.shape[0]
-                block = torch.mm(x[rows], weight_t, out=logits[rows])  # the bias comes next
-                z = torch.add(block, bias, out=probabilities[:k])  # float32 from here on
-                block.copy_(z)  # the logits returned: rounded to the matmul's precision
+                if onednn:
+                    z = torch.ops.mkldnn._linear_pointwise(x[rows], weight, bias, "none", [], "")
+                    logits[rows] = z
+                else:
+                    block = torch.mm(x[rows], weight_t, out=logits[rows])  # the bias comes next
+                    z = torch.add(block, bias, out=probabilities[:k])  # float32 from here on
+                    block.copy_(z)  # the logits returned: rounded to the matmul's precision
                 top, z_target = z.amax(1, keepdim=True), z.gather(1, targets[:, None])
                 p = torch.sub(z, top, out=z).exp_()
                 sums = p.sum(1, keepdim=True)
