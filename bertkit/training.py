@@ -237,12 +237,26 @@ class Trainer:
             return outputs, total
         self.scaler.unscale_(self.optimizer)
         if self.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self._clip_gradients()
         self.scaler.step(self.optimizer)
+        self.optimizer.__dict__.pop("grad_scale", None)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return outputs, total
+
+    def _clip_gradients(self) -> None:
+        """Scale the gradients to norm ``max_grad_norm`` when it is exceeded. A fused optimizer
+        (bertkit's AdamW on CPU and CUDA) divides them by its ``grad_scale`` as it reads them,
+        so they are scaled there instead of in a pass over every gradient of their own (~3% of a
+        fine-tuning step on a CPU); the same update, to rounding."""
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if self.scaler.is_enabled() or not getattr(self.optimizer, "_step_supports_amp_scaling",
+                                                   False):  # fp16's scaler sets grad_scale
+            torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        self.optimizer.grad_scale = torch.clamp((norm + 1e-6) / self.max_grad_norm, min=1.0)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -76,6 +76,28 @@ def test_accumulated_micro_batches_equal_one_large_batch():
     torch.testing.assert_close(updates[0], updates[1], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e3])  # the gradients clipped / left alone
+def test_clipping_inside_the_fused_optimizer_is_clip_grad_norm(max_norm):
+    """Trainer's clipping (the fused AdamW dividing by the norm as it reads the gradients)
+    gives the parameters of torch's clip_grad_norm_ then the step, over several steps."""
+    models = tiny_classifier(dropout=0.0), tiny_classifier(dropout=0.0)
+    optimizers = [build_optimizer(m, lr=1e-2) for m in models]
+    assert all(o.defaults["fused"] for o in optimizers)
+    trainer = Trainer(models[0], optimizers[0], torch.optim.lr_scheduler.ConstantLR(
+        optimizers[0], factor=1.0), device=torch.device("cpu"), max_grad_norm=max_norm)
+    norms = []
+    for seed in range(4):
+        trainer.step([batch(seed)])
+        models[1](**batch(seed))["loss"].backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(models[1].parameters(), max_norm)))
+        optimizers[1].step()
+        optimizers[1].zero_grad(set_to_none=True)
+        assert not hasattr(optimizers[0], "grad_scale")
+    assert (max(norms) < max_norm) == (max_norm > 1)
+    for ours, reference in zip(*(m.parameters() for m in models), strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+
+
 def test_lamb_step_is_adam_rescaled_by_the_trust_ratio():
     weight = torch.nn.Parameter(torch.tensor([3.0, -4.0]))
     weight.grad = torch.tensor([0.5, 0.25])
