@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint as checkpointed
 
 from . import checkpoint
 from .config import BertConfig
-from .speedups import Dropout, LinearCrossEntropy, Packing, dropout
+from .speedups import Dropout, LinearCrossEntropy, Packing, dropout, linear
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -101,8 +101,11 @@ class BertSelfAttention(nn.Module):
             qkv = self.qkv(x)
         else:
             projections = (self.query, self.key, self.value)
-            qkv = F.linear(x, torch.cat([p.weight for p in projections]),
-                           torch.cat([p.bias for p in projections]))  # [..., 3H]
+            if all(type(p) is nn.Linear for p in projections):
+                qkv = linear(x, torch.cat([p.weight for p in projections]),
+                             torch.cat([p.bias for p in projections]))  # [..., 3H]
+            else:  # replaced by the user (LoRA adapters, torch's int8 quantization): as they are
+                qkv = torch.cat([p(x) for p in projections], dim=-1)
         if packing is not None:
             qkv = packing.pad(qkv)
         B, T = qkv.shape[:2]
