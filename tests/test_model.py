@@ -383,6 +383,28 @@ def test_fast_cpu_dropout_has_dropout_statistics(p):
     assert bk.dropout(x, 0.0) is x
 
 
+def test_onednn_linear_is_f_linear():
+    """`speedups.linear` (oneDNN in fp32 on x86) against F.linear: outputs and the gradients of
+    a non-contiguous input, the weight and the bias."""
+    from bertkit import speedups
+
+    if not speedups.can_pack_linears(torch.device("cpu")):
+        pytest.skip("oneDNN's linear is used on x86 CPUs only")
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 96, 7).transpose(1, 2)  # [2, 7, 96], not contiguous
+    w0, b0, upstream = torch.randn(48, 96), torch.randn(48), torch.randn(2, 7, 48)
+    results, backward_ops = [], []
+    for function in (speedups.linear, torch.nn.functional.linear):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        y = function(x, w, b)
+        y.backward(upstream)
+        results.append((y.detach(), x.grad, w.grad, b.grad))
+        backward_ops.append(type(y.grad_fn).__name__)
+    assert backward_ops[0] == "OneDNNLinearBackward" != backward_ops[1]
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("precision,onednn", [("fp32", True), ("fp32", False), ("bf16", False)])
 def test_fused_masked_lm_loss_equals_the_separate_ops(precision, onednn, monkeypatch):
     """`LinearCrossEntropy` (the MLM decoder and loss in one, used in training) against
