@@ -112,9 +112,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     that took more time than all the encoder's matmuls. Here each block's logits are made, turned
     into the loss and into their gradient (softmax minus one-hot) while they are in cache, and the
     gradient is kept in the matmul precision for the two gradient matmuls of ``backward``. The
-    same numbers as ``F.cross_entropy(F.linear(x, weight) + bias, labels)`` under the same
-    autocast, to rounding. Returns (loss, logits): the logits (with the bias, in the matmul's
-    precision: half the memory of float32 in bf16) carry no gradient.
+    same numbers as ``F.cross_entropy(F.linear(x, weight, bias), labels)`` (transformers'
+    decoder) under the same autocast, to rounding. Returns (loss, logits): the logits (with the
+    bias, in the matmul's precision: half the memory of float32 in bf16) carry no gradient.
     """
 
     # A block holds about 2^22 logits: 137 rows for V = 30,522, 512 for the demo's 8,192. Its
@@ -143,6 +143,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             # MKL's is the faster one.
             onednn = dtype == torch.float32 and can_pack_linears(x.device)
             if not onednn:
+                bias_mm = bias.to(dtype)
                 probabilities = x.new_empty(size, vocab, dtype=torch.float32)
             total = x.new_zeros((), dtype=torch.float32)
             for start in range(0, n, size):
@@ -152,10 +153,9 @@ class LinearCrossEntropy(torch.autograd.Function):
                 if onednn:
                     z = torch.ops.mkldnn._linear_pointwise(x[rows], weight, bias, "none", [], "")
                     logits[rows] = z
-                else:
-                    block = torch.mm(x[rows], weight_t, out=logits[rows])  # the bias comes next
-                    z = torch.add(block, bias, out=probabilities[:k])  # float32 from here on
-                    block.copy_(z)  # the logits returned: rounded to the matmul's precision
+                else:  # the logits with the bias, rounded as nn.Linear's; float32 from here on
+                    block = torch.addmm(bias_mm, x[rows], weight_t, out=logits[rows])
+                    z = probabilities[:k].copy_(block)
                 top, z_target = z.amax(1, keepdim=True), z.gather(1, targets[:, None])
                 p = torch.sub(z, top, out=z).exp_()
                 sums = p.sum(1, keepdim=True)

@@ -408,10 +408,10 @@ def test_onednn_linear_is_f_linear():
 @pytest.mark.parametrize("precision,onednn", [("fp32", True), ("fp32", False), ("bf16", False)])
 def test_fused_masked_lm_loss_equals_the_separate_ops(precision, onednn, monkeypatch):
     """`LinearCrossEntropy` (the MLM decoder and loss in one, used in training) against
-    F.linear + bias + F.cross_entropy under the same autocast: the loss, the logits and the
-    gradients of the hidden states, the tied embedding matrix and the bias, over a number of
-    rows that is no multiple of its block size; in fp32 with oneDNN's product (x86) and without
-    (elsewhere)."""
+    F.linear (with the bias, as transformers' decoder) + F.cross_entropy under the same
+    autocast: the loss, the logits and the gradients of the hidden states, the tied embedding
+    matrix and the bias, over a number of rows that is no multiple of its block size; in fp32
+    with oneDNN's product (x86) and without (elsewhere)."""
     from bertkit import speedups
     from bertkit.speedups import LinearCrossEntropy
 
@@ -431,7 +431,7 @@ def test_fused_masked_lm_loss_equals_the_separate_ops(precision, onednn, monkeyp
             if fused:
                 loss, logits = LinearCrossEntropy.apply(x, w, b, labels)
             else:
-                logits = torch.nn.functional.linear(x, w) + b
+                logits = torch.nn.functional.linear(x, w, b)
                 loss = torch.nn.functional.cross_entropy(logits, labels)
         (2.5 * loss).backward()  # an upstream gradient other than 1
         results.append((loss.detach(), logits.detach().float(), x.grad, w.grad, b.grad))
