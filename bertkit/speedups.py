@@ -87,6 +87,7 @@ class OneDNNLinear(torch.autograd.Function):
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # oneDNN's op has no derivative of its own
     def backward(ctx, grad):
         rows, weight = ctx.saved_tensors
         grad_rows = grad.reshape(-1, grad.shape[-1]).contiguous()

@@ -239,7 +239,7 @@ class Trainer:
         if self.max_grad_norm:
             self._clip_gradients()
         self.scaler.step(self.optimizer)
-        self.optimizer.__dict__.pop("grad_scale", None)
+        self.optimizer.__dict__.pop("grad_scale", None)  # this step's clipping, if set
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -248,7 +248,7 @@ class Trainer:
     def _clip_gradients(self) -> None:
         """Scale the gradients to norm ``max_grad_norm`` when it is exceeded. A fused optimizer
         (bertkit's AdamW on CPU and CUDA) divides them by its ``grad_scale`` as it reads them,
-        so they are scaled there instead of in a pass over every gradient of their own (~3% of a
+        so they are scaled there instead of in a pass over every gradient of their own (~2% of a
         fine-tuning step on a CPU); the same update, to rounding."""
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         if self.scaler.is_enabled() or not getattr(self.optimizer, "_step_supports_amp_scaling",
