@@ -1,8 +1,8 @@
 """The speed-ups the encoder layers use, kept apart so that `bertkit.model` reads as the paper.
 
 Read `Dropout` as ``nn.Dropout`` (same distribution, a faster mask on CPU), `Packing` as "the
-same values, computed on real tokens only", and `PackedLinear` as ``nn.Linear`` (and its
-activation) for CPU inference. Plain PyTorch, no compiled kernels.
+same values, computed on real tokens only", `linear` as ``F.linear``, and `PackedLinear` as
+``nn.Linear`` (and its activation) for CPU inference. Plain PyTorch, no compiled kernels.
 """
 
 from __future__ import annotations
