@@ -7,6 +7,7 @@ same values, computed on real tokens only", `linear` as ``F.linear``, and `Packe
 
 from __future__ import annotations
 
+import functools
 import platform
 
 import numpy as np
@@ -83,8 +84,7 @@ class OneDNNLinear(torch.autograd.Function):
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         ctx.save_for_backward(rows, weight)
         ctx.has_bias = bias is not None
-        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-        return out.view(*x.shape[:-1], weight.shape[0])
+        return _onednn_linear(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # oneDNN's op has no derivative of its own
@@ -94,8 +94,7 @@ class OneDNNLinear(torch.autograd.Function):
         need_x, need_weight, need_bias = ctx.needs_input_grad
         grad_x = grad_weight = grad_bias = None
         if need_x:
-            grad_x = torch.ops.mkldnn._linear_pointwise(grad_rows, weight.t(), None, "none", [],
-                                                        "").view(*grad.shape[:-1], -1)
+            grad_x = _onednn_linear(grad_rows, weight.t()).view(*grad.shape[:-1], -1)
         if need_weight:
             grad_weight = grad_rows.t() @ rows
         if need_bias and ctx.has_bias:
@@ -152,7 +151,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 targets = labels[rows]
                 k = targets.shape[0]
                 if onednn:
-                    z = torch.ops.mkldnn._linear_pointwise(x[rows], weight, bias, "none", [], "")
+                    z = _onednn_linear(x[rows], weight, bias)
                     logits[rows] = z
                 else:  # the logits with the bias, rounded as nn.Linear's; float32 from here on
                     block = torch.addmm(bias_mm, x[rows], weight_t, out=logits[rows])
@@ -204,9 +203,18 @@ FUSED_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"),
 
 def can_pack_linears(device: torch.device) -> bool:
     """On x86 CPUs, where PyTorch's oneDNN is the measured one (ARM builds route it elsewhere)."""
-    return (device.type == "cpu" and platform.machine().lower() in ("x86_64", "amd64")
+    return device.type == "cpu" and _x86_onednn()
+
+
+@functools.cache  # asked on every fp32 product
+def _x86_onednn() -> bool:
+    return (platform.machine().lower() in ("x86_64", "amd64")
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _onednn_linear(rows, weight, bias=None):  # [N, in], [out, in] (any strides) -> [N, out]
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
 
 
 class PackedLinear(nn.Module):

@@ -163,7 +163,8 @@ if sys.argv[1] == "keep":
     keep_freed_memory(torch.device("cpu"))
 else:  # glibc's default threshold, pinned: glibc raises it by itself at a random step, or never
     import ctypes
-    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    from bertkit.device import M_MMAP_THRESHOLD
+    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 torch.manual_seed(0)
 model = BertForPreTraining(BertConfig.from_preset("mini", vocab_size=1000))
 ids = torch.randint(5, 1000, (32, 64))
