@@ -54,6 +54,7 @@ RECIPE_STEPS = 3270
 RECIPE_FIELDS = ("corpus", "vocab_size", "preset", "dupe_factor", "max_seq_length",
                  "masked_lm_prob", "pretrain_masked_lm_prob", "validation_fraction",
                  "pretrain_batch_size", "pretrain_lr", "pretrain_mlm_bias_prior",
+                 "pretrain_sinusoidal_positions",
                  "pretrain_beta2", "pretrain_warmup", "pretrain_dropout")
 MIN_PRETRAIN_MINUTES = 0.25
 HELD_OUT_SHOWN = 4
@@ -95,6 +96,9 @@ class DemoSettings(Settings):
     pretrain_lr: float = option(1e-3, "pre-training peak learning rate", above=0)
     pretrain_mlm_bias_prior: bool = option(True, "start the MLM output bias at the tokens' log "
                                            "frequencies (bertkit pretrain --mlm-bias-prior)")
+    pretrain_sinusoidal_positions: bool = option(True, "start the position embeddings at the "
+                                                 "Transformer's sinusoids (bertkit pretrain "
+                                                 "--sinusoidal-positions)")
     pretrain_beta2: float = option(0.98, "pre-training Adam beta2", at_least=0, at_most=1)
     pretrain_warmup: float = option(0.06, "pre-training warm-up share", at_least=0, at_most=1)
     pretrain_dropout: float = option(0.0, "pre-training dropout", at_least=0, at_most=1)
@@ -279,6 +283,7 @@ class Demo:
                 batch_size=s.pretrain_batch_size, lr=s.pretrain_lr, beta2=s.pretrain_beta2,
                 dropout=s.pretrain_dropout, warmup=s.pretrain_warmup, budget_minutes=minutes,
                 mlm_bias_prior=s.pretrain_mlm_bias_prior,
+                sinusoidal_positions=s.pretrain_sinusoidal_positions,
                 eval_every=s.pretrain_eval_every, eval_examples=s.pretrain_eval_examples,
                 save_every=s.pretrain_eval_every, log_every=10, seed=s.seed)
         result = pretrain(settings, resume=resume)

@@ -218,6 +218,27 @@ def test_mlm_bias_prior_starts_the_model_at_the_token_frequencies(wiki_data):
     assert abs(losses[False] - math.log(vocab_size)) < 0.1, (losses, math.log(vocab_size))
 
 
+def test_sinusoidal_positions_tell_offsets_apart_from_the_start(wiki_data):
+    """With --sinusoidal-positions a new model's position embeddings are Vaswani et al.'s
+    encodings at 3x the paper's std: the similarity of two positions depends only on their
+    offset; the paper's random ones (std 0.02) have no such structure. Both stay learned."""
+    settings = PretrainSettings(data=str(wiki_data), model="tiny", dropout=0.0)
+    train, _, _, tokenizer = load_examples(settings)
+    for sinusoidal in (True, False):
+        model = build_model(replace(settings, sinusoidal_positions=sinusoidal), tokenizer, train)
+        positions = model.bert.embeddings.position_embeddings.weight
+        similarity = (positions @ positions.T).detach()
+        shift_invariant = torch.allclose(similarity[:-7, :-7], similarity[7:, 7:], atol=1e-6)
+        assert shift_invariant == sinusoidal
+        assert positions.requires_grad
+        std = positions.std().item()
+        assert abs(std - 0.06) < 1e-4 if sinusoidal else 0.017 < std < 0.0201  # truncated: 0.0176
+        first_pair = positions[:, :2].detach() / positions[0, 1].item()  # column 1 at 0: cos 0
+        index = torch.arange(len(positions)).float()
+        expected = torch.stack([index.sin(), index.cos()], dim=1)  # Vaswani's lowest wavelength
+        assert torch.allclose(first_pair, expected, atol=1e-4) == sinusoidal
+
+
 def test_validation_data_evaluates_another_folders_held_out_documents(tmp_path, wiki_data):
     """Training examples masked at 25% evaluated on the 15% folder's validation split: the same
     held-out documents (the split follows the seed, not the masking); a folder of another seed
