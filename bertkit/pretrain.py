@@ -44,8 +44,8 @@ from .training import (
 
 SETTINGS_NAME = "pretrain_settings.json"
 BUDGET_PROVISIONAL_STEPS = 1_000_000
-# --sinusoidal-positions at 3x the initializer range: in the demo's recipe 1x left the plateau
-# later and 12x later still; 3x and 6x did best (README, "The demo's recipe").
+# --sinusoidal-positions at 3x the initializer range: in the demo's recipe 1x gained little and
+# 12x drowned the words (NSP stayed at chance); 3x and 6x did best (README, "The demo's recipe").
 SINUSOID_SCALE = 3
 
 
