@@ -54,7 +54,7 @@ RECIPE_STEPS = 1950
 RECIPE_FIELDS = ("corpus", "vocab_size", "preset", "dupe_factor", "max_seq_length",
                  "masked_lm_prob", "pretrain_masked_lm_prob", "validation_fraction",
                  "pretrain_batch_size", "pretrain_lr", "pretrain_mlm_bias_prior",
-                 "pretrain_sinusoidal_positions",
+                 "pretrain_sinusoidal_positions", "pretrain_cooccurrence_embeddings",
                  "pretrain_beta2", "pretrain_warmup", "pretrain_dropout")
 MIN_PRETRAIN_MINUTES = 0.25
 HELD_OUT_SHOWN = 4
@@ -101,6 +101,10 @@ class DemoSettings(Settings):
     pretrain_sinusoidal_positions: bool = option(True, "start the position embeddings at the "
                                                  "Transformer's sinusoids (bertkit pretrain "
                                                  "--sinusoidal-positions)")
+    pretrain_cooccurrence_embeddings: bool = option(True, "start the word embeddings at the "
+                                                    "corpus's co-occurrence word vectors "
+                                                    "(bertkit pretrain "
+                                                    "--cooccurrence-embeddings)")
     pretrain_beta2: float = option(0.98, "pre-training Adam beta2", at_least=0, at_most=1)
     pretrain_warmup: float = option(0.06, "pre-training warm-up share", at_least=0, at_most=1)
     pretrain_dropout: float = option(0.0, "pre-training dropout", at_least=0, at_most=1)
@@ -286,6 +290,7 @@ class Demo:
                 dropout=s.pretrain_dropout, warmup=s.pretrain_warmup, budget_minutes=minutes,
                 mlm_bias_prior=s.pretrain_mlm_bias_prior,
                 sinusoidal_positions=s.pretrain_sinusoidal_positions,
+                cooccurrence_embeddings=s.pretrain_cooccurrence_embeddings,
                 eval_every=s.pretrain_eval_every, eval_examples=s.pretrain_eval_examples,
                 save_every=s.pretrain_eval_every, log_every=10, seed=s.seed)
         result = pretrain(settings, resume=resume)

@@ -44,9 +44,13 @@ from .training import (
 
 SETTINGS_NAME = "pretrain_settings.json"
 BUDGET_PROVISIONAL_STEPS = 1_000_000
-# --sinusoidal-positions at 3x the initializer range: in the demo's recipe 1x gained little and
-# 12x drowned the words (NSP stayed at chance); 3x and 6x did best (README, "The demo's recipe").
-SINUSOID_SCALE = 3
+# --sinusoidal-positions and --cooccurrence-embeddings start at 3x the initializer range: in the
+# demo's recipe 1x gained less, sinusoids at 12x drowned the words (NSP at chance) and word vectors
+# at 6x lost 4.6 points (README, "The demo's recipe").
+START_SCALE = 3
+# --cooccurrence-embeddings counts the tokens within this many places of each other, in (at most)
+# this many tokens of the training text: enough for a vocabulary's neighbourhoods in seconds.
+COOCCURRENCE_WINDOW, COOCCURRENCE_TOKENS = 2, 20_000_000
 
 
 @dataclass
@@ -92,6 +96,11 @@ class PretrainSettings(OptimizerSettings):
                                         "Transformer's sinusoids (std 0.06) instead of the "
                                         "paper's random 0.02: offsets are told apart from the "
                                         "first step (a shorter plateau in a short run)")
+    cooccurrence_embeddings: bool = option(False, "a new model's word embeddings start at word "
+                                           "vectors of the training text (its tokens' "
+                                           "co-occurrence statistics, std 0.06) instead of "
+                                           "random ones: words used alike start close (a "
+                                           "shorter plateau in a short run)")
     eval_every: int = option(200, "steps between held-out evaluations", at_least=1)
     eval_examples: int = option(2048, "held-out examples per evaluation", at_least=1)
     log_every: int = option(10, "steps between metrics records", at_least=1)
@@ -224,7 +233,14 @@ def build_model(settings: PretrainSettings, tokenizer: BertTokenizer,
             if settings.sinusoidal_positions:
                 positions = model.bert.embeddings.position_embeddings.weight
                 positions.copy_(sinusoids(*positions.shape,
-                                          std=SINUSOID_SCALE * config.initializer_range))
+                                          std=START_SCALE * config.initializer_range))
+            if settings.cooccurrence_embeddings:
+                words = model.bert.embeddings.word_embeddings.weight
+                vectors = cooccurrence_vectors(train.token_ids(COOCCURRENCE_TOKENS),
+                                               *words.shape)
+                seen = vectors.any(dim=1)  # the rest ([MASK], unused pieces) stay random
+                scale = START_SCALE * config.initializer_range / vectors[seen].std()
+                words[seen] = vectors[seen] * scale
         return model
     model = BertForPreTraining.from_pretrained(settings.model, **overrides)
     has_vocabulary = any((Path(settings.model) / name).is_file()
@@ -260,6 +276,41 @@ def sinusoids(positions: int, width: int, std: float) -> torch.Tensor:
     return table * (std / table.std())
 
 
+def cooccurrence_vectors(token_ids: np.ndarray, vocab_size: int, width: int,
+                         window: int = COOCCURRENCE_WINDOW) -> torch.Tensor:
+    """Word vectors of a text, [vocab_size, width]: the top singular directions of its positive
+    PMI matrix, rows scaled by the square roots of the singular values (Levy, Goldberg & Dagan
+    2015: pairs within ``window`` tokens weighted 1 / distance, context counts smoothed by
+    ^0.75). Tokens that share contexts get close vectors; tokens absent from the text get zeros.
+    """
+    from scipy import sparse
+    from sklearn.utils.extmath import randomized_svd
+
+    pairs = []  # (token, context, weight), both directions
+    for distance in range(1, window + 1):
+        left, right = token_ids[:-distance], token_ids[distance:]
+        weight = np.full(len(left), 1.0 / distance, np.float32)
+        pairs += [(left, right, weight), (right, left, weight)]
+    tokens, contexts, weights = (np.concatenate(column) for column in zip(*pairs, strict=True))
+    counts = sparse.coo_matrix((weights, (tokens, contexts)), shape=(vocab_size, vocab_size))
+    counts = counts.tocsr().tocoo()  # sums the repeated pairs
+    token_counts = np.asarray(counts.sum(axis=1)).ravel()
+    context_counts = np.asarray(counts.sum(axis=0)).ravel() ** 0.75
+    pmi = np.log(counts.data * context_counts.sum()
+                 / (token_counts[counts.row] * context_counts[counts.col]))
+    positive = pmi > 0
+    ppmi = sparse.csr_matrix((pmi[positive], (counts.row[positive], counts.col[positive])),
+                             shape=(vocab_size, vocab_size))
+    rank = min(width, vocab_size)
+    # PMI's spectrum falls off slowly: as many extra directions as kept ones make the kept ones
+    # near exact (Halko et al. 2011), in seconds for a vocabulary of 30,000
+    u, s, _ = randomized_svd(ppmi, rank, n_oversamples=rank, random_state=0)
+    vectors = np.zeros((vocab_size, width), np.float32)
+    vectors[:, :rank] = u * np.sqrt(s)
+    vectors[token_counts == 0] = 0  # rather than the power iterations' rounding errors
+    return torch.from_numpy(vectors)
+
+
 class BudgetSizer:
     """Sizes a run to a wall-time budget from the step time it measures.
 
@@ -270,10 +321,11 @@ class BudgetSizer:
 
     TIMED_FROM, AT = 10, (30, 300, 1500)
 
-    def __init__(self, minutes: float | None, first_step: int, sizings_done: int = 0):
+    def __init__(self, minutes: float | None, first_step: int, sizings_done: int = 0,
+                 started: float | None = None):
         self.seconds = minutes * 60 if minutes else None
         self.first_step, self.done = first_step, sizings_done
-        self.started = time.perf_counter()
+        self.started = started or time.perf_counter()  # the budget takes in the run's set-up
         self.timed_from = None
 
     def new_total(self, step: int, total_steps: int) -> int | None:
@@ -324,6 +376,7 @@ class PretrainRun:
     """One pre-training run's state: model, trainer, data position, log and checkpoints."""
 
     def __init__(self, settings: PretrainSettings, resume: bool):
+        started = time.perf_counter()
         self.settings = settings
         self.device = choose_device(settings.device)
         self.distributed: Distributed = init_distributed(self.device)
@@ -352,7 +405,7 @@ class PretrainRun:
             restore_rng_states(state["rng"])
         self.phases = Phases(settings, self.train, phase2, self.total_steps)
         self.budget = BudgetSizer(settings.budget_minutes, self.step,
-                                  state.get("budget_sizings", 0))
+                                  state.get("budget_sizings", 0), started)
         self.main = self.distributed.is_main
         self.log = MetricsLog(self.folder / "metrics.jsonl", enabled=self.main)
         if self.main:  # the settings first: a resume refused (a full disk) changes nothing

@@ -17,7 +17,13 @@ import transformers
 
 from bertkit.data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
 from bertkit.model import BertForPreTraining
-from bertkit.pretrain import PretrainSettings, build_model, load_examples, pretrain
+from bertkit.pretrain import (
+    PretrainSettings,
+    build_model,
+    cooccurrence_vectors,
+    load_examples,
+    pretrain,
+)
 from bertkit.pretrain import held_out_metrics as evaluate
 from bertkit.tokenizer import train_vocab
 from bertkit.training import read_metrics
@@ -237,6 +243,59 @@ def test_sinusoidal_positions_tell_offsets_apart_from_the_start(wiki_data):
         index = torch.arange(len(positions)).float()
         expected = torch.stack([index.sin(), index.cos()], dim=1)  # Vaswani's lowest wavelength
         assert torch.allclose(first_pair, expected, atol=1e-4) == sinusoidal
+
+
+def test_cooccurrence_embeddings_start_words_at_the_texts_word_vectors(wiki_data):
+    """--cooccurrence-embeddings: the training text with its masks undone gives positive-PMI word
+    vectors as good as a dense computation's exact SVD (the same singular values, a subspace as
+    close to the matrix); a new model's word embeddings start at them (std 0.06; tokens the text
+    lacks, like [MASK], keep their random start), at the paper's random ones without the
+    option."""
+    settings = PretrainSettings(data=str(wiki_data), model="tiny", dropout=0.0)
+    train, _, _, tokenizer = load_examples(settings)
+    ids = train.token_ids()
+    start = sum(len(train.arrays(i)["input_ids"]) for i in range(3))
+    example = train.arrays(3)
+    original = example["input_ids"].copy()
+    original[example["positions"]] = example["labels"]
+    np.testing.assert_array_equal(ids[start:start + len(original)], original)
+    assert len(ids) == sum(len(train.arrays(i)["input_ids"]) for i in range(len(train)))
+    np.testing.assert_array_equal(train.token_ids(limit=100), ids[:100])
+    assert tokenizer.mask_token_id not in ids and tokenizer.mask_token_id in example["input_ids"]
+
+    size, width = tokenizer.vocab_size, 32
+    counts = np.zeros((size, size))
+    for distance in (1, 2):
+        np.add.at(counts, (ids[:-distance], ids[distance:]), 1 / distance)
+        np.add.at(counts, (ids[distance:], ids[:-distance]), 1 / distance)
+    contexts = counts.sum(0) ** 0.75
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pmi = np.log(counts * contexts.sum() / np.outer(counts.sum(1), contexts))
+    ppmi = np.where(counts > 0, np.maximum(pmi, 0), 0)
+    exact = np.linalg.svd(ppmi, compute_uv=False)
+    vectors = cooccurrence_vectors(ids, size, width).double().numpy()  # U * sqrt(S)
+    singular_values = (vectors ** 2).sum(0)
+    np.testing.assert_allclose(singular_values, exact[:width], rtol=0.01)
+    directions = vectors / np.sqrt(singular_values)
+    np.testing.assert_allclose(directions.T @ directions, np.eye(width), atol=1e-6)
+    # PMI's spectrum is flat near the cut, so the kept directions are judged by what they keep
+    # of the matrix (Eckart-Young: no rank-32 subspace leaves less out than the exact one)
+    left_out = np.linalg.norm(ppmi - directions @ (directions.T @ ppmi)) ** 2
+    assert left_out <= 1.01 * (exact[width:] ** 2).sum()
+    absent = np.bincount(ids, minlength=size) == 0
+    assert absent[tokenizer.mask_token_id] and not vectors[absent].any()
+
+    models = {}
+    for option in (True, False):
+        torch.manual_seed(0)
+        models[option] = build_model(replace(settings, cooccurrence_embeddings=option),
+                                     tokenizer, train).bert.embeddings.word_embeddings.weight
+    words, random = models[True].detach().numpy(), models[False].detach().numpy()
+    assert models[True].requires_grad
+    vectors = cooccurrence_vectors(ids, size, words.shape[1]).numpy()[~absent]
+    np.testing.assert_allclose(words[~absent], vectors * 0.06 / vectors.std(), atol=1e-6)
+    np.testing.assert_array_equal(words[absent], random[absent])
+    assert not np.allclose(words[~absent], random[~absent])
 
 
 def test_validation_data_evaluates_another_folders_held_out_documents(tmp_path, wiki_data):

@@ -335,6 +335,22 @@ class PretrainingDataset(torch.utils.data.Dataset):
             parts = [shard["masked_labels"].astype(np.int64) for shard in self.shards]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
+    def token_ids(self, limit: int | None = None) -> np.ndarray:
+        """The examples' original ids (before masking), one after another: the split's text, or
+        its first ``limit`` tokens."""
+        parts, count = [], 0
+        for shard in self.shards:
+            if limit is not None and count >= limit:
+                break
+            ids = shard["input_ids"].astype(np.int64)
+            if not self.config.dynamic_masking:  # put the originals back where [MASK] etc. went
+                example = np.repeat(np.arange(len(shard["offsets"]) - 1),
+                                    np.diff(shard["masked_offsets"]))
+                ids[shard["offsets"][example] + shard["masked_positions"]] = shard["masked_labels"]
+            parts.append(ids)
+            count += len(ids)
+        return np.concatenate(parts)[:limit] if parts else np.zeros(0, np.int64)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = self.arrays(index)
         length = len(example["input_ids"])
