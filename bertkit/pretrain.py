@@ -323,11 +323,10 @@ class BudgetSizer:
 
     TIMED_FROM, AT = 10, (30, 300, 1500)
 
-    def __init__(self, minutes: float | None, first_step: int, sizings_done: int = 0,
-                 started: float | None = None):
+    def __init__(self, minutes: float | None, first_step: int, sizings_done: int, started: float):
         self.seconds = minutes * 60 if minutes else None
         self.first_step, self.done = first_step, sizings_done
-        self.started = started or time.perf_counter()  # the budget takes in the run's set-up
+        self.started = started  # the run's start: the budget takes in its set-up
         self.timed_from = None
 
     def new_total(self, step: int, total_steps: int) -> int | None:
