@@ -56,6 +56,7 @@ RECIPE_FIELDS = ("corpus", "vocab_size", "preset", "dupe_factor", "max_seq_lengt
                  "masked_lm_prob", "pretrain_masked_lm_prob", "validation_fraction",
                  "pretrain_batch_size", "pretrain_lr", "pretrain_mlm_bias_prior",
                  "pretrain_sinusoidal_positions", "pretrain_cooccurrence_embeddings",
+                 "pretrain_mimetic_attention",
                  "pretrain_beta2", "pretrain_warmup", "pretrain_dropout")
 MIN_PRETRAIN_MINUTES = 0.25
 HELD_OUT_SHOWN = 4
@@ -106,6 +107,8 @@ class DemoSettings(Settings):
                                                     "corpus's co-occurrence word vectors "
                                                     "(bertkit pretrain "
                                                     "--cooccurrence-embeddings)")
+    pretrain_mimetic_attention: bool = option(True, "start the attention layers at mimetic "
+                                              "weights (bertkit pretrain --mimetic-attention)")
     pretrain_beta2: float = option(0.98, "pre-training Adam beta2", at_least=0, at_most=1)
     pretrain_warmup: float = option(0.06, "pre-training warm-up share", at_least=0, at_most=1)
     pretrain_dropout: float = option(0.0, "pre-training dropout", at_least=0, at_most=1)
@@ -292,6 +295,7 @@ class Demo:
                 mlm_bias_prior=s.pretrain_mlm_bias_prior,
                 sinusoidal_positions=s.pretrain_sinusoidal_positions,
                 cooccurrence_embeddings=s.pretrain_cooccurrence_embeddings,
+                mimetic_attention=s.pretrain_mimetic_attention,
                 eval_every=s.pretrain_eval_every, eval_examples=s.pretrain_eval_examples,
                 save_every=s.pretrain_eval_every, log_every=10, seed=s.seed)
         result = pretrain(settings, resume=resume)

@@ -52,6 +52,10 @@ START_SCALE = 3
 # this many tokens of the training text: enough for a vocabulary's neighbourhoods, in under a
 # minute (BERT's 30,522 pieces at width 768: 53 s and 2.8 GB on 2 cores; the demo's: 5 s).
 COOCCURRENCE_WINDOW, COOCCURRENCE_TOKENS = 2, 20_000_000
+# --mimetic-attention's weights start at std MIMETIC_GAIN / sqrt(hidden size): 0.04 for `mini`,
+# the best of those tried (README, "The demo's recipe"); W_v^T W_v and a token's attention score
+# for itself then start the same at every width.
+MIMETIC_GAIN = 0.64
 
 
 @dataclass
@@ -102,6 +106,11 @@ class PretrainSettings(OptimizerSettings):
                                            "co-occurrence statistics, std 0.06) instead of "
                                            "random ones: words used alike start close (a "
                                            "shorter plateau in a short run)")
+    mimetic_attention: bool = option(False, "a new model's attention layers start with equal "
+                                     "query and key weights and with output weights the "
+                                     "negative transpose of the value weights: each token "
+                                     "first attends to tokens like itself and near it "
+                                     "(a shorter plateau in a short run)")
     eval_every: int = option(200, "steps between held-out evaluations", at_least=1)
     eval_examples: int = option(2048, "held-out examples per evaluation", at_least=1)
     log_every: int = option(10, "steps between metrics records", at_least=1)
@@ -242,6 +251,8 @@ def build_model(settings: PretrainSettings, tokenizer: BertTokenizer,
                 seen = vectors.any(dim=1)  # the rest ([MASK], unused pieces) stay random
                 scale = START_SCALE * config.initializer_range / vectors[seen].std()
                 words[seen] = vectors[seen] * scale
+            if settings.mimetic_attention:
+                mimetic_attention(model, std=MIMETIC_GAIN / math.sqrt(config.hidden_size))
         return model
     model = BertForPreTraining.from_pretrained(settings.model, **overrides)
     has_vocabulary = any((Path(settings.model) / name).is_file()
@@ -311,6 +322,22 @@ def cooccurrence_vectors(token_ids: np.ndarray, vocab_size: int, width: int,
     vectors[:, :rank] = u * np.sqrt(s)
     vectors[token_counts == 0] = 0  # rather than the power iterations' rounding errors
     return torch.from_numpy(vectors)
+
+
+def mimetic_attention(model: BertForPreTraining, std: float) -> None:
+    """Start every attention layer as trained ones look (Trockman & Kolter 2023, "Mimetic
+    Initialization of Self-Attention Layers"): W_q = W_k, so W_q^T W_k is positive
+    semi-definite, ~identity plus noise, and a token's scores favour tokens like itself and, by
+    the position embeddings, near it; W_o = -W_v^T, so W_o W_v ~ -identity. Random weights
+    instead give scores near zero, attention spread evenly over the sequence, and a plateau
+    until the MLM shapes it."""
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            attention, output = layer.attention.self, layer.attention.output
+            attention.query.weight.normal_(0, std)
+            attention.key.weight.copy_(attention.query.weight)
+            attention.value.weight.normal_(0, std)
+            output.dense.weight.copy_(-attention.value.weight.T)
 
 
 class BudgetSizer:

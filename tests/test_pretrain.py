@@ -299,6 +299,41 @@ def test_cooccurrence_embeddings_start_words_at_the_texts_word_vectors(wiki_data
     assert not np.allclose(words[~absent], random[~absent])
 
 
+def test_mimetic_attention_starts_tokens_attending_near_themselves(wiki_data):
+    """--mimetic-attention: each layer starts with W_q = W_k and W_o = -W_v^T at std
+    0.64 / sqrt(width) (tiny: 0.057); on real examples a new model's first layer then gives a
+    token's neighbourhood (itself and the tokens beside it) several times the attention that
+    random weights give, which spread it evenly. Without the option the weights are the paper's
+    random ones."""
+    settings = PretrainSettings(data=str(wiki_data), model="tiny", dropout=0.0,
+                                sinusoidal_positions=True)
+    train, _, _, tokenizer = load_examples(settings)
+    batch = train.collate([train[i] for i in range(16)])
+    near = {}
+    for option in (True, False):
+        torch.manual_seed(0)
+        model = build_model(replace(settings, mimetic_attention=option), tokenizer, train)
+        for layer in model.bert.encoder.layer:
+            query, key = layer.attention.self.query.weight, layer.attention.self.key.weight
+            value = layer.attention.self.value.weight
+            output = layer.attention.output.dense.weight
+            assert torch.equal(query, key) == option
+            assert torch.equal(output, -value.T) == option
+            if option:
+                assert abs(query.std().item() - 0.64 / 128 ** 0.5) < 0.002
+                assert abs(value.std().item() - 0.64 / 128 ** 0.5) < 0.002
+        with torch.no_grad():
+            probs = model.bert(batch["input_ids"], batch["attention_mask"],
+                               batch["token_type_ids"], output_attentions=True).attentions[0]
+        offsets = torch.arange(probs.shape[-1])
+        band = (offsets[:, None] - offsets[None, :]).abs() <= 1  # [T, T]
+        real = batch["attention_mask"].bool()  # the queries of real tokens
+        near[option] = probs.masked_fill(~band, 0).sum(-1).transpose(1, 2)[real].mean().item()
+    length = batch["attention_mask"].sum(1).float().mean().item()
+    assert near[False] < 5 / length  # ~3 of the row's tokens at ~1 / length each
+    assert near[True] > 3 * near[False]
+
+
 def test_validation_data_evaluates_another_folders_held_out_documents(tmp_path, wiki_data):
     """Training examples masked at 25% evaluated on the 15% folder's validation split: the same
     held-out documents (the split follows the seed, not the masking); a folder of another seed
