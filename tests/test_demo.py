@@ -146,14 +146,14 @@ def test_the_demo_says_when_it_will_train_in_fp32(monkeypatch, capsys, native_bf
 
 
 def test_a_machine_too_slow_for_the_recipe_is_told_the_budget_it_needs(tmp_path):
-    """1,000 steps in 10 minutes after 5 minutes of other stages: the recipe's 1,400 steps take
-    14 minutes there, so the whole job needs a budget of 19 minutes."""
+    """800 steps in 10 minutes after 5 minutes of other stages: the recipe's 1,100 steps take
+    13.75 minutes there, so the whole job needs a budget of 19 minutes."""
     from bertkit.demo import RECIPE_STEPS, DemoState, _budget_advice
 
     state = DemoState(tmp_path)
-    state.stages = {"pretrain": {"steps": 1000, "seconds": 600.0},
+    state.stages = {"pretrain": {"steps": 800, "seconds": 600.0},
                     "elapsed": {"seconds": 900.0}}
-    assert RECIPE_STEPS == 1400
+    assert RECIPE_STEPS == 1100
     assert "`bertkit demo --budget 19`" in _budget_advice(DemoSettings(), state)
     assert _budget_advice(DemoSettings(preset="tiny"), state) == ""  # another recipe: no claim
     state.stages["pretrain"]["steps"] = RECIPE_STEPS  # enough steps: nothing to say

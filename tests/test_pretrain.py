@@ -18,6 +18,7 @@ import transformers
 from bertkit.data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
 from bertkit.model import BertForPreTraining
 from bertkit.pretrain import (
+    BudgetSizer,
     PretrainSettings,
     build_model,
     cooccurrence_vectors,
@@ -297,6 +298,31 @@ def test_cooccurrence_embeddings_start_words_at_the_texts_word_vectors(wiki_data
                                atol=1e-7)
     np.testing.assert_array_equal(words[absent], random[absent])
     assert not np.allclose(words[~absent], random[~absent])
+
+
+def test_budget_sizing_follows_a_machine_that_slows_down(monkeypatch):
+    """A 100-second budget on a machine whose steps take 0.1 s for the first 300 steps, then
+    0.2 s (another job took a core): sized at step 30 and every 300 steps at the recent pace,
+    the run ends within its budget, and within a few steps of using it all. A run resumed after
+    being sized keeps its length."""
+    import bertkit.pretrain as pretrain_module
+
+    clock = [5.0]  # set-up took 5 s of the budget
+    monkeypatch.setattr(pretrain_module.time, "perf_counter", lambda: clock[0])
+    sizer = BudgetSizer(100 / 60, first_step=0, sizings_done=0, started=0.0)
+    step, total, totals = 0, 1_000_000, []
+    while step < total:
+        clock[0] += 0.1 if step < 300 else 0.2
+        step += 1
+        new = sizer.new_total(step, total)
+        if new is not None:
+            total = new
+            totals.append((step, new))
+    assert totals[0] == (30, 30 + int((100 - 8) / 0.1))  # 950 steps at the first pace
+    assert [s for s, _ in totals] == [30, 300, 600]
+    assert 100 - 3 * 0.2 < clock[0] <= 100
+    resumed = BudgetSizer(100 / 60, first_step=600, sizings_done=3, started=clock[0])
+    assert all(resumed.new_total(s, 2_000) is None for s in range(600, 1_500))
 
 
 def test_mimetic_attention_starts_tokens_attending_near_themselves(wiki_data):
