@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import files
 from .device import autocast, keep_freed_memory
 from .settings import Settings, option
+from .speedups import KeptEmbeddingGradients
 
 OPTIMIZERS = ("adamw", "lamb")
 STATE_NAME = "trainer_state.pt"
@@ -204,6 +205,7 @@ class Trainer:
         if distributed.world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(model, device_ids=ids)
+        self.embedding_gradients = KeptEmbeddingGradients(model, device, distributed.world_size)
 
     def step(self, micro_batches: list[dict]) -> tuple[list, float]:
         """Forward/backward every micro-batch, then clip and update. Returns (outputs, loss)."""
@@ -214,13 +216,14 @@ class Trainer:
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.distributed.world_size == 1 \
                 else self.wrapped.no_sync()
-            with sync:
+            with sync, self.embedding_gradients.sparse_lookups():
                 with autocast(self.device, self.precision):
                     out = self.wrapped(**batch)
                 loss = out["loss"] / len(micro_batches)
                 self.scaler.scale(loss).backward()
             total += loss.item()
             outputs.append(out)
+        self.embedding_gradients.densify()
         if self.distributed.world_size > 1:  # report the loss of the whole global batch
             reduced = torch.tensor([total], device=self.device)
             dist.all_reduce(reduced)
@@ -255,7 +258,7 @@ class Trainer:
                                                    False):  # fp16's scaler sets grad_scale
             torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
             return
-        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        norm = torch.nn.utils.get_total_norm(self.embedding_gradients.norm_parts(parameters))
         self.optimizer.grad_scale = torch.clamp((norm + 1e-6) / self.max_grad_norm, min=1.0)
 
     def state_dict(self) -> dict:

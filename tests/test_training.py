@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bertkit.config import BertConfig
-from bertkit.model import BertForSequenceClassification
+from bertkit.model import BertForPreTraining, BertForSequenceClassification
 from bertkit.training import (
     Checkpoints,
     GracefulStop,
@@ -96,6 +96,40 @@ def test_clipping_inside_the_fused_optimizer_is_clip_grad_norm(max_norm):
     assert (max(norms) < max_norm) == (max_norm > 1)
     for ours, reference in zip(*(m.parameters() for m in models), strict=True):
         torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+
+
+def test_kept_word_embedding_gradients_are_the_dense_ones():
+    """On CPU the Trainer adds the word embeddings' sparse gradient into one kept tensor. Over
+    steps whose batches touch other rows, with two micro-batches each and the gradient clipped
+    (its norm from the rows of the step), the parameters follow plain autograd's dense
+    gradient; outside a step the lookups are dense again (for anything else that trains the
+    model), and an MLM decoder's tied matrix is left to autograd."""
+    models = tiny_classifier(dropout=0.0), tiny_classifier(dropout=0.0)
+    optimizers = [build_optimizer(m, lr=1e-2) for m in models]
+    trainer = Trainer(models[0], optimizers[0], torch.optim.lr_scheduler.ConstantLR(
+        optimizers[0], factor=1.0), device=torch.device("cpu"), max_grad_norm=0.05)
+    word_embeddings = models[0].bert.embeddings.word_embeddings
+    assert trainer.embedding_gradients.embeddings == [word_embeddings]
+    for seed in range(4):
+        halves = [{k: v[:4] for k, v in batch(seed).items()},
+                  {k: v[4:] for k, v in batch(seed).items()}]
+        trainer.step(halves)
+        assert not word_embeddings.sparse
+        for half in halves:
+            (models[1](**half)["loss"] / 2).backward()
+        norm = torch.nn.utils.clip_grad_norm_(models[1].parameters(), 0.05)
+        assert norm > 0.05  # clipped: the norm counts
+        optimizers[1].step()
+        optimizers[1].zero_grad(set_to_none=True)
+    for ours, reference in zip(*(m.parameters() for m in models), strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    kept, _, _ = trainer.embedding_gradients.kept[word_embeddings]
+    assert kept.abs().sum(1).count_nonzero() == len(set(batch(3)["input_ids"].flatten().tolist()))
+
+    pretraining = BertForPreTraining(BertConfig(**TINY))
+    optimizer = build_optimizer(pretraining)
+    assert not Trainer(pretraining, optimizer, warmup_linear_decay(optimizer, 1, 10),
+                       device=torch.device("cpu")).embedding_gradients.embeddings
 
 
 def test_lamb_step_is_adam_rescaled_by_the_trust_ratio():
