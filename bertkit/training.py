@@ -146,25 +146,34 @@ class WarmupLinearDecay(torch.optim.lr_scheduler.LambdaLR):
 
     ``warmup`` is a number of steps (>= 1) or a share of the run (< 1). ``resize`` gives the run
     another length mid-way (a time budget measured at the start); a warm-up given as a share
-    keeps its share. Both are part of the state dict, so a resumed run keeps its schedule.
+    keeps its share. A run may also begin with ``start`` steps at lr 0 (a budget run measuring
+    its pace), after which the schedule is that of a run of ``total_steps - start``. All three
+    are part of the state dict, so a resumed run keeps its schedule.
     """
 
     def __init__(self, optimizer, warmup: float, total_steps: int):
-        self.warmup, self.total_steps = warmup, total_steps
+        self.warmup, self.total_steps, self.start = warmup, total_steps, 0
         super().__init__(optimizer, self.factor)
 
     @property
     def warmup_steps(self) -> int:
-        return int(self.warmup) if self.warmup >= 1 else round(self.warmup * self.total_steps)
+        return (int(self.warmup) if self.warmup >= 1
+                else round(self.warmup * (self.total_steps - self.start)))
 
     def factor(self, step: int) -> float:
+        step -= self.start
         warmup = self.warmup_steps
+        if step < 0:
+            return 0.0
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+        length = self.total_steps - self.start
+        return max(0.0, (length - step) / max(1, length - warmup))
 
-    def resize(self, total_steps: int) -> None:
+    def resize(self, total_steps: int, start: int | None = None) -> None:
         self.total_steps = total_steps
+        if start is not None:
+            self.start = start
         factor = self.factor(self.last_epoch)  # the lr of the next step, on the new length
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor

@@ -27,7 +27,7 @@ from bertkit.pretrain import (
 )
 from bertkit.pretrain import held_out_metrics as evaluate
 from bertkit.tokenizer import train_vocab
-from bertkit.training import read_metrics
+from bertkit.training import WarmupLinearDecay, read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -302,7 +302,7 @@ def test_cooccurrence_embeddings_start_words_at_the_texts_word_vectors(wiki_data
 
 def test_budget_sizing_follows_a_machine_that_slows_down(monkeypatch):
     """A 100-second budget on a machine whose steps take 0.1 s for the first 300 steps, then
-    0.2 s (another job took a core): sized at step 30 and every 300 steps at the recent pace,
+    0.2 s (another job took a core): sized at step 10 and every 300 steps at the recent pace,
     the run ends within its budget, and within a few steps of using it all. A run resumed after
     being sized keeps its length."""
     import bertkit.pretrain as pretrain_module
@@ -318,11 +318,32 @@ def test_budget_sizing_follows_a_machine_that_slows_down(monkeypatch):
         if new is not None:
             total = new
             totals.append((step, new))
-    assert totals[0] == (30, 30 + int((100 - 8) / 0.1))  # 950 steps at the first pace
-    assert [s for s, _ in totals] == [30, 300, 600]
+    assert totals[0] == (10, 10 + int((100 - 6) / 0.1))  # 950 steps at the first pace
+    assert [s for s, _ in totals] == [10, 300, 600]
     assert 100 - 3 * 0.2 < clock[0] <= 100
     resumed = BudgetSizer(100 / 60, first_step=600, sizings_done=3, started=clock[0])
     assert all(resumed.new_total(s, 2_000) is None for s in range(600, 1_500))
+
+
+def test_a_budget_run_warms_up_from_its_first_sizing(tmp_path, wiki_data, monkeypatch):
+    """A run given minutes trains at lr 0 while it measures its pace; its warm-up starts at the
+    first sizing, so from there it follows the schedule of a run given that length from the
+    start (until a later sizing changes the length)."""
+    monkeypatch.setattr(BudgetSizer, "EVERY", 10**9)  # no later sizing
+    settings = PretrainSettings(data=str(wiki_data), out=str(tmp_path / "run"), model="tiny",
+                                budget_minutes=0.15, batch_size=8, warmup=0.1, lr=1e-3,
+                                precision="fp32", eval_every=10_000, log_every=1)
+    result = pretrain(settings)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+           if "lr" in r}  # a step's record holds the lr of the step after it
+    first = BudgetSizer.FIRST  # logged before the sizing after it
+    assert all(lrs[step] == 0 for step in range(1, first + 1))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sized = WarmupLinearDecay(optimizer, 0.1, result["steps"] - first)  # the length from there
+    for step in range(first + 1, result["steps"]):
+        optimizer.step()
+        sized.step()
+        assert lrs[step] == pytest.approx(sized.get_last_lr()[0], rel=1e-6)
 
 
 def test_mimetic_attention_starts_tokens_attending_near_themselves(wiki_data):
