@@ -196,6 +196,7 @@ class KeptEmbeddingGradients:
 
     def __init__(self, model: nn.Module, device: torch.device, world_size: int):
         self.embeddings = []
+        self.kept = {}  # embedding -> (its kept gradient, the rows the last step wrote, values)
         if device.type != "cpu" or world_size > 1:  # a GPU fills fast; DDP wants dense buckets
             return
         modules = dict(model.named_modules())
@@ -207,7 +208,6 @@ class KeptEmbeddingGradients:
                        for m in modules.values() if m is not embedding)  # an MLM decoder
             if not tied:
                 self.embeddings.append(embedding)
-        self.kept = {}  # embedding -> (its kept gradient, the rows the last step wrote)
 
     @contextlib.contextmanager
     def sparse_lookups(self):
