@@ -295,7 +295,7 @@ class BertForSequenceClassificationWithNumbers(BertForSequenceClassification):
                 numbers=None, output_hidden_states=False, output_attentions=False,
                 skip_padding=False, return_dict=None) -> Output | tuple:
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
+                        output_attentions, skip_padding, cls_only=self.reads_cls_only)
         pooled = self.dropout(out.pooler_output)  # the numbers are never dropped out
         gained = self.NUMBERS_GAIN * numbers.to(pooled.dtype)
         logits = self.classifier(torch.cat([pooled, gained], dim=-1))

@@ -92,9 +92,10 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, x, mask, output_attentions=False, packing=None):
+    def forward(self, x, mask, output_attentions=False, packing=None, cls_only=False):
         # x [B, T, H], or [N, H] real tokens with their `packing`; mask [B, 1, 1, T], True where a
-        # key may be attended to (None: no padding)
+        # key may be attended to (None: no padding). With `cls_only` only the [CLS] position
+        # queries: the output is [B, H], the [CLS] state alone.
         # The three projections as one matmul ([H, H] each, checkpoint names kept): one bigger
         # product and one weight gradient instead of three, a quarter of the attention ops.
         if hasattr(self, "qkv"):  # inference: the three joined once (`speedups.join_qkv`)
@@ -111,6 +112,9 @@ class BertSelfAttention(nn.Module):
         B, T = qkv.shape[:2]
         H = qkv.shape[-1] // 3
         q, k, v = qkv.view(B, T, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, A, T, H/A]
+        if cls_only:
+            q = q[:, :, :1]  # [B, A, 1, H/A]
+        Tq = q.shape[2]
         dropout_prob = self.dropout_prob if self.training else 0.0
         probs = None
         # Spelled out when the probabilities are wanted (the fused kernel hides them), and on CPU
@@ -129,7 +133,8 @@ class BertSelfAttention(nn.Module):
             if mask is not None:
                 bias.masked_fill_(~mask, torch.finfo(q.dtype).min)
             scores = torch.baddbmm(bias.expand(B, A, 1, T).reshape(B * A, 1, T),
-                                   q.reshape(B * A, T, d), k.reshape(B * A, T, d).transpose(1, 2),
+                                   q.reshape(B * A, Tq, d),
+                                   k.reshape(B * A, T, d).transpose(1, 2),
                                    alpha=d ** -0.5)
             if short_on_cpu and q.dtype != torch.float32:
                 # PyTorch's CPU softmax is slow on short bf16 rows: in float32, then rounded,
@@ -137,12 +142,14 @@ class BertSelfAttention(nn.Module):
                 probs = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
             else:
                 probs = scores.softmax(dim=-1)
-            probs = probs.view(B, A, T, T)
+            probs = probs.view(B, A, Tq, T)
             context = dropout(probs, dropout_prob) @ v
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                      dropout_p=dropout_prob)
-        context = context.transpose(1, 2).reshape(B, T, H)
+        context = context.transpose(1, 2).reshape(B, Tq, H)
+        if cls_only:
+            return context[:, 0], probs
         return (context if packing is None else packing.unpad(context)), probs
 
 
@@ -165,8 +172,10 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)  # "self" is the name checkpoints use
         self.output = BertResidualOutput(config.hidden_size, config)
 
-    def forward(self, x, mask, output_attentions=False, packing=None):
-        context, probs = self.self(x, mask, output_attentions, packing)
+    def forward(self, x, mask, output_attentions=False, packing=None, cls_only=False):
+        context, probs = self.self(x, mask, output_attentions, packing, cls_only)
+        if cls_only:  # the residual of the one position computed on
+            x = x[:, 0] if packing is None else packing.firsts(x)
         return self.output(context, x), probs
 
 
@@ -191,8 +200,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config.intermediate_size, config)
 
-    def forward(self, x, mask, output_attentions=False, packing=None):
-        x, probs = self.attention(x, mask, output_attentions, packing)
+    def forward(self, x, mask, output_attentions=False, packing=None, cls_only=False):
+        x, probs = self.attention(x, mask, output_attentions, packing, cls_only)
         return self.output(self.intermediate(x), x), probs
 
 
@@ -207,19 +216,23 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.checkpointing: dict | None = None  # every_n_layers, offload, checkpoint kwargs
 
-    def forward(self, x, mask, output_attentions=False, packing=None):
-        """The last layer's output, every layer's output (x first) and attention probabilities."""
+    def forward(self, x, mask, output_attentions=False, packing=None, cls_only=False):
+        """The last layer's output, every layer's output (x first) and attention probabilities.
+
+        ``cls_only``: the last layer computes the [CLS] state alone ([B, H]), all a pooled head
+        reads; its keys and values still come from every token, so that state is unchanged.
+        """
         hidden_states, attentions = [x], []
         saving = self.checkpointing is not None and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layer):
+            args = (x, mask, output_attentions, packing, cls_only and i == len(self.layer) - 1)
             if saving and i % self.checkpointing["every_n_layers"] == 0:
                 offload = (torch.autograd.graph.save_on_cpu(pin_memory=x.is_cuda)
                            if self.checkpointing["offload"] else nullcontext())
                 with offload:
-                    x, probs = checkpointed(layer, x, mask, output_attentions, packing,
-                                            **self.checkpointing["kwargs"])
+                    x, probs = checkpointed(layer, *args, **self.checkpointing["kwargs"])
             else:
-                x, probs = layer(x, mask, output_attentions, packing)
+                x, probs = layer(*args)
             hidden_states.append(x)
             attentions.append(probs)
         return x, hidden_states, attentions
@@ -386,9 +399,14 @@ class BertModel(BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None,
                 output_hidden_states=False, output_attentions=False, skip_padding=False,
-                return_dict=None) -> Output | tuple:
+                return_dict=None, cls_only=False) -> Output | tuple:
         """``skip_padding=True`` computes real tokens only (see ``Packing``): the same values at
         real positions, zeros at padding positions instead of states nobody should read.
+
+        ``cls_only=True`` (what the heads on ``pooler_output`` pass): ``last_hidden_state`` is
+        the [CLS] state alone ([B, 1, H]), which the last layer then computes alone, the same
+        values for less work (e.g. 1/7 of a 6-layer model's products). Ignored when every
+        layer's states or attentions are asked for.
 
         Every head model takes these options too, after its own labels; ``return_dict=False``
         gives a tuple of the outputs instead of an `Output`, as in transformers.
@@ -404,12 +422,17 @@ class BertModel(BertPreTrainedModel):
         if attention_mask is not None and (tracing or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
             packing = Packing(attention_mask) if skip_padding else None
+        cls_only = cls_only and not (output_hidden_states or output_attentions) and (
+            packing is None or bool(attention_mask[:, 0].all()))  # see `Packing.firsts`
 
         x = self.embeddings(input_ids, token_type_ids)
         if packing is not None:
             x = packing.unpad(x)
-        x, hidden_states, attentions = self.encoder(x, mask, output_attentions, packing)
-        if packing is not None:  # back to the [B, T] grid that callers and heads expect
+        x, hidden_states, attentions = self.encoder(x, mask, output_attentions, packing,
+                                                    cls_only)
+        if cls_only:
+            x = x[:, None]  # [B, 1, H]
+        elif packing is not None:  # back to the [B, T] grid that callers and heads expect
             x = packing.pad(x)
             if output_hidden_states:
                 hidden_states = [packing.pad(h) for h in hidden_states]
@@ -463,11 +486,14 @@ class BertHeadModel(BertPreTrainedModel):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer)
 
+    # A head on ``pooler_output`` alone lets the last layer compute the [CLS] state only.
+    reads_cls_only = False
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 output_hidden_states=False, output_attentions=False, skip_padding=False,
                 return_dict=None) -> Output | tuple:
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
+                        output_attentions, skip_padding, cls_only=self.reads_cls_only)
         return self._head_output(out, return_dict, **self.head(out, labels))
 
     def _head_output(self, out: Output, return_dict: bool | None, **values) -> Output | tuple:
@@ -610,6 +636,8 @@ class BertForMaskedLM(BertHeadModel):
 
 
 class BertForNextSentencePrediction(BertHeadModel):
+    reads_cls_only = True
+
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.cls = BertPreTrainingHeads(config, None, nsp=True)
@@ -627,6 +655,8 @@ class BertForNextSentencePrediction(BertHeadModel):
 
 class BertForSequenceClassification(BertHeadModel):
     """Classification (or, with one label, regression) from the pooled [CLS] vector."""
+
+    reads_cls_only = True
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -699,6 +729,8 @@ class BertForQuestionAnswering(BertHeadModel):
 class BertForMultipleChoice(BertHeadModel):
     """One score per (context, choice) pair from its pooled vector; softmax across choices."""
 
+    reads_cls_only = True
+
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.dropout = Dropout(_classifier_dropout(config))
@@ -714,7 +746,8 @@ class BertForMultipleChoice(BertHeadModel):
             return None if t is None else t.reshape(batch * choices, length)
 
         out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids),
-                        output_hidden_states, output_attentions, skip_padding)
+                        output_hidden_states, output_attentions, skip_padding,
+                        cls_only=self.reads_cls_only)
         return self._head_output(out, return_dict, **self.head(out, labels, choices))
 
     def head(self, out: Output, labels, choices: int) -> dict:

@@ -174,23 +174,33 @@ def test_sequence_classification_losses(tmp_path, num_labels, problem_type):
     torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=0)
 
 
-def test_pretraining_gradients_match_transformers(tmp_path):
+@pytest.mark.parametrize("name,skip_padding", [
+    ("BertForPreTraining", False), ("BertForSequenceClassification", False),
+    ("BertForSequenceClassification", True), ("BertForMultipleChoice", True)])
+def test_gradients_match_transformers(tmp_path, name, skip_padding):
+    """Every parameter's gradient, also where the pooled heads' last layer computes the [CLS]
+    state alone (checked: its feed-forward sees one row per sequence)."""
     torch.manual_seed(3)
-    reference = transformers.BertForPreTraining(hf_config())
+    reference = getattr(transformers, name)(hf_config())
     reference.save_pretrained(tmp_path)
-    ours = bk.BertForPreTraining.from_pretrained(tmp_path)
+    ours = getattr(bk, name).from_pretrained(tmp_path)
     ours.eval(), reference.eval()  # no dropout: both sides see the same function
-    batch = random_batch("BertForPreTraining")
-    ours(**batch).loss.backward()
+    batch = random_batch(name)
+    rows = []
+    ours.bert.encoder.layer[-1].intermediate.register_forward_hook(
+        lambda module, args, out: rows.append(args[0].shape[:-1]))
+    ours(**batch, skip_padding=skip_padding).loss.backward()
     reference(**batch).loss.backward()
+    sequences = batch["input_ids"].shape[:-1].numel()
+    assert rows == [(sequences,) if ours.reads_cls_only else batch["input_ids"].shape]
     theirs = dict(reference.named_parameters())
     checked = 0
-    for name, param in ours.named_parameters():
-        expected = theirs[name].grad
+    for param_name, param in ours.named_parameters():
+        expected = theirs[param_name].grad
         # The key biases' gradient is zero in exact arithmetic (softmax ignores a shift shared by
         # all keys): both sides hold rounding noise of ~1e-12 there, hence the floor.
         scale = expected.abs().max().clamp_min(1e-7)
-        assert (param.grad - expected).abs().max() / scale <= 1e-4, name
+        assert (param.grad - expected).abs().max() / scale <= 1e-4, param_name
         checked += 1
     assert checked == len(theirs)
 
