@@ -159,7 +159,7 @@ def run_system(name: str, seed: int, args, precision: str) -> dict:
     steps = -(-len(features) // args.batch_size) * args.epochs
     warmup = round(0.1 * steps)
     flops = training_flops(ours.config, [len(f["input_ids"]) for f in features],
-                           pooled=len(features))
+                           pooled=len(features), read=[1] * len(features))  # [CLS] alone
     if name == "trainer":
         theirs = hf_copy(ours).to(device)
         torch.manual_seed(seed)

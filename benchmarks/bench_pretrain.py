@@ -188,8 +188,9 @@ def main():
                for batch in real_batches(args.steps, args.batch_size, args.length)]
     tokens = args.batch_size * args.length
     predicted = sum(int((b["labels"] != -100).sum()) for b in batches) / len(batches)
+    read = 1 + predicted / args.batch_size  # [CLS] and the masked positions of a sequence
     flops = training_flops(config, [args.length] * args.batch_size, predicted=round(predicted),
-                           pooled=args.batch_size)
+                           pooled=args.batch_size, read=[read] * args.batch_size)
     print(f"{sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
           f"{predicted:.0f} masked positions a batch, {flops / 1e9:.1f} model GFLOP a step "
           f"(dropout {config.hidden_dropout_prob}, attention impl. of transformers: "

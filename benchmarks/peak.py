@@ -14,6 +14,9 @@ measure the peak and count FLOPs the same way:
   real (unpadded) lengths; `training_flops` is 3x that (the backward pass costs two forwards).
   Padding, embedding lookups, layer norms, softmax, GELU and dropout are not counted: they are
   the work a fast implementation avoids or hides, so MFU = counted FLOPs per second / peak.
+  Nor is what no head reads: the MLM decoder at unmasked positions, and the last layer at the
+  positions whose state no head reads (all but [CLS] for a classifier, all but [CLS] and the
+  masked ones in pre-training), which bertkit skips and transformers computes.
 
 Run it alone to see the peak: ``.venv/bin/python benchmarks/peak.py``.
 """
@@ -154,8 +157,8 @@ def encoder_matmul_params(config) -> int:
     return config.num_hidden_layers * (4 * h * h + 2 * h * inter)
 
 
-def forward_flops(config, lengths: Sequence[int], *, predicted: int = 0, pooled: int = 0
-                  ) -> float:
+def forward_flops(config, lengths: Sequence[int], *, predicted: int = 0, pooled: int = 0,
+                  read: Sequence[int] | None = None) -> float:
     """Matmul FLOPs of one BERT forward pass over sequences of the given real lengths.
 
         encoder   2 · params · tokens               (params: `encoder_matmul_params`)
@@ -164,21 +167,27 @@ def forward_flops(config, lengths: Sequence[int], *, predicted: int = 0, pooled:
         pooler    2 · pooled · H²                   (the [CLS] dense layer of NSP / classifiers)
 
     ``lengths``: real tokens of each sequence (padding is not model work); ``predicted``: masked
-    positions the MLM decoder scores; ``pooled``: sequences through the pooler.
+    positions the MLM decoder scores; ``pooled``: sequences through the pooler; ``read``: per
+    sequence, the positions whose final state a head reads (None: all): the last layer needs its
+    keys and values at every token, its queries, output and feed-forward only there.
     """
     h, layers = config.hidden_size, config.num_hidden_layers
-    tokens = sum(lengths)
-    squares = sum(t * t for t in lengths)
-    return (2 * encoder_matmul_params(config) * tokens
-            + 4 * layers * h * squares
+    read = lengths if read is None else read
+    per_layer = encoder_matmul_params(config) // layers
+    key_value = 2 * h * h
+    return (2 * per_layer * sum(lengths) * (layers - 1)
+            + 2 * (key_value * sum(lengths) + (per_layer - key_value) * sum(read))
+            + 4 * h * sum(t * t for t in lengths) * (layers - 1)
+            + 4 * h * sum(t * r for t, r in zip(lengths, read, strict=True))
             + 2 * predicted * (h * h + h * config.vocab_size)
             + 2 * pooled * h * h)
 
 
-def training_flops(config, lengths: Sequence[int], *, predicted: int = 0, pooled: int = 0
-                   ) -> float:
+def training_flops(config, lengths: Sequence[int], *, predicted: int = 0, pooled: int = 0,
+                   read: Sequence[int] | None = None) -> float:
     """Model FLOPs of one training step over these sequences: 3x the forward pass."""
-    return TRAINING_FACTOR * forward_flops(config, lengths, predicted=predicted, pooled=pooled)
+    return TRAINING_FACTOR * forward_flops(config, lengths, predicted=predicted, pooled=pooled,
+                                           read=read)
 
 
 if __name__ == "__main__":

@@ -92,10 +92,10 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, x, mask, output_attentions=False, packing=None, cls_only=False):
+    def forward(self, x, mask, output_attentions=False, packing=None, queries=None):
         # x [B, T, H], or [N, H] real tokens with their `packing`; mask [B, 1, 1, T], True where a
-        # key may be attended to (None: no padding). With `cls_only` only the [CLS] position
-        # queries: the output is [B, H], the [CLS] state alone.
+        # key may be attended to (None: no padding); queries [B, K]: the positions that query
+        # (None: all), whose outputs come as [B, K, H]
         # The three projections as one matmul ([H, H] each, checkpoint names kept): one bigger
         # product and one weight gradient instead of three, a quarter of the attention ops.
         if hasattr(self, "qkv"):  # inference: the three joined once (`speedups.join_qkv`)
@@ -112,8 +112,8 @@ class BertSelfAttention(nn.Module):
         B, T = qkv.shape[:2]
         H = qkv.shape[-1] // 3
         q, k, v = qkv.view(B, T, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, A, T, H/A]
-        if cls_only:
-            q = q[:, :, :1]  # [B, A, 1, H/A]
+        if queries is not None:
+            q = q.gather(2, queries[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
         Tq = q.shape[2]
         dropout_prob = self.dropout_prob if self.training else 0.0
         probs = None
@@ -148,9 +148,9 @@ class BertSelfAttention(nn.Module):
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                      dropout_p=dropout_prob)
         context = context.transpose(1, 2).reshape(B, Tq, H)
-        if cls_only:
-            return context[:, 0], probs
-        return (context if packing is None else packing.unpad(context)), probs
+        if queries is not None or packing is None:
+            return context, probs
+        return packing.unpad(context), probs
 
 
 class BertResidualOutput(nn.Module):
@@ -172,10 +172,11 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)  # "self" is the name checkpoints use
         self.output = BertResidualOutput(config.hidden_size, config)
 
-    def forward(self, x, mask, output_attentions=False, packing=None, cls_only=False):
-        context, probs = self.self(x, mask, output_attentions, packing, cls_only)
-        if cls_only:  # the residual of the one position computed on
-            x = x[:, 0] if packing is None else packing.firsts(x)
+    def forward(self, x, mask, output_attentions=False, packing=None, queries=None):
+        context, probs = self.self(x, mask, output_attentions, packing, queries)
+        if queries is not None:  # the residual at the queried positions
+            grid = x if packing is None else packing.pad(x)
+            x = grid.gather(1, queries[..., None].expand(-1, -1, grid.shape[-1]))
         return self.output(context, x), probs
 
 
@@ -200,8 +201,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidualOutput(config.intermediate_size, config)
 
-    def forward(self, x, mask, output_attentions=False, packing=None, cls_only=False):
-        x, probs = self.attention(x, mask, output_attentions, packing, cls_only)
+    def forward(self, x, mask, output_attentions=False, packing=None, queries=None):
+        x, probs = self.attention(x, mask, output_attentions, packing, queries)
         return self.output(self.intermediate(x), x), probs
 
 
@@ -216,16 +217,17 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.checkpointing: dict | None = None  # every_n_layers, offload, checkpoint kwargs
 
-    def forward(self, x, mask, output_attentions=False, packing=None, cls_only=False):
+    def forward(self, x, mask, output_attentions=False, packing=None, states_at=None):
         """The last layer's output, every layer's output (x first) and attention probabilities.
 
-        ``cls_only``: the last layer computes the [CLS] state alone ([B, H]), all a pooled head
-        reads; its keys and values still come from every token, so that state is unchanged.
+        ``states_at`` [B, K]: the last layer computes the states at these positions alone
+        ([B, K, H]); its keys and values still come from every token, so they are unchanged.
         """
         hidden_states, attentions = [x], []
         saving = self.checkpointing is not None and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layer):
-            args = (x, mask, output_attentions, packing, cls_only and i == len(self.layer) - 1)
+            last = i == len(self.layer) - 1
+            args = (x, mask, output_attentions, packing, states_at if last else None)
             if saving and i % self.checkpointing["every_n_layers"] == 0:
                 offload = (torch.autograd.graph.save_on_cpu(pin_memory=x.is_cuda)
                            if self.checkpointing["offload"] else nullcontext())
@@ -399,14 +401,15 @@ class BertModel(BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None,
                 output_hidden_states=False, output_attentions=False, skip_padding=False,
-                return_dict=None, cls_only=False) -> Output | tuple:
+                return_dict=None, states_at=None) -> Output | tuple:
         """``skip_padding=True`` computes real tokens only (see ``Packing``): the same values at
         real positions, zeros at padding positions instead of states nobody should read.
 
-        ``cls_only=True`` (what the heads on ``pooler_output`` pass): ``last_hidden_state`` is
-        the [CLS] state alone ([B, 1, H]), which the last layer then computes alone, the same
-        values for less work (e.g. 1/7 of a 6-layer model's products). Ignored when every
-        layer's states or attentions are asked for.
+        ``states_at`` ([B, K] positions; what a head passes that reads only some states): the
+        last layer computes the states at those positions alone, the same values for less work,
+        and ``last_hidden_state`` is [B, K, H], the states there in that order
+        (``pooler_output`` reads column 0: put position 0 first). Not with
+        ``output_hidden_states`` or ``output_attentions``.
 
         Every head model takes these options too, after its own labels; ``return_dict=False``
         gives a tuple of the outputs instead of an `Output`, as in transformers.
@@ -422,17 +425,16 @@ class BertModel(BertPreTrainedModel):
         if attention_mask is not None and (tracing or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
             packing = Packing(attention_mask) if skip_padding else None
-        cls_only = cls_only and not (output_hidden_states or output_attentions) and (
-            packing is None or bool(attention_mask[:, 0].all()))  # see `Packing.firsts`
+        if states_at is not None and (output_hidden_states or output_attentions):
+            raise ValueError("states_at computes the last layer at some positions only; it cannot "
+                             "be combined with output_hidden_states or output_attentions.")
 
         x = self.embeddings(input_ids, token_type_ids)
         if packing is not None:
             x = packing.unpad(x)
         x, hidden_states, attentions = self.encoder(x, mask, output_attentions, packing,
-                                                    cls_only)
-        if cls_only:
-            x = x[:, None]  # [B, 1, H]
-        elif packing is not None:  # back to the [B, T] grid that callers and heads expect
+                                                    states_at)
+        if packing is not None and states_at is None:  # back to the [B, T] grid of the callers
             x = packing.pad(x)
             if output_hidden_states:
                 hidden_states = [packing.pad(h) for h in hidden_states]
@@ -486,15 +488,34 @@ class BertHeadModel(BertPreTrainedModel):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer)
 
-    # A head on ``pooler_output`` alone lets the last layer compute the [CLS] state only.
-    reads_cls_only = False
+    reads_cls_only = False  # a head on ``pooler_output`` alone
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 output_hidden_states=False, output_attentions=False, skip_padding=False,
                 return_dict=None) -> Output | tuple:
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding, cls_only=self.reads_cls_only)
+        out, labels = self.encode(input_ids, attention_mask, token_type_ids, labels,
+                                  output_hidden_states, output_attentions, skip_padding)
         return self._head_output(out, return_dict, **self.head(out, labels))
+
+    def encode(self, input_ids, attention_mask, token_type_ids, labels, output_hidden_states,
+               output_attentions, skip_padding) -> tuple[Output, torch.Tensor | None]:
+        """The encoder's outputs, with its last layer computed only where the head reads (see
+        `positions_read`), and the labels at those positions."""
+        positions = None
+        if not (output_hidden_states or output_attentions):
+            positions, labels = self.positions_read(input_ids, labels)
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                        output_attentions, skip_padding, states_at=positions)
+        return out, labels
+
+    def positions_read(self, input_ids, labels) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The positions whose final states the head reads ([B, K]; None: all) and its labels
+        there. A sequence-level head reads the [CLS] state alone: the last layer then skips
+        every other position, 1/7 of a 6-layer model's products, with the same logits, loss
+        and gradients (`test_gradients_match_transformers`)."""
+        if self.reads_cls_only:
+            return input_ids.new_zeros(input_ids.shape[0], 1), labels
+        return None, labels
 
     def _head_output(self, out: Output, return_dict: bool | None, **values) -> Output | tuple:
         """The head's outputs, then the encoder's states and attentions when asked for; a tuple
@@ -591,6 +612,26 @@ def _masked_lm(predictions: BertLMPredictionHead, hidden, labels):
     return logits, F.cross_entropy(logits, labels[picked])
 
 
+def _cls_and_predicted(input_ids, labels):
+    """The positions the pre-training heads read: [CLS] (NSP's pooler), then each sequence's
+    predicted positions (labels != -100) in order, padded with position 0: [B, 1 + most
+    predicted]; and the labels there, -100 at [CLS] and at the padding. The masked LM then sees
+    the same rows in the same order. Every position (None) without labels, and in a traced
+    graph, whose shapes cannot follow the labels."""
+    if labels is None or torch.compiler.is_compiling():
+        return None, labels
+    predicted = labels != -100
+    most = int(predicted.sum(1).max())
+    # each row's predicted positions first, in their order (a stable sort of 1s before 0s)
+    order = predicted.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices
+    order = order[:, :most]
+    kept = predicted.gather(1, order)
+    cls = torch.zeros_like(input_ids[:, :1])
+    positions = torch.cat([cls, order.masked_fill(~kept, 0)], dim=1)
+    labels = torch.cat([cls - 100, labels.gather(1, order).masked_fill(~kept, -100)], dim=1)
+    return positions, labels
+
+
 class BertForPreTraining(BertHeadModel):
     """The paper's pre-training model: loss = mean MLM cross-entropy + mean NSP cross-entropy.
 
@@ -617,9 +658,12 @@ class BertForPreTraining(BertHeadModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 next_sentence_label=None, output_hidden_states=False, output_attentions=False,
                 skip_padding=False, return_dict=None) -> Output | tuple:
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                        output_attentions, skip_padding)
+        out, labels = self.encode(input_ids, attention_mask, token_type_ids, labels,
+                                  output_hidden_states, output_attentions, skip_padding)
         return self._head_output(out, return_dict, **self.head(out, labels, next_sentence_label))
+
+    def positions_read(self, input_ids, labels):
+        return _cls_and_predicted(input_ids, labels)
 
 
 class BertForMaskedLM(BertHeadModel):
@@ -633,6 +677,9 @@ class BertForMaskedLM(BertHeadModel):
     def head(self, out: Output, labels) -> dict:
         logits, loss = _masked_lm(self.cls.predictions, out.last_hidden_state, labels)
         return dict(loss=loss, logits=logits)
+
+    def positions_read(self, input_ids, labels):
+        return _cls_and_predicted(input_ids, labels)
 
 
 class BertForNextSentencePrediction(BertHeadModel):
@@ -745,9 +792,8 @@ class BertForMultipleChoice(BertHeadModel):
         def flat(t):
             return None if t is None else t.reshape(batch * choices, length)
 
-        out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids),
-                        output_hidden_states, output_attentions, skip_padding,
-                        cls_only=self.reads_cls_only)
+        out, _ = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), None,
+                             output_hidden_states, output_attentions, skip_padding)
         return self._head_output(out, return_dict, **self.head(out, labels, choices))
 
     def head(self, out: Output, labels, choices: int) -> dict:

@@ -30,13 +30,9 @@ class Packing:
     def __init__(self, attention_mask):  # [B, T], 1 for real tokens
         self.shape = attention_mask.shape
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # [N] positions in B * T
-        self.lengths = attention_mask.sum(1)  # [B]
 
     def unpad(self, x):  # [B, T, ...] -> [N, ...]
         return x.flatten(0, 1).index_select(0, self.index)
-
-    def firsts(self, x):  # [N, ...] -> [B, ...], each sequence's first position (a real token)
-        return x.index_select(0, self.lengths.cumsum(0) - self.lengths)
 
     def pad(self, x):  # [N, ...] -> [B, T, ...], zeros at padding
         grid = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index, x)

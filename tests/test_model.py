@@ -175,11 +175,13 @@ def test_sequence_classification_losses(tmp_path, num_labels, problem_type):
 
 
 @pytest.mark.parametrize("name,skip_padding", [
-    ("BertForPreTraining", False), ("BertForSequenceClassification", False),
-    ("BertForSequenceClassification", True), ("BertForMultipleChoice", True)])
+    ("BertForPreTraining", False), ("BertForMaskedLM", True),
+    ("BertForSequenceClassification", False), ("BertForSequenceClassification", True),
+    ("BertForMultipleChoice", True)])
 def test_gradients_match_transformers(tmp_path, name, skip_padding):
-    """Every parameter's gradient, also where the pooled heads' last layer computes the [CLS]
-    state alone (checked: its feed-forward sees one row per sequence)."""
+    """Every parameter's gradient, where the last layer computes only the states the head reads
+    (checked on its feed-forward's rows): [CLS] alone for the pooled heads, [CLS] and each
+    sequence's predicted positions for the masked LM."""
     torch.manual_seed(3)
     reference = getattr(transformers, name)(hf_config())
     reference.save_pretrained(tmp_path)
@@ -191,8 +193,10 @@ def test_gradients_match_transformers(tmp_path, name, skip_padding):
         lambda module, args, out: rows.append(args[0].shape[:-1]))
     ours(**batch, skip_padding=skip_padding).loss.backward()
     reference(**batch).loss.backward()
-    sequences = batch["input_ids"].shape[:-1].numel()
-    assert rows == [(sequences,) if ours.reads_cls_only else batch["input_ids"].shape]
+    if "labels" in batch and batch["labels"].shape == batch["input_ids"].shape:  # masked LM
+        assert rows == [(4, 1 + int((batch["labels"] != -100).sum(1).max()))]
+    else:
+        assert rows == [(batch["input_ids"].shape[:-1].numel(), 1)]
     theirs = dict(reference.named_parameters())
     checked = 0
     for param_name, param in ours.named_parameters():
