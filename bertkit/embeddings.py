@@ -435,8 +435,12 @@ class Embedder:
         input_ids, mask = padded(sequences)
         # The encoder stops at the deepest chosen layer, so one chosen layer is the last state.
         several = len(self.layers) > 1
+        # [CLS] pooling of one layer reads one state a text: that layer computes it alone.
+        states_at = (input_ids.new_zeros(len(sequences), 1).to(self.device)
+                     if self.pooling == "cls" and not several and max(self.layers) else None)
         out = self._forward(input_ids.to(self.device), mask.to(self.device),
-                            output_hidden_states=several, skip_padding=self._worth_packing(mask))
+                            output_hidden_states=several, skip_padding=self._worth_packing(mask),
+                            states_at=states_at)
         features = (combine_layers(out.hidden_states, self.layers, self.combine) if several
                     else out.last_hidden_state)
         features = features.float()

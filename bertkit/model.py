@@ -425,9 +425,11 @@ class BertModel(BertPreTrainedModel):
         if attention_mask is not None and (tracing or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
             packing = Packing(attention_mask) if skip_padding else None
-        if states_at is not None and (output_hidden_states or output_attentions):
-            raise ValueError("states_at computes the last layer at some positions only; it cannot "
-                             "be combined with output_hidden_states or output_attentions.")
+        if states_at is not None and (output_hidden_states or output_attentions
+                                      or not len(self.encoder.layer)):
+            raise ValueError("states_at computes the last layer at some positions only; it needs "
+                             "a layer and cannot be combined with output_hidden_states or "
+                             "output_attentions.")
 
         x = self.embeddings(input_ids, token_type_ids)
         if packing is not None:

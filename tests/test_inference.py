@@ -156,11 +156,14 @@ def test_feature_strategies_match_the_hidden_states_they_are_defined_from(
     assert len(minilm["model"].encoder.layer) == 6
 
 
-@pytest.mark.parametrize("pooling", ["cls", "max"])
-def test_pooling_of_a_strategy(minilm, few, pooling):
+@pytest.mark.parametrize("layers,pooling", [("concat_last_four", "cls"),
+                                            ("concat_last_four", "max"), ("last", "cls"),
+                                            ("second_to_last", "cls")])
+def test_pooling_of_a_strategy(minilm, few, layers, pooling):
+    """Also [CLS] pooling of one layer, which that layer computes for [CLS] alone."""
     texts, batch, out = few
-    ours = Embedder(**minilm, layers="concat_last_four", pooling=pooling).encode(texts)
-    features = DEFINITIONS["concat_last_four"](out.hidden_states)
+    ours = Embedder(**minilm, layers=layers, pooling=pooling).encode(texts)
+    features = DEFINITIONS[layers](out.hidden_states)
     mask = batch["attention_mask"].bool()[..., None]
     pooled = (features[:, 0] if pooling == "cls"
               else features.masked_fill(~mask, -torch.inf).amax(1))
