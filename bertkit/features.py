@@ -294,8 +294,8 @@ class BertForSequenceClassificationWithNumbers(BertForSequenceClassification):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 numbers=None, output_hidden_states=False, output_attentions=False,
                 skip_padding=False, return_dict=None) -> Output | tuple:
-        out, labels = self.encode(input_ids, attention_mask, token_type_ids, labels,
-                                  output_hidden_states, output_attentions, skip_padding)
+        out, labels = self._encode(input_ids, attention_mask, token_type_ids, labels,
+                                   output_hidden_states, output_attentions, skip_padding)
         pooled = self.dropout(out.pooler_output)  # the numbers are never dropped out
         gained = self.NUMBERS_GAIN * numbers.to(pooled.dtype)
         logits = self.classifier(torch.cat([pooled, gained], dim=-1))

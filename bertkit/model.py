@@ -486,21 +486,21 @@ class BertHeadModel(BertPreTrainedModel):
     (pre-training's two, QA's span) declares its own forward with those names.
     """
 
+    reads_cls_only = False  # a head on ``pooler_output`` alone
+
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer)
 
-    reads_cls_only = False  # a head on ``pooler_output`` alone
-
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 output_hidden_states=False, output_attentions=False, skip_padding=False,
                 return_dict=None) -> Output | tuple:
-        out, labels = self.encode(input_ids, attention_mask, token_type_ids, labels,
-                                  output_hidden_states, output_attentions, skip_padding)
+        out, labels = self._encode(input_ids, attention_mask, token_type_ids, labels,
+                                   output_hidden_states, output_attentions, skip_padding)
         return self._head_output(out, return_dict, **self.head(out, labels))
 
-    def encode(self, input_ids, attention_mask, token_type_ids, labels, output_hidden_states,
-               output_attentions, skip_padding) -> tuple[Output, torch.Tensor | None]:
+    def _encode(self, input_ids, attention_mask, token_type_ids, labels, output_hidden_states,
+                output_attentions, skip_padding) -> tuple[Output, torch.Tensor | None]:
         """The encoder's outputs, with its last layer computed only where the head reads (see
         `positions_read`), and the labels at those positions."""
         positions = None
@@ -660,8 +660,8 @@ class BertForPreTraining(BertHeadModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 next_sentence_label=None, output_hidden_states=False, output_attentions=False,
                 skip_padding=False, return_dict=None) -> Output | tuple:
-        out, labels = self.encode(input_ids, attention_mask, token_type_ids, labels,
-                                  output_hidden_states, output_attentions, skip_padding)
+        out, labels = self._encode(input_ids, attention_mask, token_type_ids, labels,
+                                   output_hidden_states, output_attentions, skip_padding)
         return self._head_output(out, return_dict, **self.head(out, labels, next_sentence_label))
 
     def positions_read(self, input_ids, labels):
@@ -794,8 +794,8 @@ class BertForMultipleChoice(BertHeadModel):
         def flat(t):
             return None if t is None else t.reshape(batch * choices, length)
 
-        out, _ = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), None,
-                             output_hidden_states, output_attentions, skip_padding)
+        out, _ = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), None,
+                              output_hidden_states, output_attentions, skip_padding)
         return self._head_output(out, return_dict, **self.head(out, labels, choices))
 
     def head(self, out: Output, labels, choices: int) -> dict:
