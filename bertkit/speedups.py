@@ -160,13 +160,16 @@ class LinearCrossEntropy(torch.autograd.Function):
                     block = torch.addmm(bias_mm, x[rows], weight_t, out=logits[rows])
                     z = probabilities[:k].copy_(block)
                 top, z_target = z.amax(1, keepdim=True), z.gather(1, targets[:, None])
-                # PyTorch's softmax kernel: its exp ran ~4x as fast as exp_ on a 2-core AMD EPYC
-                p = torch.softmax(z, 1)
+                # PyTorch's softmax kernel: its exp ran ~4x as fast as exp_ on a 2-core AMD EPYC.
+                # In float32 it writes the gradient's rows itself; in bf16 they are its rounding.
+                p = (torch.ops.aten._softmax.out(z, 1, False, out=grad_logits[rows])
+                     if grad_logits.dtype == torch.float32 else torch.softmax(z, 1))
                 # log-sum-exp = top - log(the top's probability), which is >= 1/V: no underflow
                 total += (top - p.amax(1, keepdim=True).log() - z_target).sum()
                 p[torch.arange(k, device=p.device), targets] -= 1
                 grad_bias += p.sum(0)
-                grad_logits[rows] = p
+                if p.dtype != grad_logits.dtype:
+                    grad_logits[rows] = p
         ctx.save_for_backward(x, weight_t, grad_logits, grad_bias)
         ctx.mark_non_differentiable(logits)
         ctx.set_materialize_grads(False)  # no [N, V] of zeros for the logits' gradient
@@ -179,7 +182,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         need_x, need_weight, need_bias, _ = ctx.needs_input_grad
         with torch.autocast(x.device.type, enabled=False):
             grad_x = (grad_logits @ weight_t.t()) * scale if need_x else None
-            grad_weight = (grad_logits.t() @ x) * scale if need_weight else None
+            # scaled on the [N, H] side, not over the [V, H] product
+            grad_weight = grad_logits.t() @ (x * scale) if need_weight else None
         return grad_x, grad_weight, grad_bias * scale if need_bias else None, None
 
 
