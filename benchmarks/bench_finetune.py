@@ -18,8 +18,9 @@ process (as users run them; bertkit's training sets process-wide malloc options)
   model, on bertkit's batches in bertkit's order (the model's speed alone).
 
 Printed per seed and as mean ± std over the seeds: test accuracy, epoch seconds, the speed-up
-over each reference, and MFU (3x forward matmul FLOPs of the real tokens, `benchmarks/peak.py`,
-against the matmul peak of the precision measured in this run). Dropout masks differ (each model
+over each reference, and MFU (3x forward matmul FLOPs of the real tokens, the last layer's
+only at [CLS], which is all the classifier reads, `benchmarks/peak.py`; against the matmul peak
+of the precision measured in this run). Dropout masks differ (each model
 draws its own), part of the run-to-run noise the seeds measure. Issue 17's bar: an epoch >= 2x
 the Trainer's at the same test accuracy (means within one standard deviation).
 
