@@ -7,7 +7,8 @@ autocast) alternate in one process so machine noise hits all alike. Before and a
 machine's matmul peak is measured in this run (`benchmarks/peak.py`: fp32 and bf16, 1024² and
 2048², best of 3, torch's thread count; the higher of the two is used), and every row gets its
 model FLOPs utilisation against the peak of its precision (training = 3x forward matmul FLOPs;
-the MLM decoder counted on masked positions only, as the loss needs).
+the MLM decoder counted on masked positions only, and the last layer's queries, output and
+feed-forward at [CLS] and the masked positions only: what the losses need).
 
     .venv/bin/python benchmarks/bench_pretrain.py                                 # mini 32 x 128
     .venv/bin/python benchmarks/bench_pretrain.py --preset base --batch-size 8 --rounds 3 --steps 3
