@@ -21,7 +21,14 @@ from torch.utils.checkpoint import checkpoint as checkpointed
 
 from . import checkpoint
 from .config import BertConfig
-from .speedups import Dropout, LinearCrossEntropy, Packing, dropout, linear
+from .speedups import (
+    Dropout,
+    LinearCrossEntropy,
+    Packing,
+    dropout,
+    fast_bf16_attention_kernel,
+    linear,
+)
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -118,14 +125,16 @@ class BertSelfAttention(nn.Module):
         dropout_prob = self.dropout_prob if self.training else 0.0
         probs = None
         # Spelled out when the probabilities are wanted (the fused kernel hides them), and on CPU
-        # when SDPA is slower: its dropout is the slow per-element kind (see `dropout`), it has
-        # no bf16 kernel there (2-4x slower than these matmuls in bf16), and below ~64 tokens its
-        # per-head overhead outweighs the products (1.5x slower at 30 tokens in fp32; measured).
-        # A traced graph (torch.compile, ONNX export) keeps SDPA: it cannot branch on a length.
+        # when SDPA is slower: its dropout is the slow per-element kind (see `dropout`), below
+        # ~64 tokens its per-head overhead outweighs the products (1.5x slower at 30 tokens in
+        # fp32 on an AMD EPYC; 0.93x in bf16 embeddings on an Intel Xeon), and in bf16 its
+        # kernel is fast only in some cases (`fast_bf16_attention_kernel`). A traced graph
+        # (torch.compile, ONNX export) keeps SDPA: it cannot branch on a length.
         short_on_cpu = (q.device.type == "cpu" and not torch.compiler.is_compiling()
                         and T < 64)
         if output_attentions or short_on_cpu or (q.device.type == "cpu" and (
-                dropout_prob or q.dtype != torch.float32)):
+                dropout_prob or (q.dtype != torch.float32
+                                 and not fast_bf16_attention_kernel(x)))):
             A, d = q.shape[1], q.shape[-1]
             # The scale and the padding mask go into the product (baddbmm's alpha and bias),
             # not into two more passes over the [B, A, T, T] scores.

@@ -280,6 +280,20 @@ def _x86_onednn() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def fast_bf16_attention_kernel(x: torch.Tensor) -> bool:
+    """Whether SDPA's fused CPU kernel beats attention spelled out in bf16 for the layer input
+    ``x``: in inference on CPUs with AMX (Intel Xeon from Sapphire Rapids on). On a 2-core Xeon
+    it ran bf16 attention 4x as fast at 128 tokens, bf16 embeddings of 256-512-token documents
+    1.28x; its backward was 2.5-4x slower there, and without AMX (an AMD EPYC with AVX512-BF16)
+    its forward 2-4x slower than the spelled-out products."""
+    return not (torch.is_grad_enabled() and x.requires_grad) and _amx()
+
+
+@functools.cache
+def _amx() -> bool:
+    return torch.cpu._is_amx_tile_supported()
+
+
 def _onednn_linear(rows, weight, bias=None):  # [N, in], [out, in] (any strides) -> [N, out]
     return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
 

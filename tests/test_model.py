@@ -397,6 +397,40 @@ def test_fast_cpu_dropout_has_dropout_statistics(p):
     assert bk.dropout(x, 0.0) is x
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_attention_takes_the_fused_kernel_in_inference_with_amx(minilm_dir, wiki_sentences,
+                                                                      amx, monkeypatch):
+    """bf16 attention from 64 tokens on a CPU: SDPA's kernel in inference where the CPU has AMX
+    (`speedups.fast_bf16_attention_kernel`), spelled out without AMX and in training; both agree
+    with transformers' fp32 states to bf16's rounding."""
+    from bertkit import speedups
+
+    monkeypatch.setattr(speedups, "_amx", lambda: amx)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))
+    ours = bk.BertModel.from_pretrained(minilm_dir).eval()
+    theirs = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    batch = tokenizer([" ".join(wiki_sentences[i:i + 4]) for i in range(0, 24, 4)],
+                      padding=True, truncation=True, max_length=96, return_tensors="pt")
+    assert batch["input_ids"].shape[1] >= 64 and batch["attention_mask"].float().mean() < 1
+    with torch.no_grad():
+        expected = theirs(**batch).last_hidden_state
+        calls.clear()  # transformers' own
+        with torch.autocast("cpu", torch.bfloat16):
+            states = ours(**batch).last_hidden_state.float()
+    assert len(calls) == (ours.config.num_hidden_layers if amx else 0)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(states[mask], expected[mask], atol=0.04, rtol=0)
+
+    calls.clear()  # training: spelled out whatever the CPU
+    with torch.autocast("cpu", torch.bfloat16):
+        ours(**batch).last_hidden_state.float().sum().backward()
+    assert not calls
+
+
 def test_onednn_linear_is_f_linear():
     """`speedups.linear` (oneDNN in fp32 on x86) against F.linear: outputs and the gradients of
     a non-contiguous input, the weight and the bias."""
