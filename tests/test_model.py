@@ -201,9 +201,10 @@ def test_gradients_match_transformers(tmp_path, name, skip_padding):
     checked = 0
     for param_name, param in ours.named_parameters():
         expected = theirs[param_name].grad
-        # The key biases' gradient is zero in exact arithmetic (softmax ignores a shift shared by
-        # all keys): both sides hold rounding noise of ~1e-12 there, hence the floor.
-        scale = expected.abs().max().clamp_min(1e-7)
+        # The key biases' gradient and that of the multiple-choice classifier's bias are zero in
+        # exact arithmetic (softmax ignores a shift shared by all keys, or all choices): both
+        # sides hold rounding noise there (up to 3e-8 on an Intel Xeon), hence the floor.
+        scale = expected.abs().max().clamp_min(1e-3)
         assert (param.grad - expected).abs().max() / scale <= 1e-4, param_name
         checked += 1
     assert checked == len(theirs)
