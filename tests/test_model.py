@@ -406,7 +406,7 @@ def test_bf16_attention_takes_the_fused_kernel_in_inference_with_amx(minilm_dir,
     with transformers' fp32 states to bf16's rounding."""
     from bertkit import speedups
 
-    monkeypatch.setattr(speedups, "_amx", lambda: amx)
+    monkeypatch.setattr(speedups, "cpu_has_amx", lambda: amx)
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
