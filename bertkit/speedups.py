@@ -292,7 +292,8 @@ def fast_bf16_attention_kernel(x: torch.Tensor) -> bool:
 @functools.cache
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX (Intel's matrix units: Xeon from Sapphire Rapids on)."""
-    return torch.cpu._is_amx_tile_supported()
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; absent: assume none
+    return bool(probe and probe())
 
 
 def _onednn_linear(rows, weight, bias=None):  # [N, in], [out, in] (any strides) -> [N, out]
