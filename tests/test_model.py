@@ -398,6 +398,28 @@ def test_fast_cpu_dropout_has_dropout_statistics(p):
     assert bk.dropout(x, 0.0) is x
 
 
+@pytest.mark.parametrize("length", [5, 15, 16, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_softmax_is_torch_softmax(length, dtype):
+    """`speedups.softmax` (max, exp and sum below 16 keys on CPU) against torch.softmax in
+    float32: the probabilities (padding-masked keys included) and the gradient of the scores."""
+    from bertkit import speedups
+
+    torch.manual_seed(0)
+    scores0 = (torch.randn(24, 7, length) * 4).to(dtype)
+    scores0[:5, :, -2:] = torch.finfo(dtype).min  # masked keys, as the attention bias gives
+    upstream = torch.randn(24, 7, length)
+    results = []
+    for function in (speedups.softmax, lambda x, dtype: torch.softmax(x, -1, dtype=dtype)):
+        scores = scores0.clone().requires_grad_()
+        probs = function(scores, torch.float32)
+        probs.backward(upstream)
+        results.append((probs.detach(), scores.grad.float()))
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    assert (results[0][0][:5, :, -2:] == 0).all()
+
+
 @pytest.mark.parametrize("amx", [True, False])
 def test_bf16_attention_takes_the_fused_kernel_in_inference_with_amx(minilm_dir, wiki_sentences,
                                                                       amx, monkeypatch):
