@@ -2,10 +2,9 @@
 
 Read `Dropout` as ``nn.Dropout`` (same distribution, a faster mask on CPU), `Packing` as "the
 same values, computed on real tokens only", `linear` as ``F.linear``, `softmax` as
-``torch.softmax``, and `PackedLinear` as
-``nn.Linear`` (and its activation) for CPU inference; `KeptEmbeddingGradients` gives training
-the word embeddings' usual dense gradient without a new [V, H] tensor each step. Plain PyTorch,
-no compiled kernels.
+``torch.softmax``, and `PackedLinear` as ``nn.Linear`` (and its activation) for CPU inference;
+`KeptEmbeddingGradients` gives training the word embeddings' usual dense gradient without a new
+[V, H] tensor each step. Plain PyTorch, no compiled kernels.
 """
 
 from __future__ import annotations
