@@ -61,15 +61,21 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def softmax(scores: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``torch.softmax(scores, -1, dtype=dtype)``. On a CPU, rows shorter than 16 (the attention
-    of short texts) take max, exp and sum over the whole tensor: PyTorch's kernel vectorises
-    along a row, and below 16 elements it ran 5-7x slower than these three passes (fp32 and
-    bf16, 6-15 tokens, on an Intel Xeon)."""
-    if scores.device.type == "cpu" and scores.shape[-1] < 16:
+    """``torch.softmax(scores, -1, dtype=dtype)``. On a CPU, rows shorter than one vector
+    register (the attention of short texts) take max, exp and sum over the whole tensor:
+    PyTorch's kernel vectorises along a row, and with AVX-512 (16 floats) it ran rows of 6-15
+    elements 5-7x slower than these three passes (fp32 and bf16, on an Intel Xeon)."""
+    if scores.device.type == "cpu" and scores.shape[-1] < _cpu_vector_floats():
         x = scores.to(dtype or scores.dtype)
         exp = (x - x.amax(-1, keepdim=True)).exp()
         return exp / exp.sum(-1, keepdim=True)
     return torch.softmax(scores, -1, dtype=dtype)
+
+
+@functools.cache
+def _cpu_vector_floats() -> int:
+    """float32 lanes of the vectors PyTorch's CPU kernels use (0 where not known)."""
+    return {"AVX512": 16, "AVX2": 8}.get(torch.backends.cpu.get_cpu_capability(), 0)
 
 
 class Dropout(nn.Dropout):
