@@ -173,8 +173,8 @@ def main():
     # it too and the ratios understate what a bertkit run gains over a transformers one.
     keep_freed_memory(device)
     precisions = parse_precisions(args.precisions, device)
-    skipped = "" if "bf16" in precisions else " (bf16 left out: no native bf16 here; "\
-        "--precisions fp32,bf16 forces it)"
+    skipped = " (bf16 left out: no native bf16 here; --precisions fp32,bf16 forces it)" if (
+        args.precisions == "auto" and "bf16" not in precisions) else ""
 
     print(f"preset {args.preset}, batch {args.batch_size} x {args.length}, {device}, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps, "

@@ -130,23 +130,23 @@ class LinearCrossEntropy(torch.autograd.Function):
     The masked LM's vocabulary logits ([N, V], N ~ 600 predicted tokens, V ~ 30,000) are the
     largest tensor of a small model's step, and in PyTorch's separate ops (matmul, bias add, cast,
     log-softmax, then each one's backward) they travel through memory about ten times; on a CPU
-    that took more time than all the encoder's matmuls. Here each block's logits are made, turned
-    into the loss and into their gradient (softmax minus one-hot) while they are in cache, and the
+    that took more time than all the encoder's matmuls. Here the logits are turned, a block of
+    rows at a time, into the loss and into their gradient (softmax minus one-hot), and the
     gradient is kept in the matmul precision for the two gradient matmuls of ``backward``. The
     same numbers as ``F.cross_entropy(F.linear(x, weight, bias), labels)`` (transformers'
     decoder) under the same autocast, to rounding. Returns (loss, logits): the logits (with the
     bias, in the matmul's precision: half the memory of float32 in bf16) carry no gradient.
     """
 
-    # A block holds about 2^22 logits: 137 rows for V = 30,522, 512 for the demo's 8,192. Its
-    # float32 passes leave the cache either way, and bigger blocks run their products faster: on
-    # a 2-core AMD EPYC (598 rows) 2^22 ran this op 1.15x (fp32) and 1.06x (bf16) as fast as
-    # 2^20 at 30,522 words, the same at 8,192 (a Xeon, earlier, was best at 32-128 rows).
-    BLOCK_LOGITS = 2**22
-
     @staticmethod
-    def block_rows(vocab: int) -> int:
-        return max(32, LinearCrossEntropy.BLOCK_LOGITS // vocab)
+    def block_rows(vocab: int, product_in_loop: bool = True) -> int:
+        """Rows of a block: about 2^22 logits where the loop makes each block's product (137 rows
+        for V = 30,522, 512 for the demo's 8,192), 2^20 where oneDNN made all logits before.
+        The float32 passes leave the cache either way, and bigger blocks ran MKL's products
+        faster: on a 2-core AMD EPYC (598 rows) 2^22 ran this op 1.15x (fp32) and 1.06x (bf16)
+        as fast as 2^20 at 30,522 words. Without products, on a Xeon with AMX, 2^20 ran it
+        1.13x as fast as 2^22 in bf16 (the same in fp32)."""
+        return max(32, (2**22 if product_in_loop else 2**20) // vocab)
 
     @staticmethod
     def forward(ctx, x, weight, bias, labels):
@@ -156,27 +156,32 @@ class LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(device, enabled=False):
             x, weight_t = x.to(dtype), weight.to(dtype).t()
             n, vocab = x.shape[0], weight_t.shape[1]
-            logits, grad_logits = x.new_empty(n, vocab), x.new_empty(n, vocab)
+            grad_logits = x.new_empty(n, vocab)
             grad_bias = x.new_zeros(vocab, dtype=torch.float32)
-            size = min(n, LinearCrossEntropy.block_rows(vocab))
-            # MKL's fp32 product against the transposed weight ran at ~40% of the fp32 peak on
-            # an AMD EPYC, oneDNN's (with the bias added as it writes) 2.1x as fast; in bf16
-            # MKL's is the faster one.
-            onednn = dtype == torch.float32 and can_pack_linears(x.device)
-            if not onednn:
-                bias_mm = bias.to(dtype)
+            # oneDNN's product, with the bias added as it writes, ran 2.1x as fast as MKL's in
+            # fp32 on an AMD EPYC (MKL's reached ~40% of the fp32 peak against the transposed
+            # weight); in bf16 MKL's was the faster one there, oneDNN's on a Xeon with AMX (this
+            # op 1.19x). oneDNN writes a new tensor, so it makes all rows' logits at once: a
+            # block's copy into the logits cost more than reading them back (fp32 1.05x).
+            onednn = can_pack_linears(x.device) and (
+                dtype == torch.float32 or dtype == torch.bfloat16 and cpu_has_amx())
+            bias_mm = bias.to(dtype)
+            size = min(n, LinearCrossEntropy.block_rows(vocab, product_in_loop=not onednn))
+            if onednn:
+                logits = _onednn_linear(x, weight_t.t(), bias_mm)
+            else:
+                logits = x.new_empty(n, vocab)
+            if dtype != torch.float32:
                 probabilities = x.new_empty(size, vocab, dtype=torch.float32)
             total = x.new_zeros((), dtype=torch.float32)
             for start in range(0, n, size):
                 rows = slice(start, start + size)
                 targets = labels[rows]
                 k = targets.shape[0]
-                if onednn:
-                    z = _onednn_linear(x[rows], weight, bias)
-                    logits[rows] = z
-                else:  # the logits with the bias, rounded as nn.Linear's; float32 from here on
-                    block = torch.addmm(bias_mm, x[rows], weight_t, out=logits[rows])
-                    z = probabilities[:k].copy_(block)
+                if not onednn:  # the logits with the bias, rounded as nn.Linear's
+                    torch.addmm(bias_mm, x[rows], weight_t, out=logits[rows])
+                z = (logits[rows] if dtype == torch.float32  # float32 from here on
+                     else probabilities[:k].copy_(logits[rows]))
                 top, z_target = z.amax(1, keepdim=True), z.gather(1, targets[:, None])
                 # PyTorch's softmax kernel: its exp ran ~4x as fast as exp_ on a 2-core AMD EPYC.
                 # In float32 it writes the gradient's rows itself; in bf16 they are its rounding.

@@ -478,13 +478,15 @@ def test_onednn_linear_is_f_linear():
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("precision,onednn", [("fp32", True), ("fp32", False), ("bf16", False)])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("onednn", [True, False])
 def test_fused_masked_lm_loss_equals_the_separate_ops(precision, onednn, monkeypatch):
     """`LinearCrossEntropy` (the MLM decoder and loss in one, used in training) against
     F.linear (with the bias, as transformers' decoder) + F.cross_entropy under the same
     autocast: the loss, the logits and the gradients of the hidden states, the tied embedding
-    matrix and the bias, over a number of rows that is no multiple of its block size; in fp32
-    with oneDNN's product (x86) and without (elsewhere)."""
+    matrix and the bias, over a number of rows that is no multiple of its block size; with
+    oneDNN's product made before the blocks (x86; bf16 where the CPU has AMX, patched on here)
+    and with MKL's product in each block (elsewhere)."""
     from bertkit import speedups
     from bertkit.speedups import LinearCrossEntropy
 
@@ -492,9 +494,10 @@ def test_fused_masked_lm_loss_equals_the_separate_ops(precision, onednn, monkeyp
         pytest.skip("oneDNN's linear is used on x86 CPUs only")
     if not onednn:
         monkeypatch.setattr(speedups, "can_pack_linears", lambda device: False)
+    monkeypatch.setattr(speedups, "cpu_has_amx", lambda: True)
     torch.manual_seed(0)
     vocab = 1000
-    rows = 3 * LinearCrossEntropy.block_rows(vocab) + 5
+    rows = 3 * LinearCrossEntropy.block_rows(vocab, product_in_loop=not onednn) + 5
     x0, w0, b0 = torch.randn(rows, 64), torch.randn(vocab, 64) * 0.2, torch.randn(vocab) * 0.1
     labels = torch.randint(0, vocab, (rows,))
     results = []
