@@ -163,8 +163,9 @@ class LinearCrossEntropy(torch.autograd.Function):
             # weight); in bf16 MKL's was the faster one there, oneDNN's on a Xeon with AMX (this
             # op 1.19x). oneDNN writes a new tensor, so it makes all rows' logits at once: a
             # block's copy into the logits cost more than reading them back (fp32 1.05x).
-            onednn = can_pack_linears(x.device) and (
-                dtype == torch.float32 or dtype == torch.bfloat16 and cpu_has_amx())
+            # torch.compile lowers oneDNN's product only for frozen weights.
+            onednn = (can_pack_linears(x.device) and not torch.compiler.is_compiling() and (
+                dtype == torch.float32 or dtype == torch.bfloat16 and cpu_has_amx()))
             bias_mm = bias.to(dtype)
             size = min(n, LinearCrossEntropy.block_rows(vocab, product_in_loop=not onednn))
             if onednn:
