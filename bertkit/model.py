@@ -115,10 +115,25 @@ class BertSelfAttention(nn.Module):
                              torch.cat([p.bias for p in projections]))  # [..., 3H]
             else:  # replaced by the user (LoRA adapters, torch's int8 quantization): as they are
                 qkv = torch.cat([p(x) for p in projections], dim=-1)
+        if packing is not None and packing.runs is not None and queries is None \
+                and not output_attentions:
+            # run by run of equally long texts on the packed rows (`Packing.runs`)
+            context = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)  # [N, H]
+            for rows, length in packing.runs:
+                part = self.attend(qkv[rows].view(-1, length, qkv.shape[1]), None)[0]
+                context[rows].view(part.shape).copy_(part)
+            return context, None
         if packing is not None:
             qkv = packing.pad(qkv)
+        context, probs = self.attend(qkv, mask, queries, output_attentions)
+        context = context.flatten(2)  # [B, Tq, H]
+        if queries is not None or packing is None:
+            return context, probs
+        return packing.unpad(context), probs
+
+    def attend(self, qkv, mask, queries=None, output_attentions=False):
+        """[B, T, 3H] joined projections -> context [B, Tq, A, H/A] (a view), probabilities."""
         B, T = qkv.shape[:2]
-        H = qkv.shape[-1] // 3
         q, k, v = qkv.view(B, T, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, A, T, H/A]
         if queries is not None:
             q = q.gather(2, queries[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
@@ -135,16 +150,18 @@ class BertSelfAttention(nn.Module):
                         and T < 64)
         if output_attentions or short_on_cpu or (q.device.type == "cpu" and (
                 dropout_prob or (q.dtype != torch.float32
-                                 and not fast_bf16_attention_kernel(x)))):
+                                 and not fast_bf16_attention_kernel(q)))):
             A, d = q.shape[1], q.shape[-1]
             # The scale and the padding mask go into the product (baddbmm's alpha and bias),
             # not into two more passes over the [B, A, T, T] scores.
-            bias = q.new_zeros(B, 1, 1, T)
-            if mask is not None:
-                bias.masked_fill_(~mask, torch.finfo(q.dtype).min)
-            scores = torch.baddbmm(bias.expand(B, A, 1, T).reshape(B * A, 1, T),
-                                   q.reshape(B * A, Tq, d),
-                                   k.reshape(B * A, T, d).transpose(1, 2),
+            if mask is None:  # beta=0: the input is not read
+                bias, beta = q.new_empty(1, 1, 1).expand(B * A, Tq, T), 0
+            else:
+                bias, beta = q.new_zeros(B, 1, 1, T), 1
+                bias = bias.masked_fill_(~mask, torch.finfo(q.dtype).min)
+                bias = bias.expand(B, A, 1, T).reshape(B * A, 1, T)
+            scores = torch.baddbmm(bias, q.reshape(B * A, Tq, d),
+                                   k.reshape(B * A, T, d).transpose(1, 2), beta=beta,
                                    alpha=d ** -0.5)
             if short_on_cpu and q.dtype != torch.float32:
                 # PyTorch's CPU softmax is slow on short bf16 rows: in float32, then rounded,
@@ -157,10 +174,7 @@ class BertSelfAttention(nn.Module):
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                      dropout_p=dropout_prob)
-        context = context.transpose(1, 2).reshape(B, Tq, H)
-        if queries is not None or packing is None:
-            return context, probs
-        return packing.unpad(context), probs
+        return context.transpose(1, 2), probs
 
 
 class BertResidualOutput(nn.Module):

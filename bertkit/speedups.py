@@ -30,6 +30,7 @@ class Packing:
     def __init__(self, attention_mask):  # [B, T], 1 for real tokens
         self.shape = attention_mask.shape
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # [N] positions in B * T
+        self.runs = _equal_length_runs(attention_mask)
 
     def unpad(self, x):  # [B, T, ...] -> [N, ...]
         return x.flatten(0, 1).index_select(0, self.index)
@@ -37,6 +38,37 @@ class Packing:
     def pad(self, x):  # [N, ...] -> [B, T, ...], zeros at padding
         grid = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index, x)
         return grid.view(*self.shape, *x.shape[1:])
+
+
+# Fewer real tokens a run than this on average (unsorted batches): pad for attention instead.
+MIN_RUN_TOKENS = 128
+
+
+def _equal_length_runs(attention_mask) -> list[tuple[slice, int]] | None:
+    """The packed rows as runs of texts of one length: (the run's rows of [N, ...], its length).
+
+    A run's rows are its texts one after the other, a [texts, length, ...] view, so attention
+    can run run by run on the packed rows, with no padding and no mask: no copies back to the
+    grid, and no products over padding. Length-sorted batches have a few runs each (a short
+    text's [CLS] ... [SEP] is 20-60 tokens). None where padding is not at the end of each row,
+    where runs are short (unsorted batches: a run per text; `MIN_RUN_TOKENS`), and in a traced
+    graph, which cannot branch on values."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    lengths = attention_mask.sum(1)
+    prefix = torch.arange(attention_mask.shape[1], device=lengths.device) < lengths[:, None]
+    if not torch.equal(prefix, attention_mask.bool()):
+        return None
+    run_lengths, counts = (t.tolist() for t in torch.unique_consecutive(lengths,
+                                                                        return_counts=True))
+    if int(lengths.sum()) < MIN_RUN_TOKENS * len(run_lengths):
+        return None
+    runs, start = [], 0
+    for length, count in zip(run_lengths, counts, strict=True):
+        if length:  # a row without real tokens has no rows to attend over
+            runs.append((slice(start, start + count * length), length))
+        start += count * length
+    return runs
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -309,7 +341,7 @@ def _x86_onednn() -> bool:
 
 
 def fast_bf16_attention_kernel(x: torch.Tensor) -> bool:
-    """Whether SDPA's fused CPU kernel beats attention spelled out in bf16 for the layer input
+    """Whether SDPA's fused CPU kernel beats attention spelled out in bf16 for the queries
     ``x``: in inference on CPUs with AMX (Intel Xeon from Sapphire Rapids on). On a 2-core Xeon
     it ran bf16 attention 4x as fast at 128 tokens, bf16 embeddings of 256-512-token documents
     1.28x; its backward was 2.5-4x slower there, and without AMX (an AMD EPYC with AVX512-BF16)
