@@ -1,7 +1,10 @@
 """Sentence embeddings: bertkit's `Embedder` against what users pick instead, side by side.
 
-One process, the systems alternating round after round on the same texts so every one sees the
-same machine load; each side does its own tokenizing. The peers:
+One process, the systems alternating round after round so every one sees the same machine load;
+each round has texts of its own (the same for every system), as a user embeds a text once:
+oneDNN builds its kernels for each new shape it meets (~20 ms a bf16 product with AMX), so
+texts repeated round after round would hide what meeting new batch shapes costs. Each side does
+its own tokenizing. The peers:
 
 - ``st-fp32``: sentence-transformers ``SentenceTransformer(folder).encode`` (batch 32; it sorts
   by length itself), fp32;
@@ -119,7 +122,8 @@ def long_documents(count: int, tokenizer, corpus: str = "linux-docs", low: int =
         documents.append(text[:offsets[target - 1][1]])
         if len(documents) == count:
             return documents
-    raise SystemExit(f"{corpus} has only {len(documents)} documents of {low}+ tokens")
+    raise SystemExit(f"{corpus} has only {len(documents)} documents of {low}+ tokens: ask for "
+                     "fewer (--documents a round times --rounds)")
 
 
 def model_folder(preset: str | None, scratch: Path) -> Path:
@@ -324,10 +328,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(norms, 1e-12)
 
 
-def measure(systems: dict, texts: list[str], rounds: int) -> tuple[dict, dict]:
+def measure(systems: dict, rounds: list[list[str]]) -> tuple[dict, dict]:
+    """Seconds of each system in each round, and every system's vectors of the last round."""
     seconds = {name: [] for name in systems}
     vectors = {}
-    for round_number in range(rounds):
+    for round_number, texts in enumerate(rounds):
         for name, system in systems.items():
             started = time.perf_counter()
             vectors[name] = system.encode(texts)
@@ -337,14 +342,15 @@ def measure(systems: dict, texts: list[str], rounds: int) -> tuple[dict, dict]:
     return seconds, vectors
 
 
-def report(input_name: str, texts: list[str], lengths: list[int], config, seconds: dict,
-           vectors: dict, peaks) -> dict:
-    """The table of one input; returns its rows."""
-    flops = forward_flops(config, lengths)
-    tokens = sum(lengths)
+def report(input_name: str, rounds: list[list[int]], config, seconds: dict, vectors: dict,
+           peaks) -> dict:
+    """The table of one input (``rounds``: each round's token counts); returns its rows."""
+    lengths = [n for lengths in rounds for n in lengths]
+    texts, tokens = len(rounds[0]), statistics.mean(sum(lengths) for lengths in rounds)
+    flops = statistics.mean(forward_flops(config, lengths) for lengths in rounds)
     reference = "fp32" if "fp32" in vectors else next(iter(vectors))
     base = "st-fp32" if "st-fp32" in seconds else next(iter(seconds))
-    print(f"\n{input_name}: {tokens:,} tokens ({np.mean(lengths):.1f} on "
+    print(f"\n{input_name}: {tokens:,.0f} tokens a round ({np.mean(lengths):.1f} a text on "
           f"average, min {min(lengths)}, max {max(lengths)}), {flops / 1e9:,.0f} model GFLOP "
           "a pass")
     print(f"{'system':30} {'median s':>8} {'texts/s':>8} {'tokens/s':>9} {'MFU':>6} "
@@ -357,7 +363,7 @@ def report(input_name: str, texts: list[str], lengths: list[int], config, second
         precision = PRECISION[name]
         mfu = peaks.mfu(flops / median, precision)
         cos = cosine(vectors[name], vectors[reference])
-        rows[name] = {"seconds": seconds[name], "texts_per_s": len(texts) / median,
+        rows[name] = {"seconds": seconds[name], "texts_per_s": texts / median,
                       "tokens_per_s": tokens / median, "mfu": mfu, "precision": precision,
                       "x_base": ratio, "cosine_mean": float(cos.mean()),
                       "cosine_min": float(cos.min())}
@@ -368,7 +374,7 @@ def report(input_name: str, texts: list[str], lengths: list[int], config, second
             diff = np.abs(unit(vectors[name]) - unit(vectors["st-fp32"])).max()
             accuracy += f" (max |diff| to sentence-transformers fp32, unit vectors: {diff:.1e})"
         peak_name = "bf16" if precision == "bf16" else "fp32"
-        print(f"{label(name):30} {median:8.2f} {len(texts) / median:8.0f} "
+        print(f"{label(name):30} {median:8.2f} {texts / median:8.0f} "
               f"{tokens / median:9,.0f} {100 * mfu:5.1f}% {spread:>16}  {accuracy}"
               + ("" if peak_name == "bf16" or precision == "fp32" else "  (MFU vs fp32 peak)"))
     return rows
@@ -413,11 +419,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", default="short,long", help="short, long or both (default)")
-    parser.add_argument("--sentences", type=int, default=3000, help="short snippets (3000)")
-    parser.add_argument("--documents", type=int, default=200, help="long documents (200)")
+    parser.add_argument("--sentences", type=int, default=3000,
+                        help="short snippets a round (3000)")
+    parser.add_argument("--documents", type=int, default=200, help="long documents a round (200)")
     parser.add_argument("--corpus", default="linux-docs",
                         help="where the long documents come from: linux-docs or python-docs")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds, each on texts of its own (3)")
     parser.add_argument("--preset", help="random weights of this size (e.g. base) instead of "
                         "all-MiniLM-L6-v2's")
     parser.add_argument("--systems", default="auto",
@@ -449,31 +457,35 @@ def main() -> None:
     peaks = measure_peaks("cpu", precisions=precisions)
     print(peaks.line(), flush=True)
 
-    short = wiki_sentences(args.sentences)
+    short = wiki_sentences(args.sentences * args.rounds + 64)  # 64 to warm up on
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         folder = model_folder(args.preset, Path(scratch))
         config = BertConfig.from_json_file(folder / "config.json")
         tokenizer = BertTokenizer.from_pretrained(folder)
-        inputs = {}
+        inputs, warmup = {}, short[-64:]
         if "short" in wanted:
-            inputs["short"] = (f"short: {args.sentences} Wikipedia sentences", short)
+            inputs["short"] = (f"short: {args.sentences} Wikipedia sentences a round", short)
         if "long" in wanted:
-            inputs["long"] = (f"long: {args.documents} {args.corpus} documents cut to 256-512 "
-                              "tokens", long_documents(args.documents, tokenizer, args.corpus))
-        warmup = short[:64] + (inputs["long"][1][:4] if "long" in inputs else [])
+            documents = long_documents(args.documents * args.rounds + 4, tokenizer, args.corpus)
+            inputs["long"] = (f"long: {args.documents} {args.corpus} documents a round, cut to "
+                              "256-512 tokens", documents)
+            warmup += documents[-4:]
         systems = build_systems(folder, Path(scratch), names, args.batch_tokens,
                                 args.max_length, warmup)
         measured = {}
         for key, (title, texts) in inputs.items():
             print(f"\n== {title}", flush=True)
-            lengths = [len(ids) for ids in tokenizer(texts, truncation=True,
-                                                     max_length=args.max_length)["input_ids"]]
-            measured[key] = (title, texts, lengths, *measure(systems, texts, args.rounds))
+            size = args.sentences if key == "short" else args.documents
+            rounds = [texts[i * size:(i + 1) * size] for i in range(args.rounds)]
+            lengths = [[len(ids) for ids in tokenizer(part, truncation=True,
+                                                      max_length=args.max_length)["input_ids"]]
+                       for part in rounds]
+            measured[key] = (title, lengths, *measure(systems, rounds))
     peaks = peaks.best(measure_peaks("cpu", precisions=precisions))  # again, after the rounds
     print(f"\n{peaks.line()}")
-    for key, (title, texts, lengths, seconds, vectors) in measured.items():
-        results[key] = report(title, texts, lengths, config, seconds, vectors, peaks)
+    for key, (title, lengths, seconds, vectors) in measured.items():
+        results[key] = report(title, lengths, config, seconds, vectors, peaks)
     if "short" in results:
         verdicts(results["short"])
     if args.out:

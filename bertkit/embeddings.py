@@ -116,27 +116,29 @@ def pool(hidden, attention_mask, pooling: str):
 
 
 def default_batch_tokens(device: torch.device, precision: str) -> int:
-    """Padded tokens per batch. Measured on CPUs: batches whose activations stay in the L2 cache
-    run fastest (2048 tokens), except bf16 with AMX, whose products want more rows (4096: MiniLM
-    1.06x on short snippets, 1.09x on 256-512-token documents, on a 2-core Xeon; without AMX, an
-    AMD EPYC, 0.97x). A GPU wants large batches to fill its cores."""
+    """Tokens per batch (real ones where batches run packed). Measured on CPUs: batches whose
+    activations stay in the L2 cache run fastest (2048 tokens), except bf16 with AMX, whose
+    products want more rows (4096: MiniLM 1.06x on short snippets, 1.09x on 256-512-token
+    documents, on a 2-core Xeon; without AMX, an AMD EPYC, 0.97x). A GPU wants large batches
+    to fill its cores."""
     if device.type != "cpu":
         return 16384
     return 4096 if precision == "bf16" and cpu_has_amx() else 2048
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_tokens: int,
-                          sort: bool = True) -> list[np.ndarray]:
-    """Row indices in batches of at most ``batch_tokens`` tokens once padded (a longer row goes
-    alone). Sorted by length, rows of a batch are nearly equally long: little padding."""
+def length_sorted_batches(lengths: Sequence[int], batch_tokens: int, sort: bool = True,
+                          padded: bool = True) -> list[np.ndarray]:
+    """Row indices in batches of at most ``batch_tokens`` tokens once padded (``padded=False``:
+    real tokens, for batches that run packed); a longer row goes alone. Sorted by length, rows
+    of a batch are nearly equally long: little padding."""
     lengths = np.asarray(lengths)
     order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
-    batches, start, longest = [], 0, 0
+    batches, start, longest, total = [], 0, 0, 0
     for end, row in enumerate(order):
-        longest = max(longest, lengths[row])
-        if end > start and (end - start + 1) * longest > batch_tokens:
+        longest, total = max(longest, lengths[row]), total + lengths[row]
+        if end > start and ((end - start + 1) * longest if padded else total) > batch_tokens:
             batches.append(order[start:end])
-            start, longest = end, lengths[row]
+            start, longest, total = end, lengths[row], lengths[row]
     if start < len(order):
         batches.append(order[start:])
     return batches
@@ -279,9 +281,9 @@ class Embedder:
     the model's vector of ``[CLS] [SEP]``, as sentence-transformers gives. Opt-in speed modes:
     ``precision="bf16"`` (bfloat16 weights and activations: AMX/AVX512-BF16 CPUs, GPUs),
     ``quantize="int8"`` (dynamic int8 Linear layers, CPU) and ``compile=True`` (torch.compile;
-    slow first batches). ``batch_tokens`` bounds the padded tokens of a batch (default 2048 on
-    CPU, 4096 there in bf16 with AMX, 16384 on GPU). ``sort_by_length`` and ``skip_padding``
-    are exact speed-ups, on by default (switch them off only to compare).
+    slow first batches). ``batch_tokens`` bounds the tokens of a batch, real ones where it runs
+    packed (default 2048 on CPU, 4096 there in bf16 with AMX, 16384 on GPU). ``sort_by_length``
+    and ``skip_padding`` are exact speed-ups, on by default (switch them off only to compare).
     """
 
     def __init__(self, model="all-minilm-l6-v2", *, tokenizer=None, layers="last", combine="sum",
@@ -418,7 +420,7 @@ class Embedder:
         rows = [i for i, skip in enumerate(skipped) if not skip]
         bar.update(len(texts) - len(rows))
         for batch in length_sorted_batches([lengths[i] for i in rows], self.batch_tokens,
-                                           self.sort_by_length):
+                                           self.sort_by_length, padded=not self._in_runs()):
             batch_rows = [rows[b] for b in batch]
             features, mask = self._features([ids[i] for i in batch_rows])
             if per_token:
@@ -457,13 +459,18 @@ class Embedder:
             features = F.normalize(features, dim=-1)
         return features, mask
 
-    def _worth_packing(self, mask: torch.Tensor) -> bool:
+    def _in_runs(self) -> bool:
         """Length-sorted batches run packed, their attention text length by text length
         (`bertkit.speedups.Packing.runs`; MiniLM's bf16 embeddings of short snippets 1.045x,
-        fp32 1.02x on a 2-core Xeon, at ~9% / 5% padding). Unsorted ones copy the real tokens
-        to the grid and back in each layer: worth it only for much padding."""
-        in_runs = self.sort_by_length and not self.compiled  # a traced graph pads for attention
-        return self.skip_padding and (in_runs or mask.float().mean().item() < PACK_BELOW_FILL)
+        fp32 1.02x on a 2-core Xeon, at ~9% / 5% padding), and count their real tokens only.
+        Not in a traced graph, which pads for attention."""
+        return self.skip_padding and self.sort_by_length and not self.compiled
+
+    def _worth_packing(self, mask: torch.Tensor) -> bool:
+        """Batches in runs, and unsorted ones with much padding: those copy the real tokens to
+        the grid and back in each layer."""
+        return self._in_runs() or (self.skip_padding
+                                   and mask.float().mean().item() < PACK_BELOW_FILL)
 
     def _empty_value(self) -> np.ndarray | TokenVectors:
         if self.pooling == "tokens":

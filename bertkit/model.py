@@ -118,10 +118,11 @@ class BertSelfAttention(nn.Module):
         if packing is not None and packing.runs is not None and queries is None \
                 and not output_attentions:
             # run by run of equally long texts on the packed rows (`Packing.runs`)
-            context = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)  # [N, H]
+            context = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)  # [rows, H]
             for rows, length in packing.runs:
                 part = self.attend(qkv[rows].view(-1, length, qkv.shape[1]), None)[0]
                 context[rows].view(part.shape).copy_(part)
+            context[packing.real:] = 0  # the rows that round the count up
             return context, None
         if packing is not None:
             qkv = packing.pad(qkv)

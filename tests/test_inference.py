@@ -175,19 +175,25 @@ def test_pooling_of_a_strategy(minilm, few, layers, pooling):
 # --- fast paths against the exact one -------------------------------------------------------
 
 
-def test_exact_fast_paths_change_nothing(exact, sentences):
-    """Sorting by length, skipping padding and the batch size leave the vectors as they are."""
+def test_exact_fast_paths_change_nothing(exact, sentences, monkeypatch):
+    """Sorting by length, skipping padding (attention on the grid, or text length by text
+    length) and the batch size leave the vectors as they are."""
     texts = sentences[::20]
     settings = ("sort_by_length", "skip_padding", "batch_tokens")
     defaults = {name: getattr(exact, name) for name in settings}
+    plain_options = {"sort_by_length": False, "skip_padding": False, "batch_tokens": 4096}
     try:
-        exact.sort_by_length, exact.skip_padding = False, False
-        exact.batch_tokens = 4096  # batches in input order, padded
+        for name, value in plain_options.items():  # batches in input order, padded
+            setattr(exact, name, value)
         plain = exact.encode(texts)
         for options in ({"sort_by_length": True}, {"skip_padding": True},
-                        {"sort_by_length": True, "skip_padding": True, "batch_tokens": 1000}):
-            for name, value in options.items():
-                setattr(exact, name, value)
+                        {"sort_by_length": True, "skip_padding": True, "batch_tokens": 1000},
+                        {"sort_by_length": True, "skip_padding": True, "runs": 0}):
+            for name, value in (plain_options | options).items():
+                if name == "runs":  # every batch text length by text length
+                    monkeypatch.setattr(speedups, "MIN_RUN_TOKENS", value)
+                else:
+                    setattr(exact, name, value)
             np.testing.assert_allclose(exact.encode(texts), plain, atol=2e-6, err_msg=str(options))
     finally:
         for name, value in defaults.items():
@@ -230,13 +236,18 @@ def test_skip_padding_keeps_real_tokens_and_gradients(tiny_mlm_dir, monkeypatch,
         assert (grad - padded_grads[name]).abs().max() / scale <= 1e-4, name
 
 
-def test_batches_bound_padded_tokens_and_sort_by_length():
-    lengths = [5, 30, 7, 7, 2, 600, 12]
-    batches = length_sorted_batches(lengths, batch_tokens=24)
+@pytest.mark.parametrize("padded", [True, False])
+def test_batches_bound_tokens_and_sort_by_length(padded):
+    lengths = [5, 30, 7, 7, 2, 600, 12, 3, 3, 4]
+    batches = length_sorted_batches(lengths, batch_tokens=24, padded=padded)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
-    for rows in batches:
-        longest = max(lengths[i] for i in rows)
-        assert len(rows) * longest <= 24 or len(rows) == 1
+    for rows, following in zip(batches, [*batches[1:], []], strict=True):
+        counted = [lengths[i] for i in rows]
+        tokens = len(rows) * max(counted) if padded else sum(counted)
+        assert tokens <= 24 or len(rows) == 1
+        if len(following):  # full: the next row would not have fitted
+            more = counted + [lengths[following[0]]]
+            assert (len(more) * max(more) if padded else sum(more)) > 24
     flat = [lengths[i] for rows in batches for i in rows]
     assert flat == sorted(lengths)
 
