@@ -266,7 +266,9 @@ class OnnxRuntime:
         self.tokenizer = BertTokenizer.from_pretrained(folder)
         self.width = BertConfig.from_json_file(folder / "config.json").hidden_size
         self.max_length = max_length
-        self.batch_tokens = batch_tokens or 2048  # the Embedder's CPU default
+        # its fastest padded batch here: on a 2-core Xeon 512 tokens ran short snippets 1.04x
+        # as fast as 1024, 1.09x as fast as 2048 (fp32, fused graph; 8192 0.83x of 2048)
+        self.batch_tokens = batch_tokens or 512
 
     def encode(self, texts: list[str]) -> np.ndarray:
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
@@ -435,8 +437,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512,
                         help="every system truncates here (512)")
     parser.add_argument("--batch-tokens", type=int,
-                        help="bertkit's (and onnxruntime's) padded tokens per batch (default: "
-                        "the Embedder's)")
+                        help="bertkit's (and onnxruntime's) tokens per batch (default: "
+                        "the Embedder's; ONNX Runtime 512 padded ones, its fastest)")
     parser.add_argument("--out", help="also write the numbers to this JSON file")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()  # sentence-transformers' weight loading

@@ -339,8 +339,8 @@ def _add_embed_command(commands) -> None:
     embed.add_argument("--compile", action="store_true",
                        help="torch.compile the encoder (the first batches wait for compilation)")
     embed.add_argument("--batch-tokens", type=int, metavar="N",
-                       help="padded tokens per batch (default 2048 on CPU, 4096 there in bf16 "
-                       "with AMX, 16384 on GPU)")
+                       help="tokens per batch, real ones where batches run packed (default "
+                       "8192 on CPU, 16384 on GPU)")
     _add_device_flag(embed)
     _add_progress_flag(embed)
 
