@@ -340,7 +340,7 @@ def _add_embed_command(commands) -> None:
                        help="torch.compile the encoder (the first batches wait for compilation)")
     embed.add_argument("--batch-tokens", type=int, metavar="N",
                        help="tokens per batch, real ones where batches run packed (default "
-                       "8192 on CPU, 16384 on GPU)")
+                       "8192 on CPU, 2048 for int8, 16384 on GPU)")
     _add_device_flag(embed)
     _add_progress_flag(embed)
 
