@@ -159,7 +159,7 @@ class BertSelfAttention(nn.Module):
                 # Inference on short texts in bf16 attends in float32: MKL's products build no
                 # kernel for each new shape (oneDNN's bf16 ones do, ~0.7 ms each, and each run
                 # of texts brings new shapes), the scores need no casts around the softmax, and
-                # the FLOPs are few. MiniLM's bf16 embeddings of new texts 1.06x on a Xeon.
+                # the FLOPs are few. MiniLM's bf16 embeddings of new texts 1.04-1.06x on a Xeon.
                 q, k, v = (t.to(torch.float32, memory_format=torch.contiguous_format)
                            for t in (q, k, v))
             # The scale and the padding mask go into the product (baddbmm's alpha and bias),

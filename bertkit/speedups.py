@@ -18,6 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+CPU_ROWS_MULTIPLE = 64
+# Fewer real tokens a run than this on average (unsorted batches): pad for attention instead.
+MIN_RUN_TOKENS = 128
+
 
 class Packing:
     """Where the N real tokens of a padded [B, T] batch sit, to run layers on real tokens only.
@@ -48,11 +52,6 @@ class Packing:
         n = self.real
         grid = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index[:n], x[:n])
         return grid.view(*self.shape, *x.shape[1:])
-
-
-CPU_ROWS_MULTIPLE = 64
-# Fewer real tokens a run than this on average (unsorted batches): pad for attention instead.
-MIN_RUN_TOKENS = 128
 
 
 def _equal_length_runs(attention_mask) -> list[tuple[slice, int]] | None:
