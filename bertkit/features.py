@@ -398,7 +398,8 @@ class FeatureEncoder:
         if offsets is not None:
             np.save(folder / OFFSETS_FILE, offsets)
         device = self.embedder.device
-        for batch in length_sorted_batches(lengths, self.embedder.batch_tokens):
+        for batch in length_sorted_batches(lengths, self.embedder.batch_tokens,
+                                           padded=not self.embedder._in_runs()):
             input_ids, mask = padded([ids[i] for i in batch])
             segments, _ = padded([types[i] for i in batch])
             values = self.features(input_ids.to(device), mask.to(device),
