@@ -347,9 +347,9 @@ def measure(systems: dict, rounds: list[list[str]]) -> tuple[dict, dict]:
 def report(input_name: str, rounds: list[list[int]], config, seconds: dict, vectors: dict,
            peaks) -> dict:
     """The table of one input (``rounds``: each round's token counts); returns its rows."""
-    lengths = [n for lengths in rounds for n in lengths]
-    texts, tokens = len(rounds[0]), statistics.mean(sum(lengths) for lengths in rounds)
-    flops = statistics.mean(forward_flops(config, lengths) for lengths in rounds)
+    lengths = [n for part in rounds for n in part]
+    texts, tokens = len(rounds[0]), statistics.mean(sum(part) for part in rounds)
+    flops = statistics.mean(forward_flops(config, part) for part in rounds)
     reference = "fp32" if "fp32" in vectors else next(iter(vectors))
     base = "st-fp32" if "st-fp32" in seconds else next(iter(seconds))
     print(f"\n{input_name}: {tokens:,.0f} tokens a round ({np.mean(lengths):.1f} a text on "

@@ -28,6 +28,7 @@ from .speedups import (
     dropout,
     fast_bf16_attention_kernel,
     linear,
+    no_backward,
     softmax,
 )
 
@@ -154,8 +155,8 @@ class BertSelfAttention(nn.Module):
                 dropout_prob or (q.dtype != torch.float32
                                  and not fast_bf16_attention_kernel(q)))):
             A, d = q.shape[1], q.shape[-1]
-            if short_on_cpu and q.dtype != torch.float32 and not output_attentions and not (
-                    torch.is_grad_enabled() and qkv.requires_grad):
+            if (short_on_cpu and q.dtype != torch.float32 and not output_attentions
+                    and no_backward(qkv)):
                 # Inference on short texts in bf16 attends in float32: MKL's products build no
                 # kernel for each new shape (oneDNN's bf16 ones do, ~0.7 ms each, and each run
                 # of texts brings new shapes), the scores need no casts around the softmax, and

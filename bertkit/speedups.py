@@ -356,7 +356,12 @@ def fast_bf16_attention_kernel(x: torch.Tensor) -> bool:
     it ran bf16 attention 4x as fast at 128 tokens, bf16 embeddings of 256-512-token documents
     1.28x; its backward was 2.5-4x slower there, and without AMX (an AMD EPYC with AVX512-BF16)
     its forward 2-4x slower than the spelled-out products."""
-    return not (torch.is_grad_enabled() and x.requires_grad) and cpu_has_amx()
+    return no_backward(x) and cpu_has_amx()
+
+
+def no_backward(x: torch.Tensor) -> bool:
+    """Whether nothing computed from ``x`` will be differentiated (inference)."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
 
 
 @functools.cache
