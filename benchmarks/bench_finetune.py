@@ -10,10 +10,12 @@ test split. The systems, one after the other for each seed, in one run, each in 
 process (as users run them; bertkit's training sets process-wide malloc options):
 
 - ``bertkit``: its own loop (`bertkit.finetune.train_epoch` and `training.Trainer`), batches of
-  similar lengths in a random order;
+  similar lengths in a random order, padded to a multiple of 8 tokens
+  (`bertkit.tasks.base.padded_length`);
 - ``trainer``: ``transformers.Trainer(model, TrainingArguments(...), train_dataset,
-  data_collator)`` with the tutorial's defaults but for the settings above (random batches,
-  padded to their longest; logging, saving and evaluation off, ``use_cpu=True``);
+  DataCollatorWithPadding(tokenizer))`` with the tutorial's defaults but for the settings above
+  (random batches, padded to their longest; logging, saving and evaluation off,
+  ``use_cpu=True``);
 - ``loop`` (opt-in, ``--references trainer,loop``): the plain PyTorch loop around transformers'
   model, on bertkit's batches in bertkit's order (the model's speed alone).
 
@@ -107,9 +109,12 @@ def trainer_run(model, task, features, args, seed, warmup, precision, scratch) -
         adam_epsilon=1e-6, warmup_steps=warmup, lr_scheduler_type="linear", max_grad_norm=1.0,
         bf16=precision == "bf16", use_cpu=True, seed=seed, save_strategy="no",
         eval_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        remove_unused_columns=False)  # the collator needs the features as they are
-    trainer = transformers.Trainer(model=model, args=settings, train_dataset=features,
-                                   data_collator=task.collate)
+        remove_unused_columns=False)  # the features hold only model inputs
+    tutorial_features = [{k: v for k, v in f.items() if k != "example"} for f in features]
+    collator = transformers.DataCollatorWithPadding(
+        transformers.AutoTokenizer.from_pretrained(fetch(MODEL, quiet=True)))
+    trainer = transformers.Trainer(model=model, args=settings, train_dataset=tutorial_features,
+                                   data_collator=collator)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # its final log line
     start = time.perf_counter()
     trainer.train()

@@ -431,15 +431,16 @@ class FeatureStore:
         offsets = folder / OFFSETS_FILE
         self.offsets = np.load(offsets) if offsets.is_file() else None
 
-    def batch(self, spans: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    def batch(self, spans: list[tuple[int, int]], width: int = 0) -> dict[str, torch.Tensor]:
         """The features of a batch of task features: [B, count, ...] pooled, or per token
-        [B, T, ...] padded with zeros plus ``feature_mask``."""
+        [B, T, ...] padded with zeros plus ``feature_mask`` (T: the longest, or ``width`` where
+        that is more, the width of the task's padded batch)."""
         if self.offsets is None:
             rows = [first + j for first, count in spans for j in range(count)]
             values = torch.from_numpy(np.asarray(self.array[rows]))
             return {"features": values.view(len(spans), spans[0][1], *values.shape[1:])}
         bounds = [(int(self.offsets[first]), int(self.offsets[first + 1])) for first, _ in spans]
-        width = max(end - start for start, end in bounds)
+        width = max(width, *(end - start for start, end in bounds))
         values = torch.zeros(len(spans), width, *self.array.shape[1:])
         mask = torch.zeros(len(spans), width, dtype=torch.long)
         for row, (start, end) in enumerate(bounds):
@@ -639,9 +640,10 @@ class CachedTask(_Wrapped):
         self.kind = kind
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {k: v for k, v in self.task.collate(features).items()
-                 if k not in ENCODER_INPUTS}
-        cached = features[0]["store"].batch([f["rows"] for f in features])
+        batch = self.task.collate(features)
+        cached = features[0]["store"].batch([f["rows"] for f in features],
+                                            batch["input_ids"].shape[-1])
+        batch = {k: v for k, v in batch.items() if k not in ENCODER_INPUTS}
         if self.kind == "sequence":
             cached["features"] = cached["features"][:, 0]
         return {**batch, **cached}

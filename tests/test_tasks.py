@@ -9,9 +9,11 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bertkit.finetune import load_model
 from bertkit.tasks import DataError, build_task
 from bertkit.tasks.classification import classification_metrics, regression_metrics
 from bertkit.tasks.datasets import BUILTINS, builtin_splits, derived_questions, resolve_data
@@ -185,6 +187,36 @@ def test_first_subtoken_labels_directly():
     assert first_subtoken_labels([None, 0, 0, 1, 2, 2, 2, None], ["O", "B-x", "I-x"],
                                  {"O": 0, "B-x": 1, "I-x": 2}) == [-100, 0, -100, 1, 2, -100,
                                                                     -100, -100]
+
+
+def test_batches_are_padded_to_a_multiple_of_8_which_changes_no_output(tokenizer, minilm_dir):
+    """Real wnut16 sentences in batches of 8 by length: each batch is padded to a multiple of 8 tokens
+    (at most max_length), per-token labels with -100, and every token's logits in the batch
+    are those of its sentence run alone, unpadded."""
+    task = build_task("token-classification", max_length=44)
+    examples = task.read(resolve_data("wnut16", "train"))[:48]
+    label2id = {t: i for i, t in enumerate(task.label_names(examples))}
+    features = sorted(task.encode(examples, tokenizer, label2id),
+                      key=lambda f: len(f["input_ids"]))  # batched by length, as training does
+    model = load_model(task, minilm_dir, list(label2id), tokenizer.vocab_size).eval()
+    widths = set()
+    for start in range(0, len(features), 8):
+        chunk = features[start:start + 8]
+        batch = task.collate(chunk)
+        longest = max(len(f["input_ids"]) for f in chunk)
+        width = batch["input_ids"].shape[1]
+        assert width == min(-(-longest // 8) * 8, 44) and width >= longest
+        widths.add(width)
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        for row, feature in enumerate(chunk):
+            n = len(feature["input_ids"])
+            assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+            assert batch["labels"][row].tolist() == feature["labels"] + [-100] * (width - n)
+            with torch.no_grad():
+                alone = model(torch.tensor([feature["input_ids"]])).logits[0]
+            torch.testing.assert_close(logits[row, :n], alone, atol=2e-5, rtol=1e-4)
+    assert 44 in widths and len(widths) > 1  # the cap and the rounding both met
 
 
 def test_malformed_conll_lines_are_named(tmp_path):

@@ -218,29 +218,44 @@ def warn_truncated(where: list[str], max_length: int) -> None:
                        "raise --max-length to keep more text.", len(where), max_length, where[0])
 
 
-def pad(rows: list[list], value) -> torch.Tensor:
-    """Right-pad lists of equal rank to one rectangular tensor."""
-    width = max(len(r) for r in rows)
+# Batches are padded to a multiple of this many tokens, not just to their longest feature.
+LENGTH_MULTIPLE = 8
+
+
+def padded_length(lengths, max_length: int) -> int:
+    """The longest of ``lengths`` rounded up to a multiple of `LENGTH_MULTIPLE`, not past the
+    task's ``max_length``. oneDNN builds its kernels anew for every shape it meets (a bf16
+    product's first call on a Xeon with AMX took 2-10 ms against ~1 ms after): padded to their
+    longest, a MiniLM fine-tuning epoch on rt-polarity met 49 lengths in 188 batches and ran
+    1.13-1.18x slower than padded to a multiple of 8, still 1.1x over three epochs."""
+    longest = max(lengths)
+    return max(longest, min(-(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE, max_length))
+
+
+def pad(rows: list[list], value, width: int) -> torch.Tensor:
+    """Right-pad lists of equal rank to one rectangular tensor ``width`` wide."""
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
-def collate_sequences(features: list[dict], label_key: str | None = None,
-                      label_pad=IGNORE_INDEX, dtype=None) -> dict[str, torch.Tensor]:
-    """Pad ``input_ids``/``token_type_ids`` to the longest feature and build the attention mask.
+def collate_sequences(features: list[dict], max_length: int, label_key: str | None = None,
+                      token_label_pad=None, dtype=None) -> dict[str, torch.Tensor]:
+    """Pad ``input_ids``/``token_type_ids`` to the `padded_length` of the batch and build the
+    attention mask.
 
-    ``label_key`` adds per-feature labels: a number each (stacked) or a list per token (padded
-    with ``label_pad``).
+    ``label_key`` adds the labels: one per feature (a number or a vector, stacked), or with
+    ``token_label_pad`` one per token (padded with it like the tokens).
     """
     ids = [f["input_ids"] for f in features]
+    width = padded_length(map(len, ids), max_length)
     batch = {
-        "input_ids": pad(ids, 0),
-        "token_type_ids": pad([f["token_type_ids"] for f in features], 0),
-        "attention_mask": pad([[1] * len(r) for r in ids], 0),
+        "input_ids": pad(ids, 0, width),
+        "token_type_ids": pad([f["token_type_ids"] for f in features], 0, width),
+        "attention_mask": pad([[1] * len(r) for r in ids], 0, width),
     }
     if label_key is not None and all(label_key in f for f in features):
         values = [f[label_key] for f in features]
-        batch[label_key] = (pad(values, label_pad) if isinstance(values[0], list)
-                            else torch.tensor(values))
+        batch[label_key] = (torch.tensor(values) if token_label_pad is None
+                            else pad(values, token_label_pad, width))
         if dtype is not None:
             batch[label_key] = batch[label_key].to(dtype)
     return batch

@@ -201,7 +201,7 @@ class Classification(Task):
         return label2id[label]
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_sequences(features, "labels")
+        return collate_sequences(features, self.max_length, "labels")
 
     # -- decoding and scoring -------------------------------------------------------------
 
@@ -270,7 +270,7 @@ class Regression(Classification):
         return float(label)
 
     def collate(self, features):
-        return collate_sequences(features, "labels", dtype=torch.float32)
+        return collate_sequences(features, self.max_length, "labels", dtype=torch.float32)
 
     def decode(self, examples, features, outputs, id2label) -> list[dict]:
         logits = pooled_logits(features, outputs, len(examples), self.window_pooling)

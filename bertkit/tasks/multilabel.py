@@ -112,7 +112,7 @@ class MultiLabel(Classification):
         return hot
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_sequences(features, "labels", dtype=torch.float32)
+        return collate_sequences(features, self.max_length, "labels", dtype=torch.float32)
 
     def decode(self, examples, features, outputs, id2label) -> list[dict]:
         logits = pooled_logits(features, outputs, len(examples), self.window_pooling)

@@ -21,6 +21,7 @@ from .base import (
     field,
     json_input_lines,
     pad,
+    padded_length,
     read_records,
     text_field,
     warn_truncated,
@@ -114,18 +115,17 @@ class MultipleChoice(Task):
         return features
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        """[batch, choices, tokens] tensors, every choice padded to the longest in the batch."""
-        width = max(len(ids) for f in features for ids in f["input_ids"])
+        """[batch, choices, tokens] tensors, every choice padded to the batch's `padded_length`."""
+        width = padded_length((len(ids) for f in features for ids in f["input_ids"]),
+                              self.max_length)
 
         def padded(key, value):
-            return torch.stack([pad([r + [value] * (width - len(r)) for r in f[key]], value)
-                                for f in features])
+            return torch.stack([pad(f[key], value, width) for f in features])
 
         batch = {"input_ids": padded("input_ids", 0),
                  "token_type_ids": padded("token_type_ids", 0)}
-        batch["attention_mask"] = torch.stack([
-            pad([[1] * len(r) + [0] * (width - len(r)) for r in f["input_ids"]], 0)
-            for f in features])
+        batch["attention_mask"] = torch.stack([pad([[1] * len(r) for r in f["input_ids"]], 0,
+                                                   width) for f in features])
         if all("labels" in f for f in features):
             batch["labels"] = torch.tensor([f["labels"] for f in features])
         return batch

@@ -180,7 +180,7 @@ class QuestionAnswering(Task):
         return covered[0], covered[-1]
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = collate_sequences(features)
+        batch = collate_sequences(features, self.max_length)
         if all("start_positions" in f for f in features):
             batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
             batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])

@@ -180,7 +180,7 @@ class TokenClassification(Task):
         return features
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_sequences(features, "labels", label_pad=IGNORE_INDEX)
+        return collate_sequences(features, self.max_length, "labels", token_label_pad=IGNORE_INDEX)
 
     # -- decoding and scoring -------------------------------------------------------------
 
