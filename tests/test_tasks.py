@@ -190,9 +190,9 @@ def test_first_subtoken_labels_directly():
 
 
 def test_batches_are_padded_to_a_multiple_of_8_which_changes_no_output(tokenizer, minilm_dir):
-    """Real wnut16 sentences in batches of 8 by length: each batch is padded to a multiple of 8 tokens
-    (at most max_length), per-token labels with -100, and every token's logits in the batch
-    are those of its sentence run alone, unpadded."""
+    """Real wnut16 sentences in batches of 8 by length: each batch is padded to a multiple of
+    8 tokens (at most max_length), per-token labels with -100, and every token's logits in the
+    batch are those of its sentence run alone, unpadded."""
     task = build_task("token-classification", max_length=44)
     examples = task.read(resolve_data("wnut16", "train"))[:48]
     label2id = {t: i for i, t in enumerate(task.label_names(examples))}
