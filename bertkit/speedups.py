@@ -89,16 +89,16 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     fifth of a training step. The words come from numpy's SFC64, seeded by one draw of torch's
     generator (so ``torch.manual_seed``, checkpointed RNG states and gradient checkpointing's
     replay see the same masks): 2-3x faster than ``torch.randint``'s Mersenne Twister. The keep
-    probability is exact to 1/65536.
+    probability is exact to 1/65536. numpy compares the bits: 7x as fast as torch's int16
+    comparison on a Xeon (8 against 57 µs for a [16, 32, 384] mask).
     """
     if p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
     seed = int(torch.randint(2**62, ()))
-    words = np.random.SFC64(seed).random_raw(-(-x.numel() // 4)).view(np.int64)
-    bits = torch.from_numpy(words).view(torch.int16)[:x.numel()].view(x.shape)  # [-32768, 32767]
-    keep = bits < round((1 - p) * 65536) - 32768
+    bits = np.random.SFC64(seed).random_raw(-(-x.numel() // 4)).view(np.int16)[:x.numel()]
+    keep = torch.from_numpy(bits < round((1 - p) * 65536) - 32768).view(x.shape)
     return x * (keep.to(x.dtype) * (1 / (1 - p)))
 
 
@@ -314,6 +314,40 @@ class KeptEmbeddingGradients:
         without reading the whole [V, H] tensor (1% of a MiniLM fine-tuning step)."""
         rows_of = {id(kept): values for kept, _, values in self.kept.values()}
         return [rows_of.get(id(p.grad), p.grad) for p in parameters]
+
+
+class NormsAsWritten:
+    """Each gradient's 2-norm taken by a hook as backward writes the gradient, while it is still
+    in the cache, instead of by a pass over all of them from memory afterwards: a MiniLM
+    fine-tuning step 1.010-1.014x on a Xeon, the same norms bit for bit. On a CPU in one process
+    only (a GPU norms them all in one kernel; DDP averages the gradients after the hooks);
+    ``skip``: parameters whose gradient is not final when written (the kept word embeddings)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, world_size: int, skip=()):
+        skipped = set(skip)
+        self.parameters = [p for p in model.parameters() if p.requires_grad and p not in skipped
+                           ] if device.type == "cpu" and world_size == 1 else []
+        self.norms = {}
+
+    @contextlib.contextmanager
+    def taken(self):
+        """Around the backward that writes the step's final gradients."""
+        self.norms = {}
+        hooks = [p.register_post_accumulate_grad_hook(self._take) for p in self.parameters]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _take(self, parameter):
+        self.norms[parameter] = torch.linalg.vector_norm(parameter.grad)
+
+    def total(self, parameters, gradients) -> torch.Tensor:
+        """``torch.nn.utils.get_total_norm(gradients)``, from the norms taken where there are."""
+        return torch.linalg.vector_norm(torch.stack([
+            self.norms[p] if p in self.norms else torch.linalg.vector_norm(g)
+            for p, g in zip(parameters, gradients, strict=True)]))
 
 
 def join_qkv(model):

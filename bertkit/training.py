@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import files
 from .device import autocast, keep_freed_memory
 from .settings import Settings, option
-from .speedups import KeptEmbeddingGradients
+from .speedups import KeptEmbeddingGradients, NormsAsWritten
 
 OPTIMIZERS = ("adamw", "lamb")
 STATE_NAME = "trainer_state.pt"
@@ -215,6 +215,9 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(model, device_ids=ids)
         self.embedding_gradients = KeptEmbeddingGradients(model, device, distributed.world_size)
+        self.gradient_norms = NormsAsWritten(
+            model, device, distributed.world_size,
+            skip=[e.weight for e in self.embedding_gradients.embeddings])
 
     def step(self, micro_batches: list[dict]) -> tuple[list, float]:
         """Forward/backward every micro-batch, then clip and update. Returns (outputs, loss)."""
@@ -229,7 +232,9 @@ class Trainer:
                 with autocast(self.device, self.precision):
                     out = self.wrapped(**batch)
                 loss = out["loss"] / len(micro_batches)
-                self.scaler.scale(loss).backward()
+                with self.gradient_norms.taken() if last and self._clips_in_optimizer() \
+                        else contextlib.nullcontext():
+                    self.scaler.scale(loss).backward()
             total += loss.item()
             outputs.append(out)
         self.embedding_gradients.densify()
@@ -263,12 +268,18 @@ class Trainer:
         so they are scaled there instead of in a pass over every gradient of their own (~2% of a
         fine-tuning step on a CPU); the same update, to rounding."""
         parameters = [p for p in self.model.parameters() if p.grad is not None]
-        if self.scaler.is_enabled() or not getattr(self.optimizer, "_step_supports_amp_scaling",
-                                                   False):  # fp16's scaler sets grad_scale
+        if not self._clips_in_optimizer():
             torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
             return
-        norm = torch.nn.utils.get_total_norm(self.embedding_gradients.norm_parts(parameters))
+        norm = self.gradient_norms.total(parameters,
+                                         self.embedding_gradients.norm_parts(parameters))
         self.optimizer.grad_scale = torch.clamp((norm + 1e-6) / self.max_grad_norm, min=1.0)
+
+    def _clips_in_optimizer(self) -> bool:
+        """Whether `_clip_gradients` hands the scale to a fused optimizer (fp16's scaler sets
+        ``grad_scale`` itself)."""
+        return bool(self.max_grad_norm) and not self.scaler.is_enabled() and getattr(
+            self.optimizer, "_step_supports_amp_scaling", False)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

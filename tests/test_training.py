@@ -98,6 +98,30 @@ def test_clipping_inside_the_fused_optimizer_is_clip_grad_norm(max_norm):
         torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
 
 
+def test_gradient_norms_taken_as_written_are_torchs_bit_for_bit():
+    """The norms the Trainer's hooks take as backward writes each gradient (on CPU, for the last
+    of two micro-batches) give exactly torch's total norm of the finished gradients."""
+    model = tiny_classifier(dropout=0.0)
+    optimizer = build_optimizer(model, lr=1e-2)
+    trainer = Trainer(model, optimizer, torch.optim.lr_scheduler.ConstantLR(
+        optimizer, factor=1.0), device=torch.device("cpu"), max_grad_norm=0.05)
+    norms, totals = trainer.gradient_norms, []
+
+    def checked(parameters, gradients):
+        ours = type(norms).total(norms, parameters, gradients)
+        assert torch.equal(ours, torch.nn.utils.get_total_norm(gradients))
+        # every gradient's norm came from a hook but the kept word embeddings'
+        assert set(norms.norms) == set(parameters) - {model.bert.embeddings.word_embeddings.weight}
+        totals.append(ours)
+        return ours
+
+    norms.total = checked
+    for seed in range(3):
+        trainer.step([{k: v[:4] for k, v in batch(seed).items()},
+                      {k: v[4:] for k, v in batch(seed).items()}])
+    assert len(totals) == 3 and all(total > 0.05 for total in totals)
+
+
 def test_kept_word_embedding_gradients_are_the_dense_ones():
     """On CPU the Trainer adds the word embeddings' sparse gradient into one kept tensor. Over
     steps whose batches touch other rows, with two micro-batches each and the gradient clipped
