@@ -382,19 +382,22 @@ def test_bad_config_values():
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_fast_cpu_dropout_has_dropout_statistics(p):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_cpu_dropout_has_dropout_statistics(p, dtype):
     torch.manual_seed(0)
-    x = torch.randn(64, 4, 128, 128, requires_grad=True)
+    x = torch.randn(64, 4, 128, 128, dtype=dtype, requires_grad=True)
     y = bk.dropout(x, p)
     dropped = y == 0
     n = dropped.numel()
     assert abs(dropped.float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5
+    # bit for bit torch's own arithmetic on that mask (the kept value rounded to the dtype)
+    assert torch.equal(y, x * ((~dropped).to(dtype) * (1 / (1 - p))))
     torch.testing.assert_close(y[~dropped], x[~dropped] / (1 - p))
     # Every slot of the 64-bit draw (and every row) drops at the same rate: no structure.
     per_slot = dropped.reshape(-1, 4).float().mean(0)
     assert torch.all((per_slot - p).abs() < 4 * (p * (1 - p) * 4 / n) ** 0.5)
     y.sum().backward()
-    torch.testing.assert_close(x.grad, (~dropped).float() / (1 - p))
+    torch.testing.assert_close(x.grad, (~dropped).to(dtype) / (1 - p))
     assert bk.dropout(x, 0.0) is x
 
 
