@@ -101,7 +101,7 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     seed = int(torch.randint(2**62, ()))
     bits = np.random.SFC64(seed).random_raw(-(-x.numel() // 4)).view(np.int16)[:x.numel()]
     kept = _kept_value_bits(x.dtype, p)
-    mask = np.multiply(np.less(bits, round((1 - p) * 65536) - 32768), kept)
+    mask = np.multiply(np.less(bits, round((1 - p) * 65536) - 32768), kept, dtype=kept.dtype)
     return x * torch.from_numpy(mask).view(x.dtype).view(x.shape)
 
 
