@@ -10,8 +10,8 @@ test split. The systems, one after the other for each seed, in one run, each in 
 process (as users run them; bertkit's training sets process-wide malloc options):
 
 - ``bertkit``: its own loop (`bertkit.finetune.train_epoch` and `training.Trainer`), batches of
-  similar lengths in a random order, padded to a multiple of 8 tokens
-  (`bertkit.tasks.base.padded_length`);
+  similar lengths in a random order, padded to a multiple of 8 tokens in bf16, to their longest
+  in fp32 (`bertkit.tasks.base.length_multiple`);
 - ``trainer``: ``transformers.Trainer(model, TrainingArguments(...), train_dataset,
   DataCollatorWithPadding(tokenizer))`` with the tutorial's defaults but for the settings above
   (random batches, padded to their longest; logging, saving and evaluation off,
@@ -54,6 +54,7 @@ from bertkit.finetune import (
 )
 from bertkit.sources import fetch
 from bertkit.tasks import build_task
+from bertkit.tasks.base import length_multiple
 from bertkit.tasks.datasets import resolve_data
 from bertkit.training import Trainer, build_optimizer, seed_everything, warmup_linear_decay
 
@@ -76,7 +77,8 @@ def hf_epoch(model, optimizer, scheduler, task, features, batch_size, seed, devi
     """The plain PyTorch loop users write around transformers."""
     model.train()
     for chunk in batches(features, batch_size, seed):
-        batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
+        batch = task.collate(chunk, length_multiple(precision))
+        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device, precision):
             loss = model(**batch).loss
         loss.backward()
@@ -92,7 +94,8 @@ def hf_accuracy(model, task, tokenizer, examples, label2id, device, precision) -
     features = task.encode(examples, tokenizer, label2id)
     correct = 0
     for chunk in batches(features, 64):
-        batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
+        batch = task.collate(chunk, length_multiple(precision))
+        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device, precision):
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         correct += int((logits.argmax(-1) == batch["labels"]).sum())

@@ -246,9 +246,10 @@ class WithNumbers(_Wrapped):
             feature["numbers"] = ((raw - mean) / std).tolist()
         return features
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[dict], pad_to_multiple_of: int = 1
+                ) -> dict[str, torch.Tensor]:
         numbers = torch.tensor([f["numbers"] for f in features], dtype=torch.float32)
-        return {**self.task.collate(features), "numbers": numbers}
+        return {**self.task.collate(features, pad_to_multiple_of), "numbers": numbers}
 
     def to_json(self, example, prediction) -> dict:
         return {**self.task.to_json(example, prediction),
@@ -639,8 +640,9 @@ class CachedTask(_Wrapped):
         super().__init__(task)
         self.kind = kind
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.task.collate(features)
+    def collate(self, features: list[dict], pad_to_multiple_of: int = 1
+                ) -> dict[str, torch.Tensor]:
+        batch = self.task.collate(features, pad_to_multiple_of)
         cached = features[0]["store"].batch([f["rows"] for f in features],
                                             batch["input_ids"].shape[-1])
         batch = {k: v for k, v in batch.items() if k not in ENCODER_INPUTS}

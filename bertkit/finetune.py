@@ -31,7 +31,7 @@ from .report import plot_confusion, plot_metrics
 from .settings import SettingsError, comma_ints, comma_names, one_or_more, option
 from .sources import resolve_pretrained
 from .tasks import TASKS, Task, build_task
-from .tasks.base import text_lines, window_counts
+from .tasks.base import length_multiple, text_lines, window_counts
 from .tasks.datasets import builtin_task, resolve_data
 from .tokenizer import BertTokenizer
 from .training import (
@@ -270,7 +270,7 @@ def run_model(model, task: Task, features: list[dict], batch_size: int = 64, dev
     for start in tqdm(range(0, len(order), batch_size), desc="evaluating", leave=False,
                       disable=not progress, mininterval=2):
         chunk = order[start:start + batch_size]
-        batch = task.collate([features[i] for i in chunk])
+        batch = task.collate([features[i] for i in chunk], length_multiple(precision))
         inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
         with autocast(device, precision):
             out = model(**inputs)
@@ -817,7 +817,7 @@ def train_epoch(trainer: Trainer, task: Task, features: list[dict], batch_size: 
                disable=not progress, mininterval=2, leave=False)
     recent = []
     for chunk in bar:
-        _, loss = trainer.step([task.collate(chunk)])
+        _, loss = trainer.step([task.collate(chunk, length_multiple(trainer.precision))])
         step += 1
         recent.append(loss)
         if step % log_every == 0 or len(recent) == n_batches:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bertkit.finetune import load_model
 from bertkit.tasks import DataError, build_task
+from bertkit.tasks.base import length_multiple
 from bertkit.tasks.classification import classification_metrics, regression_metrics
 from bertkit.tasks.datasets import BUILTINS, builtin_splits, derived_questions, resolve_data
 from bertkit.tasks.qa import (
@@ -191,8 +192,10 @@ def test_first_subtoken_labels_directly():
 
 def test_batches_are_padded_to_a_multiple_of_8_which_changes_no_output(tokenizer, minilm_dir):
     """Real wnut16 sentences in batches of 8 by length: each batch is padded to a multiple of
-    8 tokens (at most max_length), per-token labels with -100, and every token's logits in the
-    batch are those of its sentence run alone, unpadded."""
+    8 tokens (at most max_length) as bf16 asks, to its longest as fp32 asks, per-token labels
+    with -100, and every token's logits in the batch are those of its sentence run alone,
+    unpadded."""
+    assert (length_multiple("bf16"), length_multiple("fp16"), length_multiple("fp32")) == (8, 8, 1)
     task = build_task("token-classification", max_length=44)
     examples = task.read(resolve_data("wnut16", "train"))[:48]
     label2id = {t: i for i, t in enumerate(task.label_names(examples))}
@@ -202,8 +205,9 @@ def test_batches_are_padded_to_a_multiple_of_8_which_changes_no_output(tokenizer
     widths = set()
     for start in range(0, len(features), 8):
         chunk = features[start:start + 8]
-        batch = task.collate(chunk)
         longest = max(len(f["input_ids"]) for f in chunk)
+        assert task.collate(chunk, length_multiple("fp32"))["input_ids"].shape[1] == longest
+        batch = task.collate(chunk, length_multiple("bf16"))
         width = batch["input_ids"].shape[1]
         assert width == min(-(-longest // 8) * 8, 44) and width >= longest
         widths.add(width)

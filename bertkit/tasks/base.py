@@ -218,18 +218,22 @@ def warn_truncated(where: list[str], max_length: int) -> None:
                        "raise --max-length to keep more text.", len(where), max_length, where[0])
 
 
-# Batches are padded to a multiple of this many tokens, not just to their longest feature.
-LENGTH_MULTIPLE = 8
+def length_multiple(precision: str) -> int:
+    """The multiple of tokens a batch's length is rounded up to under ``precision``: 8 in bf16
+    and fp16, none in fp32. oneDNN builds its 16-bit kernels anew for every shape it meets (a
+    bf16 product's first call on a Xeon with AMX took 2-10 ms against ~1 ms after): padded to
+    their longest, a MiniLM fine-tuning epoch on rt-polarity met 49 lengths in 188 batches and
+    ran 1.13-1.18x slower in bf16 than padded to a multiple of 8 (1.1x over three epochs). In
+    fp32 the padding is only more work: the same epoch ran 1.08x faster padded to its longest
+    (to a multiple of 2 the same, 4 1.04x slower, 8 1.11x slower)."""
+    return 8 if precision in ("bf16", "fp16") else 1
 
 
-def padded_length(lengths, max_length: int) -> int:
-    """The longest of ``lengths`` rounded up to a multiple of `LENGTH_MULTIPLE`, not past the
-    task's ``max_length``. oneDNN builds its kernels anew for every shape it meets (a bf16
-    product's first call on a Xeon with AMX took 2-10 ms against ~1 ms after): padded to their
-    longest, a MiniLM fine-tuning epoch on rt-polarity met 49 lengths in 188 batches and ran
-    1.13-1.18x slower than padded to a multiple of 8, still 1.1x over three epochs."""
+def padded_length(lengths, max_length: int, multiple: int = 1) -> int:
+    """The longest of ``lengths`` rounded up to a multiple of ``multiple`` (`length_multiple`),
+    not past the task's ``max_length``."""
     longest = max(lengths)
-    return max(longest, min(-(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE, max_length))
+    return max(longest, min(-(-longest // multiple) * multiple, max_length))
 
 
 def pad(rows: list[list], value, width: int) -> torch.Tensor:
@@ -238,15 +242,16 @@ def pad(rows: list[list], value, width: int) -> torch.Tensor:
 
 
 def collate_sequences(features: list[dict], max_length: int, label_key: str | None = None,
-                      token_label_pad=None, dtype=None) -> dict[str, torch.Tensor]:
-    """Pad ``input_ids``/``token_type_ids`` to the `padded_length` of the batch and build the
-    attention mask.
+                      token_label_pad=None, dtype=None, pad_to_multiple_of: int = 1
+                      ) -> dict[str, torch.Tensor]:
+    """Pad ``input_ids``/``token_type_ids`` to the `padded_length` of the batch (its longest,
+    rounded up to ``pad_to_multiple_of``) and build the attention mask.
 
     ``label_key`` adds the labels: one per feature (a number or a vector, stacked), or with
     ``token_label_pad`` one per token (padded with it like the tokens).
     """
     ids = [f["input_ids"] for f in features]
-    width = padded_length(map(len, ids), max_length)
+    width = padded_length(map(len, ids), max_length, pad_to_multiple_of)
     batch = {
         "input_ids": pad(ids, 0, width),
         "token_type_ids": pad([f["token_type_ids"] for f in features], 0, width),
@@ -384,7 +389,10 @@ class Task:
     def encode(self, examples: list, tokenizer, label2id: dict | None = None) -> list[dict]:
         raise NotImplementedError
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[dict], pad_to_multiple_of: int = 1
+                ) -> dict[str, torch.Tensor]:
+        """A batch of tensors, padded to its longest feature rounded up to
+        ``pad_to_multiple_of`` tokens (`length_multiple` of the precision it runs in)."""
         raise NotImplementedError
 
     def decode(self, examples: list, features: list[dict], outputs: list[dict],

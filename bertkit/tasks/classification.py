@@ -200,8 +200,10 @@ class Classification(Task):
     def label_value(self, label, label2id: dict):
         return label2id[label]
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_sequences(features, self.max_length, "labels")
+    def collate(self, features: list[dict], pad_to_multiple_of: int = 1
+                ) -> dict[str, torch.Tensor]:
+        return collate_sequences(features, self.max_length, "labels",
+                                 pad_to_multiple_of=pad_to_multiple_of)
 
     # -- decoding and scoring -------------------------------------------------------------
 
@@ -269,8 +271,9 @@ class Regression(Classification):
     def label_value(self, label, label2id):
         return float(label)
 
-    def collate(self, features):
-        return collate_sequences(features, self.max_length, "labels", dtype=torch.float32)
+    def collate(self, features, pad_to_multiple_of=1):
+        return collate_sequences(features, self.max_length, "labels", dtype=torch.float32,
+                                 pad_to_multiple_of=pad_to_multiple_of)
 
     def decode(self, examples, features, outputs, id2label) -> list[dict]:
         logits = pooled_logits(features, outputs, len(examples), self.window_pooling)

@@ -111,8 +111,10 @@ class MultiLabel(Classification):
             hot[label2id[name]] = 1.0
         return hot
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_sequences(features, self.max_length, "labels", dtype=torch.float32)
+    def collate(self, features: list[dict], pad_to_multiple_of: int = 1
+                ) -> dict[str, torch.Tensor]:
+        return collate_sequences(features, self.max_length, "labels", dtype=torch.float32,
+                                 pad_to_multiple_of=pad_to_multiple_of)
 
     def decode(self, examples, features, outputs, id2label) -> list[dict]:
         logits = pooled_logits(features, outputs, len(examples), self.window_pooling)

@@ -114,10 +114,11 @@ class MultipleChoice(Task):
             features.append(feature)
         return features
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[dict], pad_to_multiple_of: int = 1
+                ) -> dict[str, torch.Tensor]:
         """[batch, choices, tokens] tensors, every choice padded to the batch's `padded_length`."""
         width = padded_length((len(ids) for f in features for ids in f["input_ids"]),
-                              self.max_length)
+                              self.max_length, pad_to_multiple_of)
 
         def padded(key, value):
             return torch.stack([pad(f[key], value, width) for f in features])

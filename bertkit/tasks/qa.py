@@ -179,8 +179,10 @@ class QuestionAnswering(Task):
                             "context (is it only spaces or control characters?).")
         return covered[0], covered[-1]
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = collate_sequences(features, self.max_length)
+    def collate(self, features: list[dict], pad_to_multiple_of: int = 1
+                ) -> dict[str, torch.Tensor]:
+        batch = collate_sequences(features, self.max_length,
+                                  pad_to_multiple_of=pad_to_multiple_of)
         if all("start_positions" in f for f in features):
             batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
             batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])

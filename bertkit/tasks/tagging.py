@@ -179,8 +179,10 @@ class TokenClassification(Task):
         warn_truncated(truncated, self.max_length)
         return features
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_sequences(features, self.max_length, "labels", token_label_pad=IGNORE_INDEX)
+    def collate(self, features: list[dict], pad_to_multiple_of: int = 1
+                ) -> dict[str, torch.Tensor]:
+        return collate_sequences(features, self.max_length, "labels", token_label_pad=IGNORE_INDEX,
+                                 pad_to_multiple_of=pad_to_multiple_of)
 
     # -- decoding and scoring -------------------------------------------------------------
 
