@@ -309,8 +309,8 @@ def test_auto_classes_give_bertkit_outputs(saved, texts, task_name, auto, output
     for key in outputs:
         x, y = (a[key], b[key]) if a[key].dim() == 2 and key == "logits" else (a[key][mask],
                                                                                 b[key][mask])
-        # bertkit's fp32 products go through oneDNN on x86, transformers' through MKL: the
-        # same sums in another order, a few ulps of the largest logit apart
+        # bertkit's fp32 products may go through oneDNN (x86 CPUs but Intel's), transformers'
+        # through MKL: the same sums in another order, a few ulps of the largest logit apart
         torch.testing.assert_close(x, y, atol=3e-6 * float(y.abs().max()), rtol=0, msg=key)
 
 
