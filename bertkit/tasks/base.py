@@ -224,8 +224,8 @@ def length_multiple(precision: str) -> int:
     bf16 product's first call on a Xeon with AMX took 2-10 ms against ~1 ms after): padded to
     their longest, a MiniLM fine-tuning epoch on rt-polarity met 49 lengths in 188 batches and
     ran 1.13-1.18x slower in bf16 than padded to a multiple of 8 (1.1x over three epochs). In
-    fp32 the padding is only more work: the same epoch ran 1.08x faster padded to its longest
-    (to a multiple of 2 the same, 4 1.04x slower, 8 1.11x slower)."""
+    fp32 the padding is only more work: the same epoch ran 1.07x faster padded to its longest
+    than to a multiple of 8 (eight alternating runs; a multiple of 2 the same, 4 1.04x slower)."""
     return 8 if precision in ("bf16", "fp16") else 1
 
 
