@@ -17,13 +17,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def choose_device(requested: str | torch.device | None = None) -> torch.device:
-    """The requested device, else this rank's GPU when there is one, else the CPU."""
+    """The requested device, else this rank's GPU when there is one, else the CPU. A bare
+    ``cuda`` is this rank's GPU too: under torchrun every rank on GPU 0 would stop NCCL."""
     if requested:
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {requested!r} asked for, but PyTorch sees no CUDA GPU "
                              "here; leave --device out to use the CPU.")
-        return device
+        if device.type != "cuda" or device.index is not None:
+            return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -416,3 +417,20 @@ def test_validation_data_evaluates_another_folders_held_out_documents(tmp_path, 
     other_seed = rebuild("seed", seed=7)
     with pytest.raises(ValueError, match="not built from the same documents"):
         load_examples(replace(settings, validation_data=str(other_seed)))
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_its_steps_on_a_cpu(tmp_path):
+    """benchmarks/gpu_check.sh at toy sizes on the CPU (DDP over gloo in two processes): the
+    script has to work the first time a GPU is at hand."""
+    env = {**ENV, "OMP_NUM_THREADS": "2", "DEVICE": "cpu", "SMOKE": "1", "OUT": str(tmp_path),
+           "PY": sys.executable}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    assert "bertkit bf16" in done.stdout and "x tf same precision" in done.stdout
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+    losses = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if "loss" in r]
+    assert losses and all(math.isfinite(r["loss"]) for r in losses)
+    assert "cpu bf16:" in done.stdout and "gpu_check: done" in done.stdout

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bertkit.config import BertConfig
+from bertkit.device import choose_device
 from bertkit.model import BertForPreTraining, BertForSequenceClassification
 from bertkit.training import (
     Checkpoints,
@@ -248,3 +249,16 @@ def test_a_cpu_step_reuses_the_memory_the_last_one_freed():
               for how in ("glibc", "keep")}
     assert faults["glibc"] > 5000  # 4 KiB pages: tens of MB a step
     assert faults["keep"] < faults["glibc"] / 10
+
+
+def test_a_bare_cuda_device_is_this_ranks_gpu(monkeypatch):
+    """`--device cuda` under torchrun: each rank on its own GPU (LOCAL_RANK), not all on GPU 0."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert choose_device("cuda") == torch.device("cuda", 1)
+    assert choose_device(None) == torch.device("cuda", 1)
+    assert choose_device("cuda:0") == torch.device("cuda", 0)
+    assert choose_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        choose_device("cuda")
