@@ -28,11 +28,12 @@ echo "== 1. pre-training step, $PRESET $BATCH x 128, bf16 and fp32, against tran
 "$PY" benchmarks/bench_pretrain.py --device "$DEVICE" --preset "$PRESET" --batch-size "$BATCH" \
     --length 128 --rounds "$ROUNDS" --steps "$BENCH_STEPS"
 
+DDP_BATCH=$(( (BATCH + NPROC - 1) / NPROC * NPROC ))  # the global batch splits evenly
 echo "== 2. torchrun, $NPROC process(es): pre-training on real Wikipedia text"
 "$PY" -m bertkit data pretrain wiki-leads --out "$OUT/data" --max-seq-length 128 --dupe-factor 1 \
     --no-progress
 "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m bertkit pretrain \
-    --data "$OUT/data" --model "$PRESET" --steps "$DDP_STEPS" --batch-size "$BATCH" --precision bf16 \
+    --data "$OUT/data" --model "$PRESET" --steps "$DDP_STEPS" --batch-size "$DDP_BATCH" --precision bf16 \
     --device "$DEVICE" --out "$OUT/ddp" --log-every 10 --eval-every "$DDP_STEPS"
 
 echo "== 3. bf16 inference on $DEVICE against fp32 on the CPU"

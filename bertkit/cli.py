@@ -98,6 +98,8 @@ def cmd_pretrain(args):
         raise ValueError("pretrain needs --data (a folder from `bertkit data pretrain`) or "
                          "--settings FILE")
     result = pretrain(settings, resume=args.resume)
+    if result["rank"]:  # under torchrun rank 0 reports for all
+        return result["exit_code"] if result["stopped"] else 0
     if result["stopped"]:
         print(f"bertkit pretrain: stopped at step {result['steps']}/{result['total_steps']}; "
               f"continue with --resume: bertkit pretrain --resume --out {settings.out}",

@@ -39,8 +39,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ValueError("fp16 with a loss scaler needs a CUDA GPU; on the CPU use bf16 or fp32.")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cuda":  # bf16 from Ampere on; older GPUs only emulate it, slowly
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

@@ -261,10 +261,10 @@ def task_loss(logits, labels, problem_type: str | None):
     cross-entropy per label for multi-label, else cross-entropy ignoring -100."""
     if labels is None:
         return None
-    if problem_type == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    if problem_type == "regression":  # float32 targets, as `BertForSequenceClassification`'s
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
     if problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX)
 

@@ -756,12 +756,13 @@ class BertForSequenceClassification(BertHeadModel):
                 "regression" if self.config.num_labels == 1
                 else "single_label_classification" if not labels.is_floating_point()
                 else "multi_label_classification")
+            # in float32: bf16 would round the targets (an STS-B score of 4.3 by up to 0.016)
             if problem == "regression":
-                loss = F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+                loss = F.mse_loss(logits.squeeze().float(), labels.squeeze().float())
             elif problem == "single_label_classification":
                 loss = _cross_entropy(logits, labels)
             else:
-                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         return dict(loss=loss, logits=logits)
 
 

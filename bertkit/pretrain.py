@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
 import time
 from collections import Counter
@@ -36,11 +37,14 @@ from .training import (
     MetricsLog,
     OptimizerSettings,
     build_trainer,
+    every_ranks_rng_states,
     init_distributed,
-    restore_rng_states,
+    restore_ranks_rng_states,
     seed_everything,
     truncate_metrics,
 )
+
+logger = logging.getLogger("bertkit")
 
 SETTINGS_NAME = "pretrain_settings.json"
 BUDGET_PROVISIONAL_STEPS = 1_000_000
@@ -433,6 +437,9 @@ class PretrainRun:
             settings, self.tokenizer, self.train)).to(self.device)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if not settings.nsp:  # out of the loss: frozen, so DDP waits for no gradient of theirs
+            for module in (self.model.bert.pooler, self.model.cls.seq_relationship):
+                module.requires_grad_(False)
         state = Checkpoints.load_state(latest) if latest else {}
         self.step = state.get("step", 0)
         self.trainer = build_trainer(torch.compile(self.model) if settings.compile
@@ -441,7 +448,10 @@ class PretrainRun:
                                      distributed=self.distributed)
         if latest:
             self.trainer.load_state_dict(state["trainer"])
-            restore_rng_states(state["rng"])
+            if not restore_ranks_rng_states(state["rng"], self.device, self.distributed):
+                logger.warning("rank %d: %s holds no random state of this rank (another number "
+                               "of ranks?): its dropout masks from here on are new draws.",
+                               self.distributed.rank, latest)
         self.phases = Phases(settings, self.train, phase2, self.total_steps)
         self.budget = BudgetSizer(settings.budget_minutes, self.step,
                                   state.get("budget_sizings", 0), started)
@@ -518,6 +528,16 @@ class PretrainRun:
     def due(self, every: int) -> bool:
         return self.step % every == 0 or self.step == self.total_steps
 
+    def agreed_stop(self, requested: bool) -> bool:
+        """Whether any rank was asked to stop: all ranks then save and stop at the same step (a
+        signal reaches them at different moments, and one alone would leave the others waiting
+        in DDP's all-reduce)."""
+        if self.distributed.world_size == 1:
+            return requested
+        flag = torch.tensor([int(requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def evaluate(self) -> None:
         if not self.main:
             return
@@ -528,10 +548,12 @@ class PretrainRun:
         plot(self.folder)
 
     def save(self, reason: str) -> None:
+        """A checkpoint, written by rank 0 (every rank calls this: it gathers their states)."""
+        rng = every_ranks_rng_states(self.device, self.distributed)
         if not self.main:
             return
         path = self.checkpoints.save(self.step, self.model, self.tokenizer,
-                                     {"trainer": self.trainer.state_dict(),
+                                     {"trainer": self.trainer.state_dict(), "rng": rng,
                                       "budget_sizings": self.budget.done,
                                       "examples_seen": self.step * self.settings.batch_size})
         self.log.write(step=self.step, event=f"checkpoint ({reason})", path=str(path))
@@ -544,7 +566,8 @@ class PretrainRun:
         """The final model and the last held-out metrics."""
         result = {"steps": self.step, "total_steps": self.total_steps,
                   "tokens_per_second": self.tokens_per_second(), "precision": self.precision,
-                  "seconds": time.perf_counter() - self.started, "stopped": False}
+                  "seconds": time.perf_counter() - self.started, "stopped": False,
+                  "rank": self.distributed.rank}
         if not self.main:
             return result
         if not self.held_out:  # resumed from the final checkpoint: nothing left but to measure
@@ -559,16 +582,18 @@ class PretrainRun:
 def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
     """Run (or resume) pre-training.
 
-    Returns the last held-out metrics with ``steps``, ``total_steps``, ``tokens_per_second`` and
-    ``stopped`` (True when SIGINT/SIGTERM ended the run early, after saving a checkpoint; then
-    ``exit_code`` is the shell's code for that signal). A resumed run must be given the settings
+    Returns the last held-out metrics with ``steps``, ``total_steps``, ``tokens_per_second``,
+    ``rank`` (under torchrun; rank 0 alone has the metrics) and ``stopped`` (True when
+    SIGINT/SIGTERM ended the run early, after saving a checkpoint; then ``exit_code`` is the
+    shell's code for that signal). A resumed run must be given the settings
     it was started with (``PretrainSettings.from_file(RUN / SETTINGS_NAME)``).
     """
     run = PretrainRun(settings, resume)
     progress = tqdm(total=run.total_steps, initial=run.step, desc="pre-training", unit="step",
                     disable=not run.main, dynamic_ncols=True)
+    stopping = False
     with GracefulStop() as stop, progress:
-        while run.step < run.total_steps and not stop.requested:
+        while run.step < run.total_steps and not stopping:
             record = run.train_step()
             if record:
                 progress.set_postfix(loss=f"{record['loss']:.3f}",
@@ -578,11 +603,12 @@ def pretrain(settings: PretrainSettings, resume: bool = False) -> dict:
             run.size_to_budget()
             progress.total = run.total_steps
             progress.update(1)
+            stopping = run.agreed_stop(stop.requested)
             if run.due(settings.eval_every):
                 run.evaluate()
-            if run.due(settings.save_every) or stop.requested:
-                run.save("stop requested" if stop.requested else "periodic")
-    if stop.requested:
+            if run.due(settings.save_every) or stopping:
+                run.save("stop requested" if stopping else "periodic")
+    if stopping:
         return {**run.held_out, "steps": run.step, "total_steps": run.total_steps,
-                "stopped": True, "exit_code": stop.exit_code}
+                "stopped": True, "exit_code": stop.exit_code, "rank": run.distributed.rank}
     return run.finish()

@@ -9,6 +9,7 @@ What differs between the two jobs is only the batch and the loss, which the mode
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -54,6 +55,8 @@ def init_distributed(device: torch.device) -> Distributed:
     """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return Distributed()
+    if device.type == "cuda":  # what follows the current GPU (NCCL's own buffers) uses this one
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
@@ -104,7 +107,7 @@ class Lamb(torch.optim.Optimizer):
                 update = m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * p
                 w_norm, u_norm = p.norm(), update.norm()
                 trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)
-                p.add_(update, alpha=-group["lr"] * float(trust))
+                p.sub_(update * (group["lr"] * trust))  # no float(): a GPU need not wait
         return loss
 
 
@@ -315,24 +318,53 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_states() -> dict:
+def rng_states(device: torch.device) -> dict:
+    """This process's random states (Python, numpy, torch, and its GPU's when on one)."""
     name, keys, position, has_gauss, gauss = np.random.get_state()
     # Plain tuples and tensors only, so the state loads with torch.load(weights_only=True).
     states = {"python": random.getstate(),
               "numpy": (name, torch.from_numpy(keys.copy()), position, has_gauss, gauss),
               "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def restore_rng_states(states: dict) -> None:
+def restore_rng_states(states: dict, device: torch.device) -> None:
     random.setstate(states["python"])
     name, keys, position, has_gauss, gauss = states["numpy"]
     np.random.set_state((name, keys.numpy(), position, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if device.type == "cuda" and "cuda" in states:
+        cuda = states["cuda"]  # one GPU's; a list of all GPUs' in checkpoints before 2026-12
+        torch.cuda.set_rng_state(cuda[device.index or 0] if isinstance(cuda, list) else cuda,
+                                 device)
+
+
+def every_ranks_rng_states(device: torch.device, distributed: Distributed) -> list[dict]:
+    """`rng_states` of every rank, in rank order, on rank 0 (a collective: all ranks call it;
+    the other ranks get an empty list). Each rank draws its own dropout masks, so an exact
+    resume needs each rank's states, not rank 0's everywhere."""
+    mine = rng_states(device)
+    if distributed.world_size == 1:
+        return [mine]
+    # as torch.save's bytes: the object collectives' unpickler cannot rebuild tensors
+    buffer = io.BytesIO()
+    torch.save(mine, buffer)
+    gathered = [None] * distributed.world_size if distributed.is_main else None
+    dist.gather_object(buffer.getvalue(), gathered, dst=0)
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in gathered or []]
+
+
+def restore_ranks_rng_states(saved: dict | list[dict], device: torch.device,
+                             distributed: Distributed) -> bool:
+    """This rank's states from a checkpoint's; False where it holds none for this rank (another
+    number of ranks, or a checkpoint that kept rank 0's alone): its seeded states stay."""
+    saved = saved if isinstance(saved, list) else [saved]
+    if len(saved) != distributed.world_size and distributed.rank > 0:
+        return False
+    restore_rng_states(saved[distributed.rank], device)
+    return len(saved) == distributed.world_size
 
 
 class Checkpoints:
@@ -364,7 +396,7 @@ class Checkpoints:
                 model.save_pretrained(staging)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging)
-                torch.save({**state, "step": step, "rng": rng_states()}, staging / STATE_NAME)
+                torch.save({**state, "step": step}, staging / STATE_NAME)
         for old in self.all()[:-self.keep]:
             shutil.rmtree(old)
         return final

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 import bertkit.model as bk
@@ -172,6 +173,20 @@ def test_sequence_classification_losses(tmp_path, num_labels, problem_type):
         a, b = ours(**batch), reference(**batch)
     torch.testing.assert_close(a.loss, b.loss, atol=1e-6, rtol=0)
     torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=0)
+
+
+def test_bf16_regression_loss_keeps_float32_targets(tmp_path):
+    """Under bf16 autocast the scores are not rounded to bf16 (4.3 would become 4.3125)."""
+    torch.manual_seed(2)
+    transformers.BertForSequenceClassification(hf_config(num_labels=1)).save_pretrained(tmp_path)
+    ours = bk.BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    batch = random_batch("BertForSequenceClassification", num_labels=1)
+    batch["labels"] = torch.tensor([4.3, 0.7, 2.45, 3.9])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(**batch)
+    assert out.logits.dtype == torch.bfloat16
+    expected = F.mse_loss(out.logits.float().squeeze(-1), batch["labels"])
+    torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name,skip_padding", [

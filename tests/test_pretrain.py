@@ -1,9 +1,11 @@
 """Pre-training end to end on real Wikipedia text: it learns, resumes exactly, scales with DDP,
 and its checkpoints are HuggingFace's."""
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,16 +144,29 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, wiki_data):
     assert len(saved) == 1 and int(saved[0].name[5:]) >= 2
 
 
+def run_two_ranks(*args, wait=True):
+    """`bertkit pretrain` under torchrun, two processes (DDP over gloo)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "bertkit", "pretrain", "--precision", "fp32", "--model", "tiny",
+           "--log-every", "1", "--eval-every", "1000", *map(str, args)]
+    if not wait:  # in a session of its own, which `stop_group` ends whatever happened
+        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def stop_group(process):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def test_two_ranks_follow_the_single_process_trajectory(tmp_path, wiki_data):
     common = ["--data", wiki_data, "--steps", 6, "--batch-size", 8, "--dropout", 0.0,
               "--save-every", 6]
     run_cli(*common, "--accumulation", 2, "--out", tmp_path / "single")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29517", "-m", "bertkit", "pretrain", "--precision", "fp32",
-           "--model", "tiny", "--log-every", "1", "--eval-every", "1000", *map(str, common),
-           "--out", str(tmp_path / "ddp")]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_ranks(*common, "--out", tmp_path / "ddp")
     single, ddp = step_losses(tmp_path / "single"), step_losses(tmp_path / "ddp")
     assert sorted(ddp) == list(range(1, 7))
     for step in single:
@@ -160,6 +175,59 @@ def test_two_ranks_follow_the_single_process_trajectory(tmp_path, wiki_data):
     records = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if "loss" in r]
     assert len(records) == 6
     assert [p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()] == ["step-0000006"]
+
+
+def test_two_ranks_resume_exactly_each_with_its_own_dropout_masks(tmp_path, wiki_data):
+    """A DDP run resumed from its step-2 checkpoint repeats the uninterrupted run bit for bit:
+    each rank gets its own random states back (rank 0's everywhere would give rank 1 other
+    dropout masks). Without NSP, whose pooler and classifier then get no gradient."""
+    run_two_ranks("--data", wiki_data, "--steps", 4, "--batch-size", 8, "--save-every", 2,
+                  "--no-nsp", "--out", tmp_path)
+    whole = step_losses(tmp_path)
+    assert sorted(whole) == [1, 2, 3, 4]
+    shutil.rmtree(tmp_path / "checkpoints" / "step-0000004")  # back to step 2
+    done = run_two_ranks("--resume", "--out", tmp_path)
+    assert "random state" not in done.stderr
+    assert step_losses(tmp_path) == whole
+
+
+def worker_of_rank(launcher_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker process for ``rank`` (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == launcher_pid and f"RANK={rank}".encode() in environment:
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} under {launcher_pid}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_signal_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path,
+                                                                             wiki_data):
+    """Ctrl-C reaches the ranks at different moments; SIGTERM to rank 1 alone is the extreme
+    case. All ranks stop after the same step and rank 0 saves (with every rank's random
+    states), instead of rank 0 waiting in the all-reduce of a step rank 1 never starts."""
+    process = run_two_ranks("--data", wiki_data, "--out", tmp_path, "--steps", 100000,
+                            "--batch-size", 8, "--save-every", 100000, wait=False)
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").exists() or len(step_losses(tmp_path)) < 2:
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.1)
+    os.kill(worker_of_rank(process.pid, 1), signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        stop_group(process)
+    assert process.returncode != 0  # torchrun passes on the ranks' codes for a stop
+    saved = sorted((tmp_path / "checkpoints").glob("step-*"))
+    assert len(saved) == 1, stderr[-3000:]
+    assert max(step_losses(tmp_path)) == int(saved[0].name[5:])
+    assert stderr.count("continue with --resume") == 1  # rank 0 reports for all
+    state = torch.load(saved[0] / "trainer_state.pt", weights_only=True)
+    assert len(state["rng"]) == 2
 
 
 def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path, wiki_data):

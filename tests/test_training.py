@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bertkit.config import BertConfig
-from bertkit.device import choose_device
+from bertkit.device import choose_device, resolve_precision
 from bertkit.model import BertForPreTraining, BertForSequenceClassification
 from bertkit.training import (
     Checkpoints,
@@ -262,3 +262,12 @@ def test_a_bare_cuda_device_is_this_ranks_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="sees no CUDA GPU"):
         choose_device("cuda")
+
+
+@pytest.mark.parametrize("capability,precision", [((7, 0), "fp16"), ((8, 0), "bf16"),
+                                                   ((9, 0), "bf16")])
+def test_auto_precision_on_a_gpu_is_bf16_only_where_it_is_native(monkeypatch, capability,
+                                                                  precision):
+    """A V100 or T4 only emulates bf16 (torch.cuda.is_bf16_supported() says yes): fp16 there."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == precision
