@@ -228,6 +228,12 @@ def load_examples(settings: PretrainSettings):
         if folder and other.manifest["tokenizer"]["vocab_sha256"] != recorded:
             raise ValueError(f"{folder} was built with another vocabulary than "
                              f"{settings.data}; build both with the same vocab.")
+    if phase2 is not None and phase2.config.next_sentence != train.config.next_sentence:
+        with_nsp, without = ((settings.data, settings.phase2_data) if train.config.next_sentence
+                             else (settings.phase2_data, settings.data))
+        raise ValueError(f"{with_nsp} has next-sentence labels and {without} has none (built "
+                         "with --no-nsp): the two phases must train the same objectives. Build "
+                         "both with or both without --no-nsp.")
     return train, validation, phase2, tokenizer
 
 
@@ -399,16 +405,18 @@ class Phases:
                              else total_steps)
 
     def batch_indices(self, step: int) -> tuple[PretrainingDataset, np.ndarray]:
-        """The dataset of ``step`` and the global batch's example indices in it."""
+        """The dataset of ``step`` and the global batch's examples in it: [batch, 2] rows of an
+        example's index and its pass over the data (dynamic masking draws new masks each pass;
+        a batch that crosses into the next pass holds examples of both)."""
         in_phase2 = self.phase2 is not None and step >= self.phase2_start
         dataset = self.phase2 if in_phase2 else self.train
         position = (step - (self.phase2_start if in_phase2 else 0)) * self.settings.batch_size
         if dataset is not self._dataset:  # the first step, a resume, or phase 2 starting
             self._stream = example_stream(dataset, self.settings.seed, start=position)
             self._dataset = dataset
-        dataset.set_epoch(position // len(dataset))  # dynamic masking: new masks each pass
-        return dataset, np.fromiter(itertools.islice(self._stream, self.settings.batch_size),
-                                    np.int64)
+        indices = np.fromiter(itertools.islice(self._stream, self.settings.batch_size), np.int64)
+        passes = (position + np.arange(len(indices))) // len(dataset)
+        return dataset, np.stack([indices, passes], axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,7 +445,9 @@ class PretrainRun:
             settings, self.tokenizer, self.train)).to(self.device)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        if not settings.nsp:  # out of the loss: frozen, so DDP waits for no gradient of theirs
+        # NSP is trained where asked for and the examples have its labels
+        self.nsp = settings.nsp and self.train.config.next_sentence
+        if not self.nsp:  # out of the loss: frozen, so DDP waits for no gradient of theirs
             for module in (self.model.bert.pooler, self.model.cls.seq_relationship):
                 module.requires_grad_(False)
         state = Checkpoints.load_state(latest) if latest else {}
@@ -453,6 +463,8 @@ class PretrainRun:
                                "of ranks?): its dropout masks from here on are new draws.",
                                self.distributed.rank, latest)
         self.phases = Phases(settings, self.train, phase2, self.total_steps)
+        if "phase2_start" in state:  # a budget's sizings moved it: where the run had it
+            self.phases.phase2_start = state["phase2_start"]
         self.budget = BudgetSizer(settings.budget_minutes, self.step,
                                   state.get("budget_sizings", 0), started)
         if settings.budget_minutes and not latest:  # lr 0 until the pace sizes the run
@@ -492,11 +504,12 @@ class PretrainRun:
 
     def train_step(self) -> dict | None:
         """One optimisation step; returns the metrics record when this step logs one."""
-        dataset, indices = self.phases.batch_indices(self.step)
-        parts = micro_batches(indices, self.distributed.rank, self.distributed.world_size,
+        dataset, examples = self.phases.batch_indices(self.step)
+        parts = micro_batches(examples, self.distributed.rank, self.distributed.world_size,
                               self.settings.accumulation)
-        batches = [dataset.collate([dataset[int(i)] for i in part]) for part in parts]
-        if not self.settings.nsp:
+        batches = [dataset.collate([dataset.example(int(i), int(number)) for i, number in part])
+                   for part in parts]
+        if not self.nsp:
             for batch in batches:
                 batch.pop("next_sentence_label", None)
         outputs, loss = self.trainer.step(batches)
@@ -555,6 +568,7 @@ class PretrainRun:
         path = self.checkpoints.save(self.step, self.model, self.tokenizer,
                                      {"trainer": self.trainer.state_dict(), "rng": rng,
                                       "budget_sizings": self.budget.done,
+                                      "phase2_start": self.phases.phase2_start,
                                       "examples_seen": self.step * self.settings.batch_size})
         self.log.write(step=self.step, event=f"checkpoint ({reason})", path=str(path))
 

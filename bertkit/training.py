@@ -380,8 +380,9 @@ class Checkpoints:
     def all(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        return sorted(p for p in self.directory.glob("step-*")
-                      if p.is_dir() and (p / STATE_NAME).is_file())
+        found = [p for p in self.directory.glob("step-*") if p.name[5:].isdigit()
+                 and p.is_dir() and (p / STATE_NAME).is_file()]
+        return sorted(found, key=lambda p: int(p.name[5:]))  # step-10000000 after step-9999999
 
     def latest(self) -> Path | None:
         found = self.all()

@@ -19,9 +19,12 @@ import torch
 import transformers
 
 from bertkit.data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
+from bertkit.data.shards import TOKENIZER_FOLDER
 from bertkit.model import BertForPreTraining
 from bertkit.pretrain import (
     BudgetSizer,
+    Phases,
+    PretrainRun,
     PretrainSettings,
     build_model,
     cooccurrence_vectors,
@@ -29,7 +32,7 @@ from bertkit.pretrain import (
     pretrain,
 )
 from bertkit.pretrain import held_out_metrics as evaluate
-from bertkit.tokenizer import train_vocab
+from bertkit.tokenizer import BertTokenizer, train_vocab
 from bertkit.training import WarmupLinearDecay, read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -228,6 +231,80 @@ def test_a_signal_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp
     assert stderr.count("continue with --resume") == 1  # rank 0 reports for all
     state = torch.load(saved[0] / "trainer_state.pt", weights_only=True)
     assert len(state["rng"]) == 2
+
+
+def same_vocab_data(phase1, folder, **settings):
+    """Examples of the corpus and vocabulary of ``phase1`` (from `build_data`) with other
+    settings: a phase-2 folder."""
+    tokenizer = BertTokenizer.from_pretrained(phase1 / TOKENIZER_FOLDER)
+    create_pretraining_data(Corpus(phase1.parent / "corpus.jsonl"), folder, tokenizer,
+                            PretrainingConfig(**settings), workers=1, progress=False)
+    return folder
+
+
+def test_phase_two_takes_the_last_tenth_of_the_steps_and_resumes_where_it_began(tmp_path,
+                                                                                  wiki_data):
+    """The paper's 128-then-512 schedule (here 64 then 128): the last 10% of the steps read
+    --phase2-data; a checkpoint keeps where phase 2 began (a budget's sizings move it)."""
+    long = same_vocab_data(wiki_data, tmp_path / "long", max_seq_length=128)
+    settings = PretrainSettings(data=str(wiki_data), phase2_data=str(long),
+                                out=str(tmp_path / "run"), model="tiny", steps=10, batch_size=4,
+                                precision="fp32", eval_every=1000, log_every=1, save_every=5)
+    train, _, phase2, _ = load_examples(settings)
+    phases = Phases(settings, train, phase2, total_steps=10)
+    read = [phases.batch_indices(step)[0] for step in range(10)]
+    assert all(d is train for d in read[:9]) and read[9] is phase2
+    assert max(len(phase2.arrays(i)["input_ids"]) for i in range(50)) > 64
+    pretrain(settings)
+    assert sorted(step_losses(tmp_path / "run")) == list(range(1, 11))
+    last = tmp_path / "run" / "checkpoints" / "step-0000010"
+    assert torch.load(last / "trainer_state.pt", weights_only=True)["phase2_start"] == 9
+    shutil.rmtree(last)
+    state_file = tmp_path / "run" / "checkpoints" / "step-0000005" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "phase2_start": 7}, state_file)  # as a budget's sizing may leave it
+    assert PretrainRun(settings, resume=True).phases.phase2_start == 7
+
+
+def test_phases_must_agree_on_next_sentence_prediction(tmp_path, wiki_data):
+    without = same_vocab_data(wiki_data, tmp_path / "mlm", max_seq_length=128,
+                              next_sentence=False)
+    settings = PretrainSettings(data=str(wiki_data), phase2_data=str(without),
+                                out=str(tmp_path / "run"), model="tiny", steps=2)
+    with pytest.raises(ValueError, match="has next-sentence labels and .* has none"):
+        load_examples(settings)
+
+
+def test_data_without_nsp_labels_trains_the_masked_lm_alone(tmp_path, wiki_data):
+    """--nsp is the default, but examples built with --no-nsp have no labels for it: the pooler
+    and the NSP classifier are frozen, as with --no-nsp (DDP would wait for their gradients)."""
+    mlm_only = same_vocab_data(wiki_data, tmp_path / "mlm", max_seq_length=64,
+                               next_sentence=False)
+    run = PretrainRun(PretrainSettings(data=str(mlm_only), out=str(tmp_path / "run"),
+                                       model="tiny", steps=2, batch_size=4, precision="fp32"),
+                      resume=False)
+    assert not run.nsp
+    frozen = [*run.model.bert.pooler.parameters(), *run.model.cls.seq_relationship.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    run.train_step()
+    assert all(p.grad is None for p in frozen)
+
+
+def test_dynamic_masking_draws_new_masks_every_pass_even_within_a_batch(tmp_path, wiki_data):
+    """A global batch that crosses into the next pass masks its later examples as that pass's."""
+    data = same_vocab_data(wiki_data, tmp_path / "dynamic", max_seq_length=64,
+                           dynamic_masking=True)
+    train = PretrainingDataset(data)
+    batch = 7
+    assert len(train) % batch  # batches cross the passes' boundaries
+    phases = Phases(PretrainSettings(data=str(data), batch_size=batch), train, None, 10**6)
+    rows = np.concatenate([phases.batch_indices(step)[1]
+                           for step in range(-(-2 * len(train) // batch))])[:2 * len(train)]
+    for number in (0, 1):  # each pass reads every example once, labelled with that pass
+        assert sorted(rows[rows[:, 1] == number, 0]) == list(range(len(train)))
+    masks = {(int(i), int(n)): train.example(int(i), int(n))["labels"] for i, n in rows}
+    changed = [not torch.equal(masks[i, 0], masks[i, 1]) for i in range(len(train))]
+    assert sum(changed) >= 0.95 * len(train)
 
 
 def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path, wiki_data):

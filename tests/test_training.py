@@ -1,6 +1,7 @@
 """The shared training machinery: optimiser groups, schedule, LAMB, steps, checkpoints, stops."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,6 +198,9 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     for step in (10, 20, 30):
         checkpoints.save(step, model, None, {"note": step})
     assert [p.name for p in checkpoints.all()] == ["step-0000020", "step-0000030"]
+    checkpoints.save(10_000_000, model, None, {"note": 0})  # past 7 digits: still the latest
+    assert [p.name for p in checkpoints.all()] == ["step-0000030", "step-10000000"]
+    shutil.rmtree(checkpoints.latest())
     (tmp_path / ".tmp-step-0000040").mkdir()  # a save that died midway is never "latest"
     (tmp_path / "step-0000050").mkdir()  # nor is a folder without its trainer state
     assert checkpoints.latest().name == "step-0000030"

@@ -301,10 +301,11 @@ class PretrainingDataset(torch.utils.data.Dataset):
         """Dynamic masking draws new masks for every epoch; call this before each."""
         self.epoch = epoch
 
-    def arrays(self, index: int) -> dict[str, np.ndarray | int]:
+    def arrays(self, index: int, epoch: int | None = None) -> dict[str, np.ndarray | int]:
         """Example ``index`` as numpy: ``input_ids``, ``segment_a_length``, ``positions``,
         ``labels`` (the predicted positions and their original ids) and ``next_sentence_label``
-        (None without NSP)."""
+        (None without NSP). Dynamic masking draws the masks of pass ``epoch`` (default: the one
+        `set_epoch` set)."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"example {index} out of range for {len(self)} examples")
         index %= len(self)
@@ -313,7 +314,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
         begin, end = shard["offsets"][local], shard["offsets"][local + 1]
         input_ids = shard["input_ids"][begin:end].astype(np.int64)
         if self.config.dynamic_masking:
-            rng = np.random.default_rng([self.config.seed, self.epoch, index])
+            rng = np.random.default_rng([self.config.seed,
+                                         self.epoch if epoch is None else epoch, index])
             input_ids, positions, labels = mask_tokens(
                 input_ids, self.vocab, rng, masked_lm_prob=self.config.masked_lm_prob,
                 max_predictions_per_seq=self.config.max_predictions_per_seq,
@@ -352,7 +354,12 @@ class PretrainingDataset(torch.utils.data.Dataset):
         return np.concatenate(parts)[:limit] if parts else np.zeros(0, np.int64)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        example = self.arrays(index)
+        return self.example(index)
+
+    def example(self, index: int, epoch: int | None = None) -> dict[str, torch.Tensor]:
+        """Example ``index`` as the tensors `collate` batches (masks of pass ``epoch``, as in
+        `arrays`)."""
+        example = self.arrays(index, epoch)
         length = len(example["input_ids"])
         labels = torch.full((length,), IGNORE_INDEX, dtype=torch.long)
         labels[torch.from_numpy(example["positions"])] = torch.from_numpy(example["labels"])
