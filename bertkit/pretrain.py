@@ -515,10 +515,17 @@ class PretrainRun:
         outputs, loss = self.trainer.step(batches)
         self.step += 1
         self.tokens += sum(int(b["attention_mask"].sum()) for b in batches)
-        if self.main and self.due(self.settings.log_every):
+        if self.due(self.settings.log_every):
             counts = Counter()
             for out, batch in zip(outputs, batches, strict=True):
                 count_predictions(out, batch, counts)
+            if self.distributed.world_size > 1:  # the accuracies of the whole global batch
+                keys = ("mlm_right", "mlm_total", "nsp_right", "nsp_total")
+                summed = torch.tensor([counts[k] for k in keys], device=self.device)
+                dist.all_reduce(summed)
+                counts = Counter(dict(zip(keys, summed.tolist(), strict=True)))
+            if not self.main:
+                return None
             record = dict(step=self.step, loss=loss, lr=self.trainer.scheduler.get_last_lr()[0],
                           tokens_per_second=self.tokens_per_second(), **accuracies(counts))
             self.log.write(**record)

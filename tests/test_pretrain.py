@@ -177,6 +177,10 @@ def test_two_ranks_follow_the_single_process_trajectory(tmp_path, wiki_data):
     # rank 0 alone writes: one log record per step, one checkpoint
     records = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if "loss" in r]
     assert len(records) == 6
+    # the accuracies of the whole global batch, not of rank 0's half
+    alone = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if "loss" in r]
+    for key in ("mlm_accuracy", "nsp_accuracy"):
+        assert [r[key] for r in records] == [r[key] for r in alone]
     assert [p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()] == ["step-0000006"]
 
 
