@@ -157,7 +157,7 @@ class WeightedLoss(nn.Module):
 def class_weights(spec: str, label_ids: list[int], label2id: dict | None) -> torch.Tensor:
     """Per-class loss weights: ``balanced`` (as scikit-learn's: n / (classes x count)) or a
     JSON file mapping every label name to its weight."""
-    if not label2id:
+    if not label2id or label_ids and isinstance(label_ids[0], (float, np.floating)):
         raise SettingsError("--class-weights weighs the classes of a classification task.")
     if label_ids and isinstance(label_ids[0], list):
         raise SettingsError("--class-weights weighs the one class of each example; a "
@@ -488,20 +488,23 @@ def finetune(*args, resume: bool = False, overwrite: bool = False, **options) ->
             from .search import search
 
             results = search(settings, work, stop)
+            stopped = stop.requested
         else:
-            results = _every_seed(settings, work, stop)
-    if stop.requested:
+            results, stopped = _every_seed(settings, work, stop)
+    if stopped:
         results = {**results, "stopped": True, "exit_code": stop.exit_code}
     else:
         results["stopped"] = False
     files.write_json(work / RESULTS_FILE, results)
-    if not stop.requested and work != out:
+    if not stopped and work != out:
         files.replace(work, out)
     return results
 
 
-def _every_seed(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> dict:
-    """One run per seed (into ``work/seed-N`` when there are several), summarised."""
+def _every_seed(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> tuple[dict, bool]:
+    """One run per seed (into ``work/seed-N`` when there are several), summarised; and whether
+    a stop left seeds unfinished (a signal during a seed's final evaluation comes too late to
+    stop it: its results stand)."""
     runs = []
     for seed in settings.seeds:
         folder = work if len(settings.seeds) == 1 else work / f"seed-{seed}"
@@ -509,9 +512,10 @@ def _every_seed(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> d
         runs.append(_finished(folder) or new_run(settings, seed, folder, final).run(stop))
         if stop.requested:
             break
+    stopped = len(runs) < len(settings.seeds) or any(r.get("stopped") for r in runs)
     if len(settings.seeds) == 1:
-        return runs[0]
-    return {"seeds": settings.seeds, "runs": runs, "summary": summarise(runs)}
+        return runs[0], stopped
+    return {"seeds": settings.seeds, "runs": runs, "summary": summarise(runs)}, stopped
 
 
 def new_run(settings: FinetuneSettings, seed: int, folder: Path,
@@ -626,6 +630,11 @@ class FinetuneRun:
                                 settings.random_init, settings.dropout,
                                 self.task.output_bias(self.train_examples, label_names)
                                 ).to(self.device)
+        positions = self.model.config.max_position_embeddings
+        if self.task.max_length > positions:  # found now, not by the first long test input
+            raise SettingsError(f"--max-length {self.task.max_length} is longer than the "
+                                f"{positions} positions of {settings.model}: use --max-length "
+                                f"{positions} or less.")
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.task.use_labels(self.model.config.id2label)
@@ -816,11 +825,11 @@ def train_epoch(trainer: Trainer, task: Task, features: list[dict], batch_size: 
     bar = tqdm(batches(features, batch_size, seed), total=n_batches, desc=f"epoch {epoch}",
                disable=not progress, mininterval=2, leave=False)
     recent = []
-    for chunk in bar:
+    for number, chunk in enumerate(bar, 1):
         _, loss = trainer.step([task.collate(chunk, length_multiple(trainer.precision))])
         step += 1
         recent.append(loss)
-        if step % log_every == 0 or len(recent) == n_batches:
+        if step % log_every == 0 or number == n_batches:  # the epoch's last window too
             mean = float(np.mean(recent))
             bar.set_postfix(loss=f"{mean:.4f}")
             if log is not None:
@@ -850,7 +859,14 @@ def evaluate(model_dir: str | Path, data: str | Path, *, split: str = "test",
     return {"examples": len(examples), **metrics}
 
 
-STRUCTURED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".conll", ".gz", ".bz2")
+STRUCTURED_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".tab", ".conll"}
+
+
+def _structured(path: Path) -> bool:
+    """Whether ``path`` is a file in a task's format (by its name, any case, compression
+    aside) rather than raw lines of text."""
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2")]
+    return bool(suffixes) and suffixes[-1] in STRUCTURED_SUFFIXES
 
 
 def predict(model_dir: str | Path, inputs: str | Path | list[str], *, batch_size: int = 64,
@@ -867,7 +883,7 @@ def predict(model_dir: str | Path, inputs: str | Path | list[str], *, batch_size
         examples = task.read_lines(inputs, "<input>", tokenizer)
     else:
         path = resolve_data(inputs, "test")
-        if path.suffix in STRUCTURED_SUFFIXES:
+        if _structured(path):
             examples = task.read(path, labelled=False)
         else:
             lines = list(text_lines(path, keepends=False))

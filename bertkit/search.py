@@ -24,6 +24,7 @@ from .finetune import (
     _finished,
     _format,
     _print,
+    _read,
     evaluate,
     final_folder,
     new_run,
@@ -63,6 +64,7 @@ def point_settings(settings: FinetuneSettings, point: dict, seed: int,
 
 def search(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> dict:
     """Run the grid (resuming finished points) and return the search's results."""
+    _check_test(settings)
     started = time.time()
     metric, rows, skipped = None, [], 0
     seeds = [settings.seeds[0] + restart for restart in range(settings.restarts)]
@@ -88,6 +90,18 @@ def search(settings: FinetuneSettings, work: Path, stop: GracefulStop) -> dict:
     if stop.requested or not rows:
         return results
     return {**results, **_choose(settings, work, rows, metric)}
+
+
+def _check_test(settings: FinetuneSettings) -> None:
+    """The test split, scored only after the whole grid, read and its labels checked first: a
+    faulty line or a label training never saw is found before the grid runs, not after."""
+    if settings.test is None:
+        return
+    task = settings.build_task()
+    test = _read(task, settings.test, "test", settings.max_eval_examples)
+    names = task.label_names(_read(task, settings.train, "train", settings.max_train_examples))
+    if names:
+        task.check_labels(test, {name: i for i, name in enumerate(names)})
 
 
 def _choose(settings: FinetuneSettings, work: Path, rows: list[dict], metric: str) -> dict:

@@ -4,10 +4,13 @@ These check the machinery (files written, best checkpoint kept, results reproduc
 name, clear errors); the accuracy of real runs is measured by the commands in the README.
 """
 
+import importlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch
 
 from bertkit.cli import main
 from bertkit.finetune import evaluate, finetune, load_model, predict
+from bertkit.settings import SettingsError
 from bertkit.tasks import DataError, build_task
 from bertkit.tasks.datasets import resolve_data
 from bertkit.training import read_metrics
@@ -85,6 +89,55 @@ def test_predict_gives_label_names_and_probabilities(classification_run):
     assert first["label"] in ("fresh", "rotten") and first["text"] == "A gorgeous, witty film."
     assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-5)
     assert set(second["probabilities"]) == {"fresh", "rotten"}
+
+
+def test_predict_reads_a_task_file_whatever_its_suffix_case(classification_run, tmp_path):
+    """.ndjson, .JSONL (and .tab, .TSV) are the task's formats, as `evaluate` reads them: not
+    raw lines whose JSON would be classified as text."""
+    _, out, test, _ = classification_run
+    expected = predict(out / "seed-1" / "best", test)
+    for name in ("test.ndjson", "TEST.JSONL"):
+        shutil.copy(test, tmp_path / name)
+        assert predict(out / "seed-1" / "best", tmp_path / name) == expected
+    assert expected[0]["text"] == json.loads(test.read_text().splitlines()[0])["text"]
+
+
+def test_the_last_partial_window_of_an_epoch_is_logged(tmp_path):
+    """48 examples, batch 8: 6 steps an epoch; logging every 4 steps also logs steps 5-6."""
+    train = sample("rt-polarity", "train", 48, tmp_path)
+    finetune("classification", "tiny", train, None, None, tmp_path / "run", epochs=2,
+             log_every=4, **TINY)
+    steps = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert steps == [4, 6, 8, 12]  # epoch 1: steps 1-4, 5-6; epoch 2: 7-8, 9-12
+
+
+def test_a_max_length_past_the_models_positions_is_refused_before_training(tmp_path):
+    train = sample("rt-polarity", "train", 16, tmp_path)
+    with pytest.raises(SettingsError, match="--max-length 600 is longer than the 512 positions"):
+        finetune("classification", "tiny", train, None, None, tmp_path / "run", epochs=1,
+                 **{**TINY, "max_length": 600})
+    assert not (tmp_path / "run" / "best").exists()
+
+
+def test_a_signal_during_the_final_evaluation_keeps_the_finished_run(tmp_path, monkeypatch):
+    """Ctrl-C while the last seed is scored on test comes after its training: the results are
+    complete and said to be, and --resume would find nothing left to do."""
+    finetune_module = importlib.import_module("bertkit.finetune")
+    original = finetune_module.FinetuneRun.finish
+
+    def interrupted(run):
+        os.kill(os.getpid(), signal.SIGINT)  # caught by finetune's GracefulStop: a flag
+        return original(run)
+
+    monkeypatch.setattr(finetune_module.FinetuneRun, "finish", interrupted)
+    train = sample("rt-polarity", "train", 32, tmp_path)
+    test = sample("rt-polarity", "test", 16, tmp_path)
+    results = finetune("classification", "tiny", train, test, test, tmp_path / "run",
+                       epochs=1, **TINY)
+    assert results["stopped"] is False and "test" in results
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["stopped"] is False and saved["test"] == results["test"]
+    assert finetune_module._finished(tmp_path / "run") is not None
 
 
 def test_a_head_for_other_labels_needs_reinit(classification_run):
@@ -374,6 +427,23 @@ def test_a_weighted_run_trains_and_saves_the_plain_model(tmp_path):
     finetune("classification", "tiny", train, train, None, out, epochs=1,
              class_weights="balanced", **TINY)
     assert predict(out, ["Fine."])[0]["label"] in ("fresh", "rotten")
+
+
+def test_class_weights_for_a_regression_task_are_a_settings_error(tmp_path):
+    train = sample("vader-movies", "train", 24, tmp_path)
+    with pytest.raises(SettingsError, match="weighs the classes of a classification task"):
+        finetune("regression", "tiny", train, None, None, tmp_path / "run", epochs=1,
+                 class_weights="balanced", **TINY)
+
+
+def test_a_search_checks_its_test_file_before_running_the_grid(tmp_path):
+    train = sample("rt-polarity", "train", 24, tmp_path)
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"text": "Fine.", "label": "fresh"}\n{"text": "Meh.", "label": "meh"}\n')
+    with pytest.raises(DataError, match="meh"):
+        finetune("classification", "tiny", train, train, test, tmp_path / "run", search=True,
+                 epochs=1, **TINY)
+    assert not (tmp_path / "run" / "points").exists()  # no grid point ran
 
 
 def test_a_search_point_on_built_in_data_has_no_test_split(tmp_path):

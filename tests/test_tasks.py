@@ -374,6 +374,26 @@ def test_squad_answers_that_do_not_match_the_context_are_named(tmp_path):
         build_task("question-answering").read(path)
 
 
+def test_huggingface_datasets_answer_layout_reads_as_squads(tmp_path, squad_examples):
+    """`datasets`' SQuAD rows keep answers as {"text": [...], "answer_start": [...]}."""
+    path = tmp_path / "squad.JSONL"
+    rows = [{"id": e.id, "question": e.question, "context": e.context,
+             "answers": {"text": [a["text"] for a in e.answers],
+                         "answer_start": [a["answer_start"] for a in e.answers]}}
+            for e in squad_examples]
+    rows.append({"id": "none", "question": "Who?", "context": "Nobody is here.",
+                 "answers": {"text": [], "answer_start": []}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    read = build_task("question-answering").read(path)
+    assert [(e.id, e.answers, e.is_impossible) for e in read[:-1]] == [
+        (e.id, e.answers, e.is_impossible) for e in squad_examples]
+    assert read[-1].is_impossible and read[-1].answers == []
+    rows[0]["answers"] = {"text": ["x"], "answer_start": []}
+    path.write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(DataError, match="equally long 'text' and 'answer_start' lists"):
+        build_task("question-answering").read(path)
+
+
 def test_squad_metrics_by_hand():
     assert normalize_answer("The  Cat, sat!") == "cat sat"
     assert token_f1("a cat sat", "the cat sat down") == pytest.approx(0.8)  # P 1, R 2/3

@@ -83,8 +83,11 @@ class QuestionAnswering(Task):
     # -- reading --------------------------------------------------------------------------
 
     def read(self, path: str | Path, labelled: bool = True) -> list[QAExample]:
-        """A SQuAD JSON file, or JSONL with ``id``, ``question``, ``context`` (and ``answers``)."""
-        if str(path).endswith((".jsonl", ".jsonl.gz", ".jsonl.bz2")):
+        """A SQuAD JSON file, or JSONL with ``id``, ``question``, ``context`` (and ``answers``:
+        SQuAD's list of ``text``/``answer_start`` objects, or HuggingFace datasets' object of
+        two lists, where an empty one is SQuAD 2.0's unanswerable question)."""
+        if str(path).lower().removesuffix(".gz").removesuffix(".bz2").endswith(
+                (".jsonl", ".ndjson")):
             return [self._example(r, where, labelled) for where, r in read_records(path)]
         try:
             squad = json.loads("".join(text_lines(path)))
@@ -111,6 +114,14 @@ class QuestionAnswering(Task):
         where = f"{where} (id {qid})"
         impossible = bool(record.get("is_impossible", False))
         answers = record.get("answers") or []
+        if isinstance(answers, dict):  # HuggingFace datasets' layout: lists side by side
+            texts, starts = answers.get("text"), answers.get("answer_start")
+            if not (isinstance(texts, list) and isinstance(starts, list)
+                    and len(texts) == len(starts)):
+                raise DataError(f"{where}: 'answers' as an object needs equally long 'text' and "
+                                f"'answer_start' lists, got {answers!r}.")
+            answers = [{"text": t, "answer_start": a} for t, a in zip(texts, starts, strict=True)]
+            impossible = impossible or not answers  # SQuAD 2.0 there: no answer, no flag
         if labelled and not impossible and not answers:
             raise DataError(f"{where}: no answers, and is_impossible is not set.")
         for answer in answers:
