@@ -153,6 +153,18 @@ def test_the_tuned_threshold_is_the_best_micro_f1_of_the_grid(wiki_tags, predict
     assert build_task("multi-label", **task.options()).threshold == tuned["threshold"]
 
 
+def test_decode_decides_on_the_probabilities_it_shows():
+    """A probability of 0.3499996 is shown as 0.35; at threshold 0.35 it is chosen, as
+    `decide_again` and `tune` (which read the shown probabilities) choose it."""
+    task = build_task("multi-label")
+    task.threshold = 0.35
+    logit = float(np.log(0.3499996 / (1 - 0.3499996)))
+    [decoded] = task.decode([None], [None], [{"logits": np.array([logit, 3.0])}],
+                            {0: "a", 1: "b"})
+    assert decoded["probabilities"]["a"] == 0.35
+    assert decoded["labels"] == ["a", "b"] == task.decide_again([decoded])[0]["labels"]
+
+
 def test_a_run_trains_with_bce_tunes_the_threshold_and_predicts_label_sets(tmp_path):
     rows = {split: resolve_data("wiki-tags", split).read_text(encoding="utf-8").splitlines()
             for split in ("train", "validation")}

@@ -120,9 +120,10 @@ class MultiLabel(Classification):
         logits = pooled_logits(features, outputs, len(examples), self.window_pooling)
         probabilities = torch.tensor(logits).sigmoid().numpy()
         names = [id2label[j] for j in range(logits.shape[1])]
-        return [{"labels": self._chosen(dict(zip(names, row, strict=True))),
-                 "probabilities": {n: round(float(p), 6) for n, p in zip(names, row, strict=True)}}
-                for row in probabilities]
+        rounded = [{n: round(float(p), 6) for n, p in zip(names, row, strict=True)}
+                   for row in probabilities]
+        # decided on the probabilities shown, as `decide_again` and `tune` decide
+        return [{"labels": self._chosen(row), "probabilities": row} for row in rounded]
 
     def decide_again(self, predictions: list[dict]) -> list[dict]:
         return [{**p, "labels": self._chosen(p["probabilities"])} for p in predictions]
