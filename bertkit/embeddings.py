@@ -389,6 +389,8 @@ class Embedder:
         """Embed an iterable of texts lazily, ``chunk_size`` at a time (each chunk sorted by
         length), yielding one `Embedded` per text in input order: memory stays flat however
         long the input."""
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
         texts = iter(texts)
         bar = tqdm(total=getattr(texts, "__length_hint__", lambda: None)(), desc="embedding",
                    unit="text", disable=not progress)

@@ -68,6 +68,43 @@ def test_jsonl_gz_folders_and_globs(tmp_path, leads):
     assert len(list(Corpus(str(folder / "**" / "*.gz"), text_field="body"))) == 3  # a glob
 
 
+def test_messy_jsonl_records_are_read_not_skipped(tmp_path, leads):
+    """Long records (past one read block, the last without a newline), a byte-order mark, and
+    half an emoji (a lone surrogate escape, common in scraped text)."""
+    long = " ".join(leads) * 3  # ~300 KB+ of real sentences in one record
+    assert len(long.encode()) > 300_000
+    path = tmp_path / "messy.jsonl"
+    path.write_text("\ufeff" + json.dumps({"text": leads[0]}) + "\n"
+                    + json.dumps({"text": long * 3}) + "\n"
+                    + json.dumps({"text": "Bad \ud83d emoji here. " + leads[1]}) + "\n"
+                    + json.dumps({"text": long}), encoding="utf-8")
+    corpus = Corpus(path)
+    documents = list(corpus)
+    assert corpus.skipped == {}
+    assert len(documents) == 4
+    assert documents[0] == split_sentences(leads[0])
+    assert "Bad \ufffd emoji here." == documents[2][0]
+
+
+def test_a_long_text_line_is_cut_between_words(tmp_path):
+    """One 359 KB line of short sentences: it is read in pieces, but no word is cut in two
+    (the first piece would otherwise end inside "sentence")."""
+    line = "".join(f"This is sentence number {i} of a long line. " for i in range(8000))
+    (tmp_path / "one.txt").write_text(line, encoding="utf-8")
+    sentences = [s for d in Corpus(tmp_path / "one.txt", format="text") for s in d]
+    assert len(sentences) == 8000
+    assert {w for s in sentences for w in s.split()} == set(line.split())
+
+
+def test_files_in_hidden_folders_are_not_corpus(tmp_path, leads):
+    (tmp_path / ".git" / "hooks").mkdir(parents=True)
+    (tmp_path / ".git" / "hooks" / "pre-commit.sample").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text(leads[0])
+    (tmp_path / "a.txt").write_text(leads[0])
+    assert [p.name for p, _ in Corpus(tmp_path).files] == ["a.txt"]
+
+
 def test_builtin_corpus_reads_every_lead_in_title_order(wiki_leads):
     corpus = Corpus("wiki-leads")
     documents = list(corpus)

@@ -7,6 +7,7 @@ finding both segments in the tokenised corpus.
 
 import random
 import re
+import shutil
 import unicodedata
 
 import numpy as np
@@ -25,6 +26,8 @@ from bertkit.data import (
     mask_tokens,
     truncate_seq_pair,
 )
+from bertkit.data.pipeline import load_tokenizer
+from bertkit.tokenizer import train_vocab
 
 
 @pytest.fixture(scope="module")
@@ -386,3 +389,15 @@ def test_examples_decode_to_the_original_sentences_with_masks_in_place(
             assert normalised(tokenizer.decode(segment.tolist())) == normalised(original)
             checked += 1
     assert checked > 2000
+
+
+def test_a_vocab_txt_in_a_cased_tokenizer_folder_stays_cased(tmp_path, wiki_sentences):
+    """`--vocab v/vocab.txt` after `bertkit vocab train --cased --out v`: the folder's config
+    says cased; a bare vocab.txt is Google's default, uncased."""
+    cased = train_vocab(texts=wiki_sentences[:2000], vocab_size=800, lowercase=False,
+                        out_dir=tmp_path / "v")
+    assert not cased.do_lower_case
+    assert not load_tokenizer(tmp_path / "v" / "vocab.txt").do_lower_case
+    (tmp_path / "bare").mkdir()
+    shutil.copy(tmp_path / "v" / "vocab.txt", tmp_path / "bare" / "vocab.txt")
+    assert load_tokenizer(tmp_path / "bare" / "vocab.txt").do_lower_case

@@ -476,6 +476,8 @@ def test_stream_reads_its_input_lazily(tiny_mlm_dir, sentences):
     assert first.index == 0 and pulled == 64
     rest = [item.index for item in itertools.islice(stream, 99)]
     assert rest == list(range(1, 100)) and pulled == 128
+    with pytest.raises(ValueError, match="chunk_size must be at least 1"):
+        next(Embedder(tiny_mlm_dir).stream(lines(), chunk_size=0))  # not an empty stream
 
 
 def test_embed_file_memory_stays_flat(tiny_mlm_dir, sentences, tmp_path):

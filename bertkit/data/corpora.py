@@ -48,6 +48,7 @@ MAX_SENTENCE_CHARS = 50_000
 # A longer line is passed on in pieces of at most this many bytes, so a single enormous line
 # cannot exhaust memory before MAX_SENTENCE_CHARS rejects it.
 MAX_LINE_BYTES = 4 * MAX_SENTENCE_CHARS + 4  # UTF-8 takes at most 4 bytes a character
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # A document grows in memory until it ends; past this size it is cut at the next paragraph (or,
 # in `lines` format, sentence) boundary and goes on as a new document.
 MAX_DOCUMENT_CHARS = 4_000_000
@@ -179,7 +180,8 @@ class Corpus:
             return [(path, corpus.format) for path in sorted(folder.glob(corpus.pattern))]
         path = Path(source)
         if path.is_dir():
-            paths = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            paths = sorted(p for p in path.rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(path).parts))  # .git/ too
         elif path.is_file():
             paths = [path]
         else:
@@ -219,7 +221,8 @@ class Corpus:
                 blocks.close()
                 self._skip(Skip.BINARY_FILE if head else Skip.EMPTY_FILE, path)
                 continue
-            lines = self._lines(path, chain(head, blocks), numbered=format == "jsonl")
+            lines = self._lines(path, chain(head, blocks), numbered=format == "jsonl",
+                                whole=format in ("jsonl", "wiki"))
             for document in readers[format](lines):
                 if document and max(map(len, document)) > MAX_SENTENCE_CHARS:
                     self._skip(Skip.LONG_SENTENCE, path)
@@ -280,15 +283,16 @@ class Corpus:
             return head, _raising(error)
         return head, blocks
 
-    def _lines(self, path: Path, blocks: Iterable[bytes],
-               numbered: bool = False) -> Iterator[str | None]:
+    def _lines(self, path: Path, blocks: Iterable[bytes], numbered: bool = False,
+               whole: bool = False) -> Iterator[str | None]:
         """Decoded lines of a file; None stands for a line that is not UTF-8 (counted and named
         here). With ``numbered``, ``self._where`` names the line last given (which costs time:
         only the JSONL reader, which names bad records, asks for it).
 
-        A line longer than MAX_LINE_BYTES comes in pieces (cut between characters), each long
-        enough to be rejected as a sentence if no punctuation splits it. When the file turns
-        out damaged part-way, the lines before the damage are given and the rest is skipped.
+        A line longer than MAX_LINE_BYTES comes in pieces (cut after a space, else between
+        characters), each long enough to be rejected as a sentence if no punctuation splits it;
+        ``whole`` lines (a JSON record each) come whole. When the file turns out damaged
+        part-way, the lines before the damage are given and the rest is skipped.
         """
         pending, number = b"", 0  # number: the lines given whole so far
         blocks = iter(blocks)
@@ -304,12 +308,14 @@ class Corpus:
             lines = (pending + block).split(b"\n")
             pending = lines.pop()
             whole = len(lines)
-            while len(pending) > MAX_LINE_BYTES:
-                cut = MAX_LINE_BYTES
-                while pending[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte
-                    cut -= 1
-                lines.append(pending[:cut])
-                pending = pending[cut:]
+            while not whole and len(pending) > MAX_LINE_BYTES:
+                cut = pending.rfind(b" ", 0, MAX_LINE_BYTES) + 1  # words stay whole
+                if not cut:
+                    cut = MAX_LINE_BYTES
+                    while cut and pending[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+                        cut -= 1
+                lines.append(pending[:cut or MAX_LINE_BYTES])
+                pending = pending[cut or MAX_LINE_BYTES:]
             yield from self._numbered(path, lines, number, whole, numbered)
             number += whole
         if pending:
@@ -383,7 +389,7 @@ class Corpus:
             if line is None or not line.strip():  # not UTF-8 (counted), or blank
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.removeprefix("\ufeff"))  # a byte-order mark
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict):
@@ -396,7 +402,8 @@ class Corpus:
             if not isinstance(text, str):
                 self._skip(Skip.NO_TEXT_FIELD, self._where)
                 continue
-            yield self._prose_document(text)
+            # JSON's "\ud83d" escapes can leave half an emoji: U+FFFD, which cleaning drops
+            yield self._prose_document(LONE_SURROGATE.sub("\ufffd", text))
 
     def _read_wiki(self, lines: Iterator[str | None]) -> Iterator[list[str]]:
         """The wiki-leads JSON file (title → record): each record's lead section, by title."""

@@ -60,7 +60,10 @@ def load_tokenizer(tokenizer: BertTokenizer | str | os.PathLike) -> BertTokenize
         return tokenizer
     path = Path(tokenizer)
     if path.is_file():
-        return BertTokenizer(path)
+        # a vocab.txt in a tokenizer folder: the folder says whether it lower-cases
+        saved = any((path.parent / name).is_file()
+                    for name in ("tokenizer_config.json", "tokenizer.json"))
+        return BertTokenizer.from_pretrained(path.parent) if saved else BertTokenizer(path)
     return BertTokenizer.from_pretrained(tokenizer)
 
 
