@@ -72,7 +72,10 @@ def settings_from_args(settings_class, args, saved: Path | None = None):
             raise FileNotFoundError(f"--resume: {saved.parent} holds no run to continue "
                                     f"({saved.name} is missing).")
         settings = settings_class.from_file(saved)
-        settings_class.from_file(saved, **given).check_resumes(settings)
+        # what --settings FILE and the flags give may only repeat the run's own values
+        asked = {**(settings_class.file_values(args.settings)
+                    if getattr(args, "settings", None) else {}), **given}
+        settings_class.from_file(saved, **asked).check_resumes(settings, ignore=("progress",))
         return settings
     if getattr(args, "settings", None):
         return settings_class.from_file(args.settings, **given)

@@ -117,7 +117,8 @@ def layer_choice(text: str) -> str | list[int]:
         indices = []
     if not indices:
         raise SettingsError(f"--layers {text!r}: choose one of {', '.join(STRATEGIES)}, "
-                            f"{WEIGHTED}, or hidden-state indices such as -1 or -4,-3,-2,-1.")
+                            f"{WEIGHTED}, or hidden-state indices such as --layers=-1 or "
+                            "--layers=-4,-3,-2,-1.")
     return indices
 
 

@@ -390,7 +390,8 @@ class FinetuneSettings(OptimizerSettings):
                                  "once, train only a task model on them")
     layers: str | None = option(None, "feature-based: last (default), second_to_last, "
                                 "sum_last_four, concat_last_four, sum_all, embeddings, weighted "
-                                "(a learned softmax-weighted sum), or indices such as -4,-3")
+                                "(a learned softmax-weighted sum), or indices such as "
+                                "--layers=-4,-3 (with '=': a leading minus is a value then)")
     combine: str | None = option(None, "feature-based: how a list of --layers indices is "
                                  "combined (sum)", choices=("sum", "mean", "concat"))
     pooling: str | None = option(None, "feature-based: the pooled vector of classification, "

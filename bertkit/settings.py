@@ -68,6 +68,32 @@ class SettingsError(ValueError):
     """A setting out of its range, unknown, or differing from the run being resumed."""
 
 
+def _typed(spec, value, source: str):
+    """A settings file's ``value`` for the field ``spec``, as its type wants it: YAML reads
+    ``1e-4`` as text; ``"false"`` is not false."""
+    default = spec.default if spec.default is not MISSING else None
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise SettingsError(f"{source}: {spec.name} is true or false, got {value!r}.")
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(
+            value, str):
+        try:
+            return type(default)(value)
+        except ValueError:
+            raise SettingsError(f"{source}: {spec.name} is a number, got {value!r}.") from None
+    return value
+
+
+def _same(a, b) -> bool:
+    """Equal settings values; two spellings of one path are one path."""
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and a and b:
+        first, second = Path(a), Path(b)
+        return first == second or (first.exists() and second.exists()
+                                   and first.resolve() == second.resolve())
+    return False
+
+
 @dataclass
 class Settings:
     """Base of every job's settings dataclass."""
@@ -86,15 +112,19 @@ class Settings:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "settings", **overrides):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        if not isinstance(values, dict):
+            raise SettingsError(f"{source}: settings are names with values (a mapping), got "
+                                f"{type(values).__name__}.")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise SettingsError(f"{source}: unknown settings {unknown}; known: {sorted(known)}.")
+        values = {name: _typed(known[name], value, source) for name, value in values.items()}
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides):
-        """Settings from a JSON (or YAML) file; ``overrides`` that are not None win."""
+    def file_values(cls, path: str | Path) -> dict:
+        """The names and values a JSON (or YAML) settings file gives."""
         path = Path(path)
         text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
@@ -103,18 +133,38 @@ class Settings:
             except ImportError as error:
                 raise SettingsError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), "
                                     "or write the settings as JSON.") from error
-            values = yaml.safe_load(text)
+            try:
+                values = yaml.safe_load(text)
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+                problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+                raise SettingsError(f"{where}: not valid YAML ({problem}).") from None
         else:
-            values = json.loads(text)
-        return cls.from_dict(values, str(path), **overrides)
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise SettingsError(f"{path}:{error.lineno}:{error.colno}: not valid JSON "
+                                    f"({error.msg}).") from None
+        if not isinstance(values, dict):
+            raise SettingsError(f"{path}: settings are names with values (a mapping), got "
+                                f"{type(values).__name__}.")
+        return values
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides):
+        """Settings from a JSON (or YAML) file; ``overrides`` that are not None win."""
+        return cls.from_dict(cls.file_values(path), str(path), **overrides)
 
     def save(self, path: str | Path) -> None:
         files.write_json(path, asdict(self))
 
     def differences(self, other: Settings, ignore: tuple[str, ...] = ()) -> dict:
-        """{name: (mine, other's)} for every field whose values differ."""
+        """{name: (mine, other's)} for every field whose values differ (``runs/x/`` and
+        ``./runs/x``, or a relative and an absolute path to one file, do not)."""
         mine, theirs = asdict(self), asdict(other)
-        return {k: (v, theirs[k]) for k, v in mine.items() if k not in ignore and theirs[k] != v}
+        return {k: (v, theirs[k]) for k, v in mine.items()
+                if k not in ignore and not _same(theirs[k], v)}
 
     def check_resumes(self, saved: Settings, ignore: tuple[str, ...] = ()) -> None:
         """A resumed run keeps the settings it started with: refuse any other value."""

@@ -673,3 +673,29 @@ def test_every_command_explains_itself_with_help(capsys):
             main([*path, "--help"])
         assert stop.value.code == 0, path
         assert "usage: bertkit" in capsys.readouterr().out, path
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("list.json", "[]", "settings are names with values (a mapping), got list"),
+    ("broken.json", '{"epochs": 2,}', "broken.json:1:14: not valid JSON"),
+    ("flag.json", '{"feature_based": "false"}', "feature_based is true or false, got 'false'"),
+    ("rate.yaml", "lr: fast\n", "lr is a number, got 'fast'"),
+    ("broken.yaml", "lr: [1e-4\n", "broken.yaml:2:1: not valid YAML"),
+])
+def test_a_faulty_settings_file_is_named_not_a_traceback(tmp_path, capsys, name, content,
+                                                         message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": "Fine.", "label": "a"}])
+    assert message in refused(capsys, finetune_args(tmp_path, train, "--settings", path))
+
+
+def test_yaml_numbers_written_as_text_are_numbers(tmp_path):
+    """YAML reads `lr: 1e-4` as the text "1e-4"."""
+    from bertkit.finetune import FinetuneSettings
+
+    path = tmp_path / "s.yaml"
+    path.write_text("lr: 1e-4\nepochs: '2'\n", encoding="utf-8")
+    settings = FinetuneSettings.from_file(path, model="tiny", train="rt-polarity",
+                                          out=str(tmp_path / "run"))
+    assert settings.lr == 1e-4 and settings.epochs == 2

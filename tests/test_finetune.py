@@ -338,7 +338,13 @@ def test_resume_refuses_a_changed_setting(tmp_path, capsys):
     capsys.readouterr()
     assert main(["finetune", "--resume", "--out", str(out), "--lr", "1e-3"]) == 1
     assert "--lr 0.001 (the run has 3e-05)" in capsys.readouterr().err
-    assert main(["finetune", "--resume", "--out", str(out), "--epochs", "1"]) == 0
+    changed = tmp_path / "more.json"
+    changed.write_text('{"epochs": 10}')  # a settings file may not change the run either
+    assert main(["finetune", "--resume", "--out", str(out), "--settings", str(changed)]) == 1
+    assert "--epochs 10 (the run has 1)" in capsys.readouterr().err
+    # the same folder spelled otherwise, and the progress bar, are not changes
+    assert main(["finetune", "--resume", "--out", f"{out}/", "--no-progress", "--epochs",
+                 "1", "--train", os.path.relpath(train)]) == 0
 
 
 def test_search_keeps_the_best_point_on_validation_and_scores_test_once(tmp_path, monkeypatch):
