@@ -44,10 +44,10 @@ def cmd_demo(args):
                                   Path(out) / SETTINGS_NAME if args.resume else None)
     try:
         run(settings, resume=args.resume)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # `Stopped` carries the signal's code (143: SIGTERM)
         print(f"\nbertkit demo: interrupted; continue with `bertkit demo --resume --out "
               f"{args.out}`", file=sys.stderr)
-        return 130
+        return getattr(stop, "exit_code", 130)
     return 0
 
 

@@ -274,9 +274,10 @@ class Demo:
         return {"data": s.masked_lm_prob, "data-train": s.pretrain_masked_lm_prob}
 
     def pretraining(self) -> dict:
-        """Pre-train for the time the budget leaves; raises KeyboardInterrupt if stopped."""
+        """Pre-train for the time the budget leaves; raises `Stopped` if stopped."""
         from .pretrain import SETTINGS_NAME as PRETRAIN_SETTINGS
         from .pretrain import PretrainSettings, pretrain
+        from .training import Stopped
 
         s, out = self.settings, self.run_dir / "pretrain"
         resume = (out / "checkpoints").is_dir() and (out / PRETRAIN_SETTINGS).is_file()
@@ -300,13 +301,14 @@ class Demo:
                 save_every=s.pretrain_eval_every, log_every=10, seed=s.seed)
         result = pretrain(settings, resume=resume)
         if result["stopped"]:
-            raise KeyboardInterrupt
+            raise Stopped(result["exit_code"])
         return result
 
 
 def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
-    """One of the three rt-polarity classifiers; raises KeyboardInterrupt if it was stopped."""
+    """One of the three rt-polarity classifiers; raises `Stopped` if it was stopped."""
     from .finetune import finetune
+    from .training import Stopped
 
     model = {"finetune-pretrained": str(run_dir / "pretrain" / "model"),
              "finetune-random": settings.preset,
@@ -324,7 +326,7 @@ def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
                       max_eval_examples=settings.eval_examples, seeds=settings.seed,
                       dropout=settings.finetune_dropout)
     if result["stopped"]:
-        raise KeyboardInterrupt
+        raise Stopped(result["exit_code"])
     return {"test_accuracy": result["test"]["accuracy"],
             "validation_accuracy": result["validation"]["accuracy"], "out": str(out)}
 

@@ -444,6 +444,15 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
         files.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+class Stopped(KeyboardInterrupt):
+    """A stage of a longer job stopped by SIGINT/SIGTERM after saving its work; ``exit_code``
+    is the shell's code for that signal (130, 143)."""
+
+    def __init__(self, exit_code: int = 130):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
 class GracefulStop:
     """Turns SIGINT/SIGTERM into a flag the loop checks, so it can save before exiting.
 
