@@ -231,13 +231,22 @@ class Demo:
         self.state.record(stage, result)
 
     def stage(self, name: str, title: str, work) -> None:
-        """Run ``work`` for a stage not done yet and record its result and time."""
+        """Run ``work`` for a stage not done yet and record its result and time. The time a
+        stopped stage spent is recorded too: the total counts it, and pre-training, which goes
+        on where it stopped, counts it in its own time (its steps are all sessions' steps)."""
         if self.state.done(name):
             return
         _stage(title)
         stage_start = time.time()
-        result = work()
-        self.record(name, {**result, "seconds": time.time() - stage_start})
+        spent = self.state.stages.get("interrupted", {})
+        try:
+            result = work()
+        except KeyboardInterrupt:
+            self.record("interrupted", {**spent, name: spent.get(name, 0)
+                                        + time.time() - stage_start})
+            raise
+        earlier = spent.get(name, 0) if name == "pretrain" else 0  # others start afresh
+        self.record(name, {**result, "seconds": earlier + time.time() - stage_start})
 
     def vocabulary(self) -> dict:
         from .data import train_vocab_on_corpus

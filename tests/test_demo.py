@@ -68,6 +68,11 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
         assert after[stage] == before[stage], stage  # not redone
     assert shard.stat().st_mtime_ns == shard_time  # the examples were not rebuilt
     assert after["pretrain"]["steps"] > int(saved[-1].name[5:])  # continued past the stop
+    # the minutes of the report: pre-training's own over both sessions, as its steps are
+    interrupted = before["interrupted"]["pretrain"]
+    assert interrupted > 0 and after["pretrain"]["seconds"] > interrupted
+    assert after["elapsed"]["seconds"] > before["elapsed"]["seconds"] + after["pretrain"][
+        "seconds"] - interrupted
     for stage in ("fill-mask", "finetune-pretrained", "finetune-random", "finetune-minilm",
                   "report"):
         assert stage in after, stage
