@@ -336,7 +336,7 @@ def restore_rng_states(states: dict, device: torch.device) -> None:
     np.random.set_state((name, keys.numpy(), position, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
     if device.type == "cuda" and "cuda" in states:
-        cuda = states["cuda"]  # one GPU's; a list of all GPUs' in checkpoints before 2026-12
+        cuda = states["cuda"]  # this GPU's; older checkpoints held a list of every GPU's
         torch.cuda.set_rng_state(cuda[device.index or 0] if isinstance(cuda, list) else cuda,
                                  device)
 
