@@ -106,6 +106,20 @@ def test_shards_are_standard_safetensors(sharded):
     assert dataset.manifest["splits"]["train"]["examples"] == len(dataset) == first
 
 
+def test_a_shard_swapped_for_another_is_named_on_reading(sharded, tmp_path):
+    """Two valid shards exchanged (a bad copy, a mix of two builds): their counts no longer
+    match what the manifest recorded."""
+    copy = tmp_path / "data"
+    shutil.copytree(sharded, copy)
+    first, second = sorted((copy / "train").iterdir())[:2]
+    first.rename(tmp_path / "parked")
+    second.rename(first)
+    (tmp_path / "parked").rename(second)
+    with pytest.raises(ValueError, match=rf"{first.name} holds .* examples .* where "
+                                         r"manifest.json records .*: it is not the shard"):
+        PretrainingDataset(copy)
+
+
 def test_ranks_read_disjoint_parts_and_resume_exactly(sharded):
     dataset = PretrainingDataset(sharded)
     assert len(dataset.shards) >= 3

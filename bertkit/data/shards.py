@@ -282,9 +282,18 @@ class PretrainingDataset(torch.utils.data.Dataset):
         self.split = split
         self.config = PretrainingConfig(**self.manifest["settings"])
         self.pad_token_id = self.manifest["tokenizer"]["special_ids"]["pad"]
-        self.shards = [open_shard(self.directory / shard["file"], hint)
-                       for shard in self.manifest["splits"][split]["shards"]]
+        recorded = self.manifest["splits"][split]["shards"]
+        self.shards = [open_shard(self.directory / shard["file"], hint) for shard in recorded]
         counts = [len(shard["offsets"]) - 1 for shard in self.shards]
+        for record, shard, count in zip(recorded, self.shards, counts, strict=True):
+            # a cheap check on every read (`verify` compares the sha256): a shard swapped
+            # for another one whose header is as valid
+            if (count, len(shard["input_ids"])) != (record["examples"], record["tokens"]):
+                raise ValueError(
+                    f"{self.directory / record['file']} holds {count:,} examples of "
+                    f"{len(shard['input_ids']):,} tokens where {MANIFEST_NAME} records "
+                    f"{record['examples']:,} of {record['tokens']:,}: it is not the shard that "
+                    f"was written there. {hint}".rstrip())
         self.shard_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.epoch = 0
         self.vocab = None
