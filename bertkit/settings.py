@@ -112,9 +112,6 @@ class Settings:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "settings", **overrides):
-        if not isinstance(values, dict):
-            raise SettingsError(f"{source}: settings are names with values (a mapping), got "
-                                f"{type(values).__name__}.")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:

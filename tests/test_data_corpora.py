@@ -186,3 +186,15 @@ def test_a_vocab_that_is_not_a_vocab_fails_before_work_starts(tmp_path):
         create_pretraining_data("wiki-leads", out, junk,
                                 PretrainingConfig(max_seq_length=4, dupe_factor=0))
     assert not out.exists()
+
+
+def test_a_jsonl_record_longer_than_a_read_block_comes_whole(tmp_path, leads):
+    """A record spanning several 1 MiB reads, none of which holds a line end."""
+    text = " ".join(leads) * 20
+    assert len(text.encode()) > 2 * 2**20
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps({"text": text}) + "\n" + json.dumps({"text": leads[0]}) + "\n",
+                    encoding="utf-8")
+    corpus = Corpus(path)
+    documents = list(corpus)
+    assert corpus.skipped == {} and len(documents) >= 2

@@ -222,7 +222,7 @@ class Corpus:
                 self._skip(Skip.BINARY_FILE if head else Skip.EMPTY_FILE, path)
                 continue
             lines = self._lines(path, chain(head, blocks), numbered=format == "jsonl",
-                                whole=format in ("jsonl", "wiki"))
+                                whole_lines=format in ("jsonl", "wiki"))
             for document in readers[format](lines):
                 if document and max(map(len, document)) > MAX_SENTENCE_CHARS:
                     self._skip(Skip.LONG_SENTENCE, path)
@@ -284,15 +284,15 @@ class Corpus:
         return head, blocks
 
     def _lines(self, path: Path, blocks: Iterable[bytes], numbered: bool = False,
-               whole: bool = False) -> Iterator[str | None]:
+               whole_lines: bool = False) -> Iterator[str | None]:
         """Decoded lines of a file; None stands for a line that is not UTF-8 (counted and named
         here). With ``numbered``, ``self._where`` names the line last given (which costs time:
         only the JSONL reader, which names bad records, asks for it).
 
         A line longer than MAX_LINE_BYTES comes in pieces (cut after a space, else between
         characters), each long enough to be rejected as a sentence if no punctuation splits it;
-        ``whole`` lines (a JSON record each) come whole. When the file turns out damaged
-        part-way, the lines before the damage are given and the rest is skipped.
+        with ``whole_lines`` (a JSON record each) every line comes whole. When the file turns
+        out damaged part-way, the lines before the damage are given and the rest is skipped.
         """
         pending, number = b"", 0  # number: the lines given whole so far
         blocks = iter(blocks)
@@ -308,7 +308,7 @@ class Corpus:
             lines = (pending + block).split(b"\n")
             pending = lines.pop()
             whole = len(lines)
-            while not whole and len(pending) > MAX_LINE_BYTES:
+            while not whole_lines and len(pending) > MAX_LINE_BYTES:
                 cut = pending.rfind(b" ", 0, MAX_LINE_BYTES) + 1  # words stay whole
                 if not cut:
                     cut = MAX_LINE_BYTES
