@@ -15,6 +15,7 @@ then ``report``: results table, plots and ``report.html`` in the run folder.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import shutil
@@ -204,12 +205,13 @@ def run(settings: DemoSettings | None = None, resume: bool = False) -> Path:
     # random-init mini is the same network on the same data).
     for number, stage in ((3, "finetune-minilm"), (4, "finetune-random")):
         demo.stage(stage, f"{number}/7 fine-tuning on rt-polarity: {labels[stage]}",
-                   lambda stage=stage: _finetune(run_dir, settings, stage))
-    demo.stage("pretrain", "5/7 pre-training a mini BERT (MLM + NSP)", demo.pretraining)
+                   lambda stage=stage: _finetune(run_dir, settings, stage), goes_on=True)
+    demo.stage("pretrain", "5/7 pre-training a mini BERT (MLM + NSP)", demo.pretraining,
+               goes_on=True)
     demo.stage("fill-mask", "6/7 fill-mask with the new model", lambda: _fill_mask(run_dir))
     demo.stage("finetune-pretrained",
                f"7/7 fine-tuning on rt-polarity: {labels['finetune-pretrained']}",
-               lambda: _finetune(run_dir, settings, "finetune-pretrained"))
+               lambda: _finetune(run_dir, settings, "finetune-pretrained"), goes_on=True)
     _stage("report")
     report = write_report(run_dir, settings, demo.state)
     demo.record("report", {"path": str(report)})
@@ -230,23 +232,30 @@ class Demo:
         self.state.stages["elapsed"] = {"seconds": time.time() - self.started}
         self.state.record(stage, result)
 
-    def stage(self, name: str, title: str, work) -> None:
+    def stage(self, name: str, title: str, work, goes_on: bool = False) -> None:
         """Run ``work`` for a stage not done yet and record its result and time. The time a
-        stopped stage spent is recorded too: the total counts it, and pre-training, which goes
-        on where it stopped, counts it in its own time (its steps are all sessions' steps)."""
+        stopped stage spent is recorded too: the total counts it, and a stage that ``goes_on``
+        where it stopped (pre-training, fine-tuning) counts it in its own time (its steps are
+        all sessions' steps). Such a stage stops on a signal itself, after saving; one that
+        came too late to stop it (a fine-tuning run's final scoring) stops the demo after it."""
         if self.state.done(name):
             return
+        from .training import GracefulStop, Stopped
+
         _stage(title)
         stage_start = time.time()
         spent = self.state.stages.get("interrupted", {})
         try:
-            result = work()
+            with GracefulStop() if goes_on else contextlib.nullcontext() as stop:
+                result = work()
         except KeyboardInterrupt:
             self.record("interrupted", {**spent, name: spent.get(name, 0)
                                         + time.time() - stage_start})
             raise
-        earlier = spent.get(name, 0) if name == "pretrain" else 0  # others start afresh
+        earlier = spent.get(name, 0) if goes_on else 0  # the others start afresh
         self.record(name, {**result, "seconds": earlier + time.time() - stage_start})
+        if stop is not None and stop.requested:
+            raise Stopped(stop.exit_code)
 
     def vocabulary(self) -> dict:
         from .data import train_vocab_on_corpus
@@ -315,8 +324,9 @@ class Demo:
 
 
 def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
-    """One of the three rt-polarity classifiers; raises `Stopped` if it was stopped."""
-    from .finetune import finetune
+    """One of the three rt-polarity classifiers; raises `Stopped` if it was stopped. A stage
+    stopped before goes on from where it stopped."""
+    from .finetune import SETTINGS_FILE, finetune
     from .training import Stopped
 
     model = {"finetune-pretrained": str(run_dir / "pretrain" / "model"),
@@ -324,7 +334,9 @@ def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
              "finetune-minilm": "all-minilm-l6-v2"}[stage]
     tokenizer = str(run_dir / "vocab") if stage == "finetune-random" else None
     out = run_dir / stage
-    shutil.rmtree(out, ignore_errors=True)  # a stage not recorded as done starts afresh
+    resume = (out / SETTINGS_FILE).is_file()
+    if not resume:  # stopped before its run began
+        shutil.rmtree(out, ignore_errors=True)
     minilm = stage == "finetune-minilm"
     result = finetune("classification", model, "rt-polarity", "rt-polarity:validation",
                       "rt-polarity:test", out, tokenizer=tokenizer,
@@ -333,7 +345,7 @@ def _finetune(run_dir: Path, settings: DemoSettings, stage: str) -> dict:
                       max_train_examples=(settings.minilm_examples if minilm
                                           else settings.finetune_examples),
                       max_eval_examples=settings.eval_examples, seeds=settings.seed,
-                      dropout=settings.finetune_dropout)
+                      dropout=settings.finetune_dropout, resume=resume)
     if result["stopped"]:
         raise Stopped(result["exit_code"])
     return {"test_accuracy": result["test"]["accuracy"],

@@ -34,14 +34,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, files
 from .checkpoint import skipping_init
 from .config import BertConfig
 from .device import DTYPES, choose_device, keep_freed_memory
 from .model import BertModel
 from .sources import resolve_pretrained
 from .speedups import can_pack_linears, join_qkv, pack_linears
-from .tokenizer import BertTokenizer
+from .tokenizer import BertTokenizer, stated_model_max_length
 
 logger = logging.getLogger("bertkit")
 
@@ -171,10 +171,11 @@ ST_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens":
 @dataclass(frozen=True)
 class SentenceTransformersRecipe:
     """What a sentence-transformers folder declares: where its encoder is, how token vectors
-    are pooled, whether the result is L2-normalised, the length texts are cut to (None: the
-    tokenizer's ``model_max_length``, as sentence-transformers 5+ writes it) and whether texts
-    are lower-cased first. ``unsupported`` names what `Embedder` cannot apply (other modules,
-    other pooling modes)."""
+    are pooled, whether the result is L2-normalised, the length texts are cut to (its
+    ``max_seq_length``, else its tokenizer's ``model_max_length``, where sentence-transformers
+    5+ writes it; None: neither states one, and texts are cut at the model's positions, as
+    sentence-transformers does) and whether texts are lower-cased first. ``unsupported`` names
+    what `Embedder` cannot apply (other modules, other pooling modes)."""
 
     encoder_dir: Path
     pooling: str
@@ -207,10 +208,10 @@ def read_sentence_transformers(directory: str | Path) -> SentenceTransformersRec
     if pooling not in POOLINGS[:3]:
         unsupported.append(f"pooling {pooling}" if pooling else "no Pooling module")
     encoder_config = _read_json(encoder_dir / ST_TRANSFORMER_CONFIG) or {}
+    max_length = encoder_config.get("max_seq_length") or stated_model_max_length(encoder_dir)
     return SentenceTransformersRecipe(
-        encoder_dir, pooling if pooling in POOLINGS[:3] else "mean", normalize,
-        encoder_config.get("max_seq_length"), bool(encoder_config.get("do_lower_case", False)),
-        tuple(unsupported))
+        encoder_dir, pooling if pooling in POOLINGS[:3] else "mean", normalize, max_length,
+        bool(encoder_config.get("do_lower_case", False)), tuple(unsupported))
 
 
 def _st_pooling(config: dict) -> str:
@@ -325,7 +326,7 @@ class Embedder:
             config = BertConfig.from_json_file(directory / "config.json")  # check before loading
         self.layers, self.combine = resolve_layers(layers, config.num_hidden_layers, combine)
         self.tokenizer = tokenizer or BertTokenizer.from_pretrained(directory)
-        self.max_length = max_length or _declared_length(recipe, self.tokenizer, config)
+        self.max_length = max_length or _declared_length(recipe, config)
         if not 2 < self.max_length <= config.max_position_embeddings:
             raise ValueError(f"max_length must be between 3 and the model's "
                              f"{config.max_position_embeddings} positions, got {max_length}.")
@@ -406,9 +407,8 @@ class Embedder:
     @torch.inference_mode()
     def _embed_chunk(self, texts: list[str], bar) -> list[Embedded]:
         per_token = self.pooling == "tokens"
-        if self.lowercase:
-            texts = [text.lower() for text in texts]
-        encoded = self.tokenizer(texts, return_offsets_mapping=per_token)
+        lowered = [text.lower() for text in texts] if self.lowercase else texts
+        encoded = self.tokenizer(lowered, return_offsets_mapping=per_token)
         ids = encoded["input_ids"]
         truncated = [len(row) > self.max_length for row in ids]
         # Cut to max_length, keeping the final [SEP] (Google's truncation of a single text).
@@ -429,10 +429,12 @@ class Embedder:
                 features = features.cpu().numpy()
                 for b, i in enumerate(batch_rows):
                     inner = slice(1, lengths[i] - 1)  # without [CLS] and [SEP]
+                    offsets = encoded["offset_mapping"][i][inner]
+                    if self.lowercase:  # offsets into the text given, not its lower case
+                        offsets = _offsets_before_lowercasing(texts[i], offsets)
                     value = TokenVectors(
                         self.tokenizer.convert_ids_to_tokens(ids[i][inner]),
-                        [tuple(o) for o in encoded["offset_mapping"][i][inner]],
-                        features[b, inner].copy())
+                        [tuple(o) for o in offsets], features[b, inner].copy())
                     results[i] = Embedded(i, value, empty[i], truncated[i])
             else:
                 vectors = pool(features, mask.to(self.device), self.pooling)
@@ -484,7 +486,8 @@ class Embedder:
         ``modules.json``, pooling and normalisation, ``max_seq_length``), so that
         ``SentenceTransformer(directory)`` gives the vectors `encode` gives, and
         ``Embedder(directory)`` reads it back with the same settings. Empty texts aside: there,
-        sentence-transformers always embeds [CLS] [SEP] (``empty="model"``).
+        sentence-transformers always embeds [CLS] [SEP] (``empty="model"``). The folder is
+        replaced whole once written: an interrupted save leaves what was there before.
 
         The layout holds one layer's token vectors pooled by mean, [CLS] or max: a chosen layer
         below the last is kept by writing the encoder up to it. Combinations of layers,
@@ -500,25 +503,38 @@ class Embedder:
         state = self.model.state_dict()
         if self._pooler is not None:  # kept, so that loaders find no missing weights
             state.update({f"pooler.{k}": v for k, v in self._pooler.state_dict().items()})
-        checkpoint.save_pretrained(self.model, directory, state_dict=state)
         tokenizer = copy.copy(self.tokenizer)
         tokenizer.model_max_length = self.max_length  # sentence-transformers 5+ reads it here
-        tokenizer.save_pretrained(directory)
         modules = [("Transformer", ""), ("Pooling", ST_POOLING_DIR)]
         if self.normalize:
             modules.append(("Normalize", "2_Normalize"))
-        _write_json(directory / ST_MODULES, [
-            {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
-            for i, (kind, path) in enumerate(modules)])
-        _write_json(directory / ST_TRANSFORMER_CONFIG,
-                    {"max_seq_length": self.max_length, "do_lower_case": self.lowercase})
-        # The legacy flags: every sentence-transformers version reads them.
-        _write_json(directory / ST_POOLING_DIR / "config.json", {
-            "word_embedding_dimension": self.dim,
-            **{key: mode == self.pooling for key, mode in ST_LEGACY_POOLING.items()}})
-        _write_json(directory / "config_sentence_transformers.json",
-                    {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+        # Written beside and renamed into place: an interrupted save leaves the folder that was
+        # there before, never a part of one that loads as a plain encoder with other settings.
+        with files.reporting_full_disk(directory, "What it held before is kept."), \
+                files.atomic_path(directory) as staging:
+            checkpoint.save_pretrained(self.model, staging, state_dict=state)
+            tokenizer.save_pretrained(staging)
+            _write_json(staging / ST_MODULES, [
+                {"idx": i, "name": str(i), "path": path,
+                 "type": f"sentence_transformers.models.{kind}"}
+                for i, (kind, path) in enumerate(modules)])
+            _write_json(staging / ST_TRANSFORMER_CONFIG,
+                        {"max_seq_length": self.max_length, "do_lower_case": self.lowercase})
+            # The legacy flags: every sentence-transformers version reads them.
+            _write_json(staging / ST_POOLING_DIR / "config.json", {
+                "word_embedding_dimension": self.dim,
+                **{key: mode == self.pooling for key, mode in ST_LEGACY_POOLING.items()}})
+            _write_json(staging / "config_sentence_transformers.json", {
+                "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
         return directory
+
+
+def _offsets_before_lowercasing(text: str, offsets) -> list[tuple[int, int]]:
+    """(start, end) offsets into ``text.lower()`` as offsets into ``text``. A few characters
+    lower-case to two ('İ' to 'i' and a combining dot), which shifts every offset after them;
+    every other character lower-cases to one, in context or alone (final sigma)."""
+    source = [i for i, char in enumerate(text) for _ in char.lower()]
+    return [(source[start], source[end - 1] + 1) for start, end in offsets]
 
 
 def _check_recipe(recipe: SentenceTransformersRecipe, directory: Path, pooling) -> None:
@@ -534,15 +550,12 @@ def _check_recipe(recipe: SentenceTransformersRecipe, directory: Path, pooling) 
                        ", ".join(recipe.unsupported), pooling)
 
 
-def _declared_length(recipe: SentenceTransformersRecipe | None, tokenizer,
-                     config: BertConfig) -> int:
-    """The length a sentence-transformers folder cuts texts to (its max_seq_length, else its
-    tokenizer's), within the model's positions; for other folders, the positions."""
+def _declared_length(recipe: SentenceTransformersRecipe | None, config: BertConfig) -> int:
+    """The length a sentence-transformers folder cuts texts to, within the model's positions;
+    for other folders, the positions."""
     positions = config.max_position_embeddings
-    if recipe is None:
-        return positions
-    declared = recipe.max_length or getattr(tokenizer, "model_max_length", None) or positions
-    return min(int(declared), positions)
+    declared = recipe.max_length if recipe else None
+    return min(int(declared), positions) if declared else positions
 
 
 def _write_json(path: Path, value) -> None:

@@ -7,9 +7,10 @@ the features on disk, and trains only a small task model on them:
   above the deepest chosen one not run), fp32 unless ``--precision bf16`` asks for bf16;
 - they are cached under ``$BERTKIT_CACHE/features/KEY/`` as ``.npy`` files read memory-mapped;
   KEY hashes the encoder's weights (the tensors themselves, so a copy of a checkpoint hits and a
-  random init never does), the layer choice, the pooling, the precision and the ids of the
-  encoded inputs, so more epochs, seeds and task-model settings cost only the task model; the
-  cache is kept under ``--feature-cache-gb`` by evicting the least recently used entries;
+  random init never does), the config fields its forward pass reads, the layer choice, the
+  pooling, the precision and the ids of the encoded inputs, so more epochs, seeds and
+  task-model settings cost only the task model; the cache is kept under
+  ``--feature-cache-gb`` by evicting the least recently used entries;
 - layer choices: the paper's strategies (`bertkit.embeddings.STRATEGIES`), a list of
   hidden-state indices, or ``weighted``: every layer is cached and the task model learns a
   softmax-weighted sum of them and a scale (ELMo's scalar mix);
@@ -42,8 +43,9 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -94,8 +96,15 @@ POOLINGS = ("mean", "cls")
 DEFAULT_TASK_LR = {"bilstm": 1e-2}  # others 1e-3 (measured on wsj-pos and rt-polarity)
 DEFAULT_HIDDEN = {"mlp": 512, "bilstm": 768}  # the paper's BiLSTM is 768 wide
 DEFAULT_DROPOUT = 0.1
-FEATURE_OPTIONS = ("layers", "combine", "pooling", "task_model", "task_hidden", "task_lr")
+FEATURE_OPTIONS = ("layers", "combine", "pooling", "task_model", "task_hidden", "task_lr",
+                   "feature_cache")
 ENCODER_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+# BertConfig fields the frozen encoder's features do not depend on: the task head's labels and
+# loss, dropout (off while features are computed; --dropout sets it per run), initialisation;
+# config.json's other keys (``extra``: transformers_version ...) are never read by the model.
+NOT_IN_FEATURES = ("id2label", "problem_type", "architectures", "hidden_dropout_prob",
+                   "attention_probs_dropout_prob", "classifier_dropout", "initializer_range",
+                   "extra")
 FEATURES_FILE, OFFSETS_FILE, META_FILE = "features.npy", "offsets.npy", "meta.json"
 HEAD_FILE, ENCODER_DIR = "head.safetensors", "encoder"
 MODE = "feature-based"
@@ -122,6 +131,19 @@ def layer_choice(text: str) -> str | list[int]:
     return indices
 
 
+def task_body(task_model: str | None, kind: str | None) -> str:
+    """The task model's body: the one asked for, else the paper's BiLSTM for tagging and a
+    linear layer alone for the rest."""
+    return task_model or ("bilstm" if kind == "token" else "linear")
+
+
+def _differs_from_default(settings, name: str) -> bool:
+    """Whether a setting with a default of its own (so None cannot say "not given") was set
+    to another value."""
+    default = next(spec.default for spec in fields(settings) if spec.name == name)
+    return getattr(settings, name) != default
+
+
 def check_settings(settings) -> None:
     """Refuse feature options that cannot apply, before the run folder is touched."""
     if settings.feature_fields:
@@ -132,19 +154,39 @@ def check_settings(settings) -> None:
             raise SettingsError(f"--feature-fields names a field twice: {settings.feature_fields}")
     if not settings.feature_based:
         given = [name for name in FEATURE_OPTIONS if getattr(settings, name) is not None]
+        if _differs_from_default(settings, "feature_cache_gb"):
+            given.append("feature_cache_gb")
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise SettingsError(f"{flags}: options of the feature-based approach; add "
                                 "--feature-based (feature_based=True).")
         return
-    layer_choice(settings.layers or "last")
+    layers = settings.layers or "last"
+    layer_choice(layers)
+    if settings.combine is not None and (layers == WEIGHTED or layers in STRATEGIES):
+        named = f"--layers {layers}" if settings.layers else "--layers last (the default)"
+        own = ("learns its own mix of every layer" if layers == WEIGHTED
+               else "is a strategy with its own combination")
+        raise SettingsError(f"--combine {settings.combine} applies to a list of --layers "
+                            f"indices; {named} {own}: leave --combine out, or give indices such "
+                            "as --layers=-4,-3,-2,-1.")
     kind = KINDS.get(settings.task)
     if settings.task_model == "bilstm" and kind not in ("token", "span"):
         raise SettingsError("--task-model bilstm runs over tokens: it is for "
                             "token-classification and question-answering; use linear or mlp.")
+    if settings.task_hidden is not None and task_body(settings.task_model, kind) == "linear":
+        which = ("--task-model linear" if settings.task_model
+                 else f"the {settings.task} default, linear")
+        raise SettingsError(f"--task-hidden sizes an mlp or bilstm task model, but this run's is "
+                            f"{which}: add --task-model mlp, or leave --task-hidden out.")
     if settings.search:
         raise SettingsError("--search varies fine-tuning's --lr; with --feature-based each run "
                             "costs only the task model: run the --task-lr values you want.")
+    # Only a changed --lr can be told apart: every saved run's settings record the default.
+    if _differs_from_default(settings, "lr"):
+        raise SettingsError(f"--lr {settings.lr:g} is fine-tuning's learning rate; the "
+                            "feature-based task model trains at --task-lr (1e-3; 1e-2 for the "
+                            f"BiLSTM): give --task-lr {settings.lr:g} instead.")
     if settings.precision == "fp16":
         raise SettingsError("feature-based features are computed in fp32 (exact) or bf16 "
                             "(--precision bf16).")
@@ -370,8 +412,14 @@ class FeatureEncoder:
         return self.embedder.model
 
     def key(self) -> dict:
-        return {"layers": list(self.indices), "combine": WEIGHTED if self.weighted
-                else self.combine, "reduce": self.spec.pooling if self.pooled else "tokens",
+        """What the features depend on besides the weights and the inputs: the encoder's config
+        (the same weights with another activation, layer-norm epsilon or head count compute
+        other features) and the layer choice, pooling and precision."""
+        config = {name: value for name, value in asdict(self.encoder.config).items()
+                  if name not in NOT_IN_FEATURES}
+        return {"encoder_config": config, "layers": list(self.indices),
+                "combine": WEIGHTED if self.weighted else self.combine,
+                "reduce": self.spec.pooling if self.pooled else "tokens",
                 "precision": self.spec.precision}
 
     def features(self, input_ids, mask, token_type_ids) -> torch.Tensor:
@@ -779,7 +827,10 @@ class FeatureRun(FinetuneRun):
         if settings.class_weights:
             trained = WeightedLoss(self.model, class_weights(
                 settings.class_weights, [f["labels"] for f in self.features], self.label2id))
-        self.trainer = build_trainer(trained.to(self.device), replace(settings, lr=self.task_lr),
+        # The run's optimiser settings at the task model's lr: a namespace, as `replace` would
+        # check them again and refuse an --lr other than fine-tuning's with --feature-based.
+        optimizer_settings = SimpleNamespace(**{**asdict(settings), "lr": self.task_lr})
+        self.trainer = build_trainer(trained.to(self.device), optimizer_settings,
                                      self.steps_per_epoch * settings.epochs, device=self.device,
                                      precision="fp32")
         summary = self.cache.summary()
@@ -812,7 +863,7 @@ class FeatureRun(FinetuneRun):
 
     def head_spec(self) -> dict:
         s = self.settings
-        body = s.task_model or ("bilstm" if self.kind == "token" else "linear")
+        body = task_body(s.task_model, self.kind)
         return {"kind": self.kind, "width": self.extractor.shape[-1],
                 "layers": len(self.extractor.indices) if self.extractor.weighted else 0,
                 "body": body, "hidden": s.task_hidden or DEFAULT_HIDDEN.get(body, 0),

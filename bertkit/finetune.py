@@ -10,6 +10,7 @@ another into ``OUT/seed-N`` and are summarised as mean ± standard deviation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -40,7 +41,10 @@ from .training import (
     OptimizerSettings,
     Trainer,
     build_trainer,
+    restore_rng_states,
+    rng_states,
     seed_everything,
+    truncate_metrics,
 )
 
 logger = logging.getLogger("bertkit")
@@ -48,6 +52,7 @@ logger = logging.getLogger("bertkit")
 TASK_FILE = "task.json"
 SETTINGS_FILE = "finetune_settings.json"
 RESULTS_FILE = "results.json"
+RESUME_FILE = "stopped.pt"  # a seed stopped mid-training: what --resume continues from
 DEFAULT_VOCAB = "all-minilm-l6-v2"  # the bert-base-uncased vocabulary, for presets
 GRID = ("lr", "batch_size", "epochs")  # what --search varies
 SUBSET_SEED = 0  # the same training subset for every seed: seeds vary only the training itself
@@ -96,8 +101,10 @@ def load_model(task: Task, model: str | Path, label_names: list[str], vocab_size
         overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if task.has_labels:
         overrides["id2label"] = dict(enumerate(label_names))
-    if task.problem_type:  # regression, multi-label: the loss of the sequence head
-        overrides["problem_type"] = task.problem_type
+    # The loss is this task's even when the checkpoint was fine-tuned for another (a kept head
+    # of a multi-label run would otherwise train a single-label task with its BCE); None lets
+    # the head pick cross-entropy for classes.
+    overrides["problem_type"] = task.problem_type
     if str(model) in PRESETS:
         config = BertConfig.from_preset(str(model), vocab_size=vocab_size)
         config = BertConfig.from_dict({**config.to_dict(), **overrides})
@@ -655,11 +662,14 @@ class FinetuneRun:
                                      device=self.device, precision=self.precision)
         folder.mkdir(parents=True, exist_ok=True)
         self.log_path = folder / "metrics.jsonl"
-        self.log_path.unlink(missing_ok=True)
+        if not (folder / RESUME_FILE).is_file():  # a stopped seed's log goes on
+            self.log_path.unlink(missing_ok=True)
         self.log = MetricsLog(self.log_path)
         self.history: list[dict] = []
         self.best_score = self.best_validation = None
         self.best_epoch = 0
+        self.window: list[float] = []  # losses not logged yet
+        self.epoch_seconds = 0.0  # of the current epoch before a stop
 
     def run(self, stop: GracefulStop) -> dict:
         s = self.settings
@@ -668,22 +678,57 @@ class FinetuneRun:
                f"({len(self.features)} features), {s.epochs} epochs x {self.steps_per_epoch} "
                f"steps, batch {s.batch_size}, lr {lr}, seed {self.seed}, {self.device} "
                f"{self.precision} -> {self.folder}")
-        step = 0
-        for epoch in range(1, s.epochs + 1):
-            epoch_start = time.time()
+        first, step = self.restore()
+        for epoch in range(first, s.epochs + 1):
+            epoch_start = time.time() - self.epoch_seconds
             step = train_epoch(self.trainer, self.task, self.features, s.batch_size,
                                seed=self.seed * 1000 + epoch, log=self.log, step=step,
                                epoch=epoch, log_every=s.log_every, progress=s.progress,
-                               stop=stop)
+                               stop=stop, start=step - (epoch - 1) * self.steps_per_epoch,
+                               window=self.window)
             if stop.requested:
-                _print(f"stopped in epoch {epoch} of seed {self.seed}; --resume runs it again.")
-                return {"seed": self.seed, "stopped": True}
+                self.save_stopped(epoch, step, time.time() - epoch_start)
+                _print(f"stopped in epoch {epoch} of seed {self.seed} at step {step}, saved; "
+                       "--resume continues from there.")
+                return {"seed": self.seed, "stopped": True, "step": step}
+            self.epoch_seconds = 0.0
             self.end_epoch(epoch, step, round(time.time() - epoch_start, 2))
             if s.patience and epoch - self.best_epoch >= s.patience:
                 _print(f"no better validation score in {s.patience} epochs: stopping after "
                        f"epoch {epoch} (best: epoch {self.best_epoch}).")
                 break
         return self.finish()
+
+    def save_stopped(self, epoch: int, step: int, seconds: float) -> None:
+        """Everything `restore` needs to go on from ``step`` as if never stopped: the weights,
+        optimiser and schedule, the random states (dropout's next masks), the epoch's unlogged
+        losses, the evaluations so far and the best of them."""
+        run = {"epoch": epoch, "step": step, "epoch_seconds": seconds, "window": self.window,
+               "history": self.history,
+               "best": [self.best_score, self.best_validation, self.best_epoch]}
+        state = {"model": self.model.state_dict(), "trainer": self.trainer.state_dict(),
+                 "rng": rng_states(self.device), "run": json.dumps(run)}
+        path = self.folder / RESUME_FILE
+        with files.reporting_full_disk(path, "--resume runs the seed again from its start."), \
+                files.atomic_path(path) as staging:
+            torch.save(state, staging)
+
+    def restore(self) -> tuple[int, int]:
+        """(epoch, global step) to train from: where `save_stopped` left this seed, or (1, 0)."""
+        path = self.folder / RESUME_FILE
+        if not path.is_file():
+            return 1, 0
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.trainer.load_state_dict(state["trainer"])
+        restore_rng_states(state["rng"], self.device)
+        run = json.loads(state["run"])
+        self.history, self.window, self.epoch_seconds = (run["history"], run["window"],
+                                                         run["epoch_seconds"])
+        self.best_score, self.best_validation, self.best_epoch = run["best"]
+        truncate_metrics(self.log_path, run["step"])
+        _print(f"seed {self.seed}: resuming in epoch {run['epoch']} after step {run['step']}")
+        return run["epoch"], run["step"]
 
     def end_epoch(self, epoch: int, step: int, seconds: float) -> None:
         """Evaluate on validation, log, and keep the checkpoint if it is the best so far."""
@@ -747,6 +792,7 @@ class FinetuneRun:
         results["seconds"] = round(time.time() - self.started, 1)
         results["stopped"] = False
         files.write_json(self.folder / RESULTS_FILE, results)
+        (self.folder / RESUME_FILE).unlink(missing_ok=True)
         panels = {"training loss": ["loss"]}
         if self.validation_examples:
             panels["validation"] = [f"validation_{m}" for m in self.task.metrics if m != "mse"]
@@ -819,14 +865,16 @@ class FinetuneRun:
 
 def train_epoch(trainer: Trainer, task: Task, features: list[dict], batch_size: int, *,
                 seed: int, log: MetricsLog | None = None, step: int = 0, epoch: int = 1,
-                log_every: int = 20, progress: bool = True, stop: GracefulStop | None = None
-                ) -> int:
-    """One pass over ``features`` in an order fixed by ``seed``; returns the global step."""
+                log_every: int = 20, progress: bool = True, stop: GracefulStop | None = None,
+                start: int = 0, window: list[float] | None = None) -> int:
+    """One pass over ``features`` in an order fixed by ``seed``, from its batch ``start`` (a
+    resumed epoch); returns the global step. ``window`` keeps the losses not logged yet."""
     n_batches = math.ceil(len(features) / batch_size)
-    bar = tqdm(batches(features, batch_size, seed), total=n_batches, desc=f"epoch {epoch}",
-               disable=not progress, mininterval=2, leave=False)
-    recent = []
-    for number, chunk in enumerate(bar, 1):
+    bar = tqdm(itertools.islice(batches(features, batch_size, seed), start, None),
+               initial=start, total=n_batches, desc=f"epoch {epoch}", disable=not progress,
+               mininterval=2, leave=False)
+    recent = [] if window is None else window
+    for number, chunk in enumerate(bar, start + 1):
         _, loss = trainer.step([task.collate(chunk, length_multiple(trainer.precision))])
         step += 1
         recent.append(loss)
@@ -836,7 +884,7 @@ def train_epoch(trainer: Trainer, task: Task, features: list[dict], batch_size: 
             if log is not None:
                 log.write(step=step, epoch=epoch, loss=mean,
                           lr=trainer.scheduler.get_last_lr()[0])
-            recent = []
+            recent.clear()
         if stop is not None and stop.requested:
             break
     return step

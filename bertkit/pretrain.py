@@ -358,7 +358,9 @@ class BudgetSizer:
     steps at the pace of the steps since the last sizing, which takes in the evaluations,
     checkpoints and plots, and a machine whose speed drifts (a shared 2-core machine ran 12%
     slower after its first 300 steps and overran a 530-second budget by 41 seconds when only
-    steps 30, 300 and 1,500 sized the run). A resumed run keeps the length it was given.
+    steps 30, 300 and 1,500 sized the run). A resumed run keeps the length it was given; one
+    stopped before its first sizing is sized on resuming, with ``started`` moved back by the
+    time its earlier sessions spent (set-up included), so the budget is all sessions' time.
 
     Until the first sizing the run's lr is 0 and its warm-up starts there (`PretrainRun`): the
     few steps that measure the pace change nothing, and the run after them is a run of that
@@ -373,7 +375,8 @@ class BudgetSizer:
         resumed_after_sizing = first_step > 0 and sizings_done > 0
         self.seconds = minutes * 60 if minutes and not resumed_after_sizing else None
         self.first_step, self.done = first_step, sizings_done
-        self.started = started  # the run's start: the budget takes in its set-up
+        # the run's start: the budget takes in its set-up (and a resumed run's earlier sessions)
+        self.started = started
         self.paced_from = None  # (step, time) the pace is measured from
 
     def new_total(self, step: int, total_steps: int) -> int | None:
@@ -465,8 +468,10 @@ class PretrainRun:
         self.phases = Phases(settings, self.train, phase2, self.total_steps)
         if "phase2_start" in state:  # a budget's sizings moved it: where the run had it
             self.phases.phase2_start = state["phase2_start"]
+        # a run stopped before its first sizing has spent part of its budget in earlier sessions
         self.budget = BudgetSizer(settings.budget_minutes, self.step,
-                                  state.get("budget_sizings", 0), started)
+                                  state.get("budget_sizings", 0),
+                                  started - state.get("seconds_spent", 0.0))
         if settings.budget_minutes and not latest:  # lr 0 until the pace sizes the run
             self.trainer.scheduler.resize(self.total_steps, start=self.total_steps)
         self.main = self.distributed.is_main
@@ -575,6 +580,7 @@ class PretrainRun:
         path = self.checkpoints.save(self.step, self.model, self.tokenizer,
                                      {"trainer": self.trainer.state_dict(), "rng": rng,
                                       "budget_sizings": self.budget.done,
+                                      "seconds_spent": time.perf_counter() - self.budget.started,
                                       "phase2_start": self.phases.phase2_start,
                                       "examples_seen": self.step * self.settings.batch_size})
         self.log.write(step=self.step, event=f"checkpoint ({reason})", path=str(path))

@@ -357,8 +357,9 @@ class BertTokenizer:
         stated = next((value for value in (do_lower_case, configured, lowercase_in_json)
                        if value is not None), True)
         _check_config_text_rules(config, config_file, bool(stated))
-        tokenizer = cls(vocab, do_lower_case=stated,
-                        model_max_length=_model_max_length(config, config_file))
+        # BERT's 512 positions where the config states no length.
+        model_max_length = _stated_max_length(config, config_file) or 512
+        tokenizer = cls(vocab, do_lower_case=stated, model_max_length=model_max_length)
         if do_lower_case is None and not stated and _is_uncased(tokenizer.vocab):
             said = (f"{config_file} says do_lower_case=false" if configured is not None
                     else f"{json_file} sets normalizer.lowercase=false")
@@ -694,11 +695,17 @@ def _check_config_text_rules(config: dict, path: Path, lowercase: bool) -> None:
             )
 
 
-def _model_max_length(config: dict, path: Path) -> int:
-    """The config's model_max_length; 512 (BERT's positions) when it states none."""
+def stated_model_max_length(directory: str | os.PathLike) -> int | None:
+    """The model_max_length a tokenizer folder's `tokenizer_config.json` states; None where it
+    states none (sentence-transformers then cuts at the model's positions, however many)."""
+    config_file = Path(directory) / CONFIG_NAME
+    return _stated_max_length(_read_config(config_file), config_file)
+
+
+def _stated_max_length(config: dict, path: Path) -> int | None:
     value = config.get("model_max_length")
     if value is None or (isinstance(value, (int, float)) and value >= _TRANSFORMERS_NO_MAX_LENGTH):
-        return 512  # transformers writes about 1e30 for "no limit known"
+        return None  # transformers writes about 1e30 for "no limit known"
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{path} sets model_max_length={value!r}; it must be a positive int.")
     return value

@@ -456,8 +456,13 @@ class Stopped(KeyboardInterrupt):
 class GracefulStop:
     """Turns SIGINT/SIGTERM into a flag the loop checks, so it can save before exiting.
 
-    A second signal falls through to the default behaviour, for a user who insists.
+    A second signal falls through to the default behaviour, for a user who insists. Blocks
+    nest (a demo stage around a fine-tuning run): a stop requested before the inner block
+    begins is the inner block's too, and one the inner block received is the outer block's
+    once it ends, so a signal that came too late to stop the inner work still stops the job.
     """
+
+    _active: list[GracefulStop] = []  # the blocks entered, outermost first
 
     def __init__(self):
         self.requested = False
@@ -472,14 +477,27 @@ class GracefulStop:
     def _handle(self, signum, frame):
         self.requested = True
         self.signal = signum
-        signal.signal(signum, self._previous[signum])
+        signal.signal(signum, self._default(signum))
+
+    def _default(self, signum) -> object:
+        """The handler the outermost block replaced: where a second signal goes."""
+        return (self._active[0] if self._active else self)._previous[signum]
 
     def __enter__(self):
+        outer = self._active[-1] if self._active else None
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
+        self._active.append(self)
+        if outer is not None and outer.requested:
+            self.requested, self.signal = True, outer.signal
+            signal.signal(self.signal, self._default(self.signal))
         return self
 
     def __exit__(self, *exc):
+        outer = self._active[-2] if len(self._active) > 1 else None
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, self._default(signum) if signum == self.signal else handler)
+        self._active.remove(self)
+        if outer is not None and self.requested and not outer.requested:
+            outer.requested, outer.signal = True, self.signal
         return False

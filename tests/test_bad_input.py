@@ -525,8 +525,18 @@ def small_disk(folder, size_bytes):
 
 
 def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    """Every file's bytes; of a checkpoint's state, all but the seconds its run had spent (a
+    time, not the same in two runs)."""
+    return {p.relative_to(folder): timeless_state(p) if p.name == STATE_NAME else p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def timeless_state(path):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state.pop("seconds_spent") > 0
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def disk_bytes(path):

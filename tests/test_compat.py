@@ -6,8 +6,10 @@ Real weights (all-MiniLM-L6-v2, with fresh seeded heads where a task needs one) 
 follow the same trajectory.
 """
 
+import errno
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ import bertkit
 import bertkit.hf
 from bertkit.config import BertConfig
 from bertkit.embeddings import Embedder
+from bertkit.files import DiskFull
 from bertkit.fill_mask import FillMask
 from bertkit.finetune import save_finetuned
 from bertkit.tasks import build_task
@@ -462,6 +465,51 @@ def test_embedder_writes_a_sentence_transformers_folder(tmp_path, minilm_dir, st
     np.testing.assert_allclose(again.encode(st_texts[:-1]), ours, atol=1e-6, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory, minilm_dir):
+    """A seeded random 2-layer transformers BertModel with 1024 positions and the real
+    vocabulary: quick to save and load."""
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=1024)
+    transformers.BertModel(config).save_pretrained(folder)
+    (folder / "vocab.txt").write_bytes((minilm_dir / "vocab.txt").read_bytes())
+    return folder
+
+
+def test_an_interrupted_sentence_transformers_save_leaves_no_partial_folder(
+        tmp_path, tiny_encoder_dir, monkeypatch):
+    """A save stopped part-way (Ctrl-C, a full disk) while a JSON file of the layout is written,
+    after the weights and tokenizer are: the earlier folder at the path is kept byte for byte,
+    and a new path gets nothing that would load as a plain encoder."""
+    def contents(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    good = tmp_path / "good"
+    Embedder(tiny_encoder_dir, max_length=256).save_sentence_transformers(good)
+    before = contents(good)
+    shorter = Embedder(tiny_encoder_dir, max_length=128)
+    write_text = Path.write_text
+
+    def failing_write_text(path, text, *args, **kwargs):
+        if path.name == "modules.json":
+            raise failure
+        return write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", failing_write_text)
+    failure = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        shorter.save_sentence_transformers(good)
+    assert contents(good) == before
+    failure = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(DiskFull, match="new.*is the disk full"):
+        shorter.save_sentence_transformers(tmp_path / "new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good"]  # no new or staging folder
+    assert Embedder(good).max_length == 256
+
+
 def test_embedder_reads_the_layout_sentence_transformers_writes_now(tmp_path, reference,
                                                                      st_texts):
     """sentence-transformers 5+ saves ``pooling_mode`` and keeps max_seq_length in
@@ -471,6 +519,43 @@ def test_embedder_reads_the_layout_sentence_transformers_writes_now(tmp_path, re
     embedder = Embedder(tmp_path)
     assert (embedder.max_length, embedder.pooling, embedder.normalize) == (256, "mean", True)
     assert cosines(embedder.encode(st_texts[:-1]), expected[:-1]).min() >= 0.99999
+
+
+def test_a_folder_stating_no_length_cuts_at_the_models_positions(tmp_path, tiny_encoder_dir,
+                                                                 snippets):
+    """No max_seq_length and no tokenizer model_max_length: sentence-transformers cuts at the
+    model's positions, 1024 here, not at 512."""
+    folder = tmp_path / "st"
+    Embedder(tiny_encoder_dir).save_sentence_transformers(folder)
+    for name, key in (("sentence_bert_config.json", "max_seq_length"),
+                      ("tokenizer_config.json", "model_max_length")):
+        stated = json.loads((folder / name).read_text())
+        del stated[key]
+        (folder / name).write_text(json.dumps(stated))
+    long_texts = [" ".join(row["text"] for row in snippets[:count]) for count in (25, 60)]
+    embedder = Embedder(folder)
+    lengths = [len(ids) for ids in embedder.tokenizer(long_texts)["input_ids"]]
+    assert 512 < lengths[0] < 1024 < lengths[1]
+    reference = SentenceTransformer(str(folder), device="cpu")
+    assert embedder.max_length == reference.max_seq_length == 1024
+    np.testing.assert_allclose(embedder.encode(long_texts), reference.encode(long_texts),
+                               atol=1e-5, rtol=0)
+
+
+def test_token_offsets_of_a_lower_casing_folder_point_into_the_text_given(
+        tmp_path, tiny_encoder_dir, minilm_dir):
+    """sentence_bert_config.json's do_lower_case: 'İ' lower-cases to two characters, and the
+    offsets still point into the text given, where transformers' tokenizer points."""
+    Embedder(tiny_encoder_dir).save_sentence_transformers(tmp_path)
+    config_file = tmp_path / "sentence_bert_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()),
+                                       "do_lower_case": True}))
+    text = "İstanbul İzmir x, aİb ΣΑΣ"
+    ours = Embedder(tmp_path, pooling="tokens").encode_tokens([text])[0]
+    theirs = transformers.AutoTokenizer.from_pretrained(minilm_dir)(
+        text, return_offsets_mapping=True)
+    assert ours.tokens[:5] == ["istanbul", "i", "##z", "##mir", "x"]
+    assert ours.offsets == [tuple(span) for span in theirs["offset_mapping"][1:-1]]
 
 
 def test_sentence_transformers_recipes_embedder_cannot_follow(tmp_path, minilm_dir):

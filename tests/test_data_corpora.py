@@ -163,6 +163,40 @@ def test_bad_input_is_skipped_with_reasons_and_the_rest_is_used(tmp_path, leads,
         assert (ids == tokenizer.mask_token_id).sum() == 0
 
 
+def test_every_part_of_a_document_cut_for_length_goes_to_one_split(tmp_path, leads, tokenizer,
+                                                                   monkeypatch):
+    """A document past MAX_DOCUMENT_CHARS (lowered here to 2,000) comes in parts; they are held
+    out or trained on together, so the held-out score never counts text that training saw."""
+    monkeypatch.setattr("bertkit.data.corpora.MAX_DOCUMENT_CHARS", 2_000)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    long_document, others = leads[:40], leads[40:60]
+    (folder / "long.txt").write_text("\n\n".join(long_document), encoding="utf-8")
+    for i, lead in enumerate(others):
+        (folder / f"lead{i:02d}.txt").write_text(lead, encoding="utf-8")
+    out = tmp_path / "out"
+    manifest = create_pretraining_data(folder, out, tokenizer,
+                                       PretrainingConfig(dupe_factor=1, validation_fraction=0.3),
+                                       workers=1, progress=False)
+    assert manifest["summary"]["documents_cut_for_length"] >= 10
+
+    def token_ids(texts):
+        return {i for text in texts for i in tokenizer.encode(text, add_special_tokens=False)}
+
+    only_in_long = token_ids(long_document) - token_ids(others)  # names, rare words
+    examples_of_long = {}
+    for split in ("train", "validation"):
+        dataset = PretrainingDataset(out, split)
+        examples_of_long[split] = 0
+        for i in range(len(dataset)):
+            e = dataset.arrays(i)
+            ids = e["input_ids"].copy()
+            ids[e["positions"]] = e["labels"]
+            examples_of_long[split] += bool(only_in_long.intersection(ids.tolist()))
+    assert sorted(count > 0 for count in examples_of_long.values()) == [False, True], \
+        examples_of_long
+
+
 def test_long_line_is_read_in_bounded_pieces(tmp_path):
     path = tmp_path / "long.txt"
     path.write_text("First sentence.\n" + "x" * (10 * MAX_SENTENCE_CHARS) + "\nLast one.\n",

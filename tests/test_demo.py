@@ -102,8 +102,8 @@ def test_ctrl_c_then_resume_finishes_every_stage_without_redoing_any(tmp_path, c
         assert (out / path).is_file(), path
 
 
-def test_sigterm_during_fine_tuning_exits_143_and_resume_redoes_only_that_stage(tmp_path,
-                                                                              corpus):
+def test_sigterm_during_fine_tuning_exits_143_and_resume_goes_on_with_that_stage(tmp_path,
+                                                                               corpus):
     out = tmp_path / "run"
     flags = ["--out", str(out), "--budget", "0.6", "--corpus", str(corpus), "--vocab-size",
              "800", "--preset", "tiny", "--dupe-factor", "1", "--finetune-examples", "48",
@@ -123,13 +123,15 @@ def test_sigterm_during_fine_tuning_exits_143_and_resume_redoes_only_that_stage(
     assert f"bertkit demo --resume --out {out}" in stderr
     before = json.loads((out / STATE_NAME).read_text())
     assert "finetune-minilm" not in before and {"vocab", "data"} <= set(before)
+    assert (out / "finetune-minilm" / "stopped.pt").is_file()
 
     resumed = subprocess.run([*command, "--resume", "--out", f"{out}/"], env=env, text=True,
                              capture_output=True)  # the same folder, spelled with a slash
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming in epoch" in resumed.stderr, resumed.stderr[:3000]
     after = json.loads((out / STATE_NAME).read_text())
     assert after["vocab"] == before["vocab"] and after["data"] == before["data"]
-    # The interrupted stage ran again from its start: the same result as a run never stopped.
+    # The interrupted stage went on where it stopped: the result of a run never stopped.
     again = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         from pathlib import Path
         from bertkit.demo import DemoSettings, _finetune

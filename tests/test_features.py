@@ -17,6 +17,7 @@ import torch
 from bertkit import features as fx
 from bertkit.checkpoint import read_weights
 from bertkit.cli import main
+from bertkit.config import BertConfig
 from bertkit.embeddings import Embedder
 from bertkit.finetune import FinetuneSettings, evaluate, finetune, predict
 from bertkit.model import BertModel
@@ -265,12 +266,42 @@ def test_a_bad_number_in_jsonl_stops_the_run_before_it_starts(tmp_path):
     (dict(feature_based=True, search=True, validation="rt-polarity"), "--search varies"),
     (dict(feature_based=True, task="token-classification", feature_fields=["age"]),
      "--feature-fields adds numbers to classification"),
+    (dict(feature_cache="features"), "--feature-cache: options of the feature-based approach"),
+    (dict(feature_cache_gb=2.0), "--feature-cache-gb: options of the feature-based approach"),
+    (dict(feature_based=True, task_hidden=64),
+     "--task-hidden sizes an mlp or bilstm task model, but this run's is the classification "
+     "default, linear: add --task-model mlp"),
+    (dict(feature_based=True, task="token-classification", task_model="linear", task_hidden=64),
+     "--task-hidden sizes an mlp or bilstm task model, but this run's is --task-model linear"),
+    (dict(feature_based=True, layers="sum_last_four", combine="mean"),
+     "--combine mean applies to a list of --layers indices; --layers sum_last_four is a "
+     "strategy with its own"),
+    (dict(feature_based=True, combine="concat"), r"--layers last \(the default\) is a strategy"),
+    (dict(feature_based=True, layers="weighted", combine="sum"),
+     "--layers weighted learns its own mix"),
+    (dict(feature_based=True, lr=1e-4), "--lr 0.0001 is fine-tuning's learning rate; .* "
+     "give --task-lr 0.0001 instead"),
 ])
 def test_settings_that_cannot_apply_are_refused(options, message, tmp_path):
-    options = {"task": "classification", **options}
+    # A few examples: should a refusal be lost, the run it lets through costs seconds.
+    options = {"task": "classification", "max_train_examples": 8, "epochs": 1, **options}
     with pytest.raises(SettingsError, match=message):
         finetune(model=MODEL, train="rt-polarity", out=tmp_path / "run", **options)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("options", [
+    dict(feature_based=True, task_model="mlp", task_hidden=64),
+    dict(feature_based=True, task="token-classification", task_hidden=64),  # the BiLSTM's
+    dict(feature_based=True, task="token-classification", task_model="mlp", task_hidden=64),
+    dict(feature_based=True, layers="-4,-1", combine="mean"),
+    dict(feature_based=True, feature_cache="features", feature_cache_gb=2.0, task_lr=1e-2),
+    dict(feature_based=True, lr=3e-5),  # fine-tuning's default, as every saved run records
+    dict(lr=1e-4),
+])
+def test_settings_that_apply_are_accepted(options):
+    options = {"task": "classification", **options}
+    FinetuneSettings(model=MODEL, train="rt-polarity", **options)
 
 
 def test_the_cache_evicts_least_recently_used_entries_and_refuses_oversized_ones(tmp_path):
@@ -325,3 +356,37 @@ def test_a_random_init_encoder_is_saved_beside_the_task_model(tmp_path):
     assert json.loads((best / "task.json").read_text())["encoder"]["path"] is None
     again = evaluate(tmp_path / "run", train, progress=False)
     assert again["accuracy"] == results["validation"]["accuracy"]
+    saved = json.loads((tmp_path / "run" / "finetune_settings.json").read_text())
+    assert saved["lr"] == 3e-5  # fine-tuning's default, recorded: resuming is not refused
+    assert main(["finetune", "--resume", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+
+
+def test_the_same_weights_under_another_config_do_not_read_each_others_features(tmp_path,
+                                                                               minilm_dir):
+    """The cache key holds the encoder's config as well as its weights: another hidden_act or
+    layer_norm_eps computes other features, a copy of the checkpoint reads them back."""
+    torch.manual_seed(0)
+    BertModel(BertConfig.from_preset("tiny")).save_pretrained(tmp_path / "gelu")
+    for name, change in (("copy", {}), ("relu", {"hidden_act": "relu"}),
+                         ("eps", {"layer_norm_eps": 1e-3})):
+        shutil.copytree(tmp_path / "gelu", tmp_path / name)
+        config = tmp_path / name / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
+    train = sample("rt-polarity", "train", 24, tmp_path)
+
+    def features_of(encoder: str) -> tuple[str, np.ndarray]:
+        results = finetune("classification", str(tmp_path / encoder), train,
+                           out=tmp_path / "runs" / encoder, tokenizer=str(minilm_dir),
+                           feature_based=True, feature_cache=str(tmp_path / "cache"), epochs=1,
+                           **QUIET)
+        record = results["feature_based"]["features"][0]
+        return record["cache"], np.asarray(fx.FeatureStore(tmp_path / "cache" /
+                                                           record["key"]).array)
+
+    cache, first = features_of("gelu")
+    assert cache == "miss"
+    cache, copied = features_of("copy")
+    assert cache == "hit" and np.array_equal(copied, first)
+    for name in ("relu", "eps"):
+        cache, other = features_of(name)
+        assert cache == "miss" and not np.allclose(other, first), name

@@ -140,6 +140,55 @@ def test_a_signal_during_the_final_evaluation_keeps_the_finished_run(tmp_path, m
     assert finetune_module._finished(tmp_path / "run") is not None
 
 
+@pytest.mark.parametrize("mode", ["fine-tuning", "feature-based"])
+def test_a_seed_stopped_mid_epoch_resumes_at_that_step_as_if_never_stopped(tmp_path,
+                                                                         monkeypatch, mode):
+    """Ctrl-C at step 5 of 6 (epoch 2 of 2, between two log lines): the seed saves its state
+    and --resume trains step 6 only, ending with the uninterrupted run's weights, history,
+    log and scores bit for bit."""
+    training = importlib.import_module("bertkit.training")
+    finetune_module = importlib.import_module("bertkit.finetune")
+    train = sample("rt-polarity", "train", 24, tmp_path)
+    test = sample("rt-polarity", "test", 8, tmp_path)
+    options = dict(epochs=2, log_every=2, **TINY)
+    if mode == "feature-based":
+        options.update(feature_based=True, feature_cache=str(tmp_path / "cache"))
+
+    def run(out, **flags):
+        return finetune("classification", "tiny", train, test, test, tmp_path / out, **options,
+                        **flags)
+
+    whole = run("whole")
+    original, steps = training.Trainer.step, []
+
+    def stopping(trainer, batches):
+        steps.append(len(steps) + 1)
+        if len(steps) == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # caught by finetune's GracefulStop: a flag
+        return original(trainer, batches)
+
+    monkeypatch.setattr(training.Trainer, "step", stopping)
+    stopped = run("run")
+    assert stopped["stopped"] is True and stopped["step"] == 5
+    assert (tmp_path / "run" / finetune_module.RESUME_FILE).is_file()
+    steps.clear()
+    resumed = run("run", resume=True)
+    assert steps == [1]  # step 6 alone: none redone
+    assert not (tmp_path / "run" / finetune_module.RESUME_FILE).exists()
+    assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+
+    def timeless(history):
+        return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in history]
+
+    assert timeless(resumed["history"]) == timeless(whole["history"])
+    logs = [[{k: v for k, v in r.items() if k not in ("time", "epoch_seconds")}
+             for r in read_metrics(tmp_path / out / "metrics.jsonl")] for out in ("run", "whole")]
+    assert logs[0] == logs[1]
+    best = [(tmp_path / out / "best").glob("*.safetensors") for out in ("run", "whole")]
+    weights = [{p.name: p.read_bytes() for p in found} for found in best]
+    assert weights[0] and weights[0] == weights[1]
+
+
 def test_a_head_for_other_labels_needs_reinit(classification_run):
     _, out, _, _ = classification_run
     task = build_task("classification")
@@ -152,6 +201,33 @@ def test_a_head_for_other_labels_needs_reinit(classification_run):
     saved = json.loads((checkpoint / "config.json").read_text())["id2label"]
     kept = load_model(task, checkpoint, ["rotten", "fresh"], 30522)
     assert kept.config.id2label == {int(k): v for k, v in saved.items()}
+
+
+def test_a_kept_head_trains_with_the_new_tasks_loss(classification_run, tmp_path):
+    """A multi-label checkpoint whose labels are the data's keeps its head for single-label
+    classification, but not its BCE loss (nor the reverse, nor for regression)."""
+    _, out, test, _ = classification_run
+    multi_label = tmp_path / "multi-label"
+    load_model(build_task("multi-label"), out / "seed-1" / "best", ["fresh", "rotten"],
+               30522).save_pretrained(multi_label)
+    shutil.copy(out / "seed-1" / "best" / "vocab.txt", multi_label)
+    single = load_model(build_task("classification"), multi_label, ["fresh", "rotten"], 30522)
+    assert single.config.problem_type is None
+    inputs = dict(input_ids=torch.tensor([[101, 2307, 102]]), labels=torch.tensor([1]))
+    with torch.no_grad():
+        output = single.eval()(**inputs)
+    assert output.loss == pytest.approx(
+        torch.nn.functional.cross_entropy(output.logits.float(), inputs["labels"]).item())
+    assert load_model(build_task("multi-label"), out / "seed-1" / "best", ["fresh", "rotten"],
+                      30522).config.problem_type == "multi_label_classification"
+    assert load_model(build_task("regression"), multi_label, ["score"], 30522,
+                      reinit_head=True).config.problem_type == "regression"
+
+    finetune("classification", multi_label, test, None, None, tmp_path / "run", epochs=1,
+             **TINY)
+    saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert "problem_type" not in saved and sorted(saved["id2label"].values()) == ["fresh",
+                                                                                 "rotten"]
 
 
 def test_a_pretrain_run_folder_loads_and_random_init_keeps_only_its_shape(classification_run,
@@ -248,6 +324,26 @@ def test_cli_finetune_evaluate_predict(tmp_path, monkeypatch, capsys):
     shutil.rmtree(out)
 
 
+def test_cli_predict_leaves_words_cut_off_by_max_length_untagged(tmp_path, monkeypatch, capsys,
+                                                                caplog):
+    """`bertkit predict` on a tagger: the words past --max-length were never seen, so their tags
+    are null, not O, and the warning counts them and names --doc-stride."""
+    train = sample("wnut16", "train", 8, tmp_path)
+    out = tmp_path / "tagger"
+    finetune("token-classification", "tiny", train, None, None, out, epochs=1, **TINY)
+    line = "From Green Newsfeed : AHFA extends deadline for Sage Award to Nov . 5 " * 3
+    monkeypatch.setattr("sys.stdin", io.StringIO(line + "\nA short line .\n"))
+    capsys.readouterr()
+    caplog.clear()
+    assert main(["predict", "--model", str(out)]) == 0
+    long, short = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
+    seen = long["tags"].index(None)
+    assert 0 < seen < 30 and long["tags"][seen:] == [None] * (42 - seen)
+    assert None not in short["tags"] and len(short["tags"]) == 4
+    assert f"{42 - seen} word(s) of 1 sentence(s)" in caplog.text
+    assert "--doc-stride (e.g. 16)" in caplog.text
+
+
 def run_finetune_cli(*args, wait=True):
     import os
     import subprocess
@@ -286,7 +382,8 @@ def test_ctrl_c_stops_every_seed_and_resume_finishes_as_an_uninterrupted_run(tmp
     assert f"--resume --out {out}" in stderr
     stopped = json.loads((out / "results.json").read_text())
     assert stopped["stopped"] is True and len(stopped["runs"]) == 2
-    assert stopped["runs"][1] == {"seed": 2, "stopped": True}  # not averaged as if finished
+    assert stopped["runs"][1]["stopped"] is True  # not averaged as if finished
+    assert "test" not in stopped["runs"][1]
     first_seed = (out / "seed-1" / "results.json").stat().st_mtime_ns
 
     resumed = run_finetune_cli("--resume", "--out", out)

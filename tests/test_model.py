@@ -545,3 +545,32 @@ def test_fused_masked_lm_loss_equals_the_separate_ops(precision, onednn, monkeyp
     (2.5 * loss).backward()
     torch.testing.assert_close(x.grad, results[1][2], atol=0, rtol=0)
     assert frozen.grad is None
+
+
+def test_fused_masked_lm_loss_under_fp16_keeps_small_probabilities_gradients():
+    """Under fp16 autocast and a loss scale (GradScaler's 65,536), the decoder's gradient is as
+    close to float64's as the separate ops' (which scale the logits' gradient in float32 before
+    rounding it to fp16): the gradient of softmax's small probabilities, unscaled, would be fp16
+    subnormals or zero (every word's row of the tied matrix gets one)."""
+    from bertkit.speedups import LinearCrossEntropy
+
+    torch.manual_seed(0)
+    rows, vocab, hidden, scale = 64, 30522, 32, 65536.0
+    x0, w0 = torch.randn(rows, hidden), torch.randn(vocab, hidden) * 0.8
+    b0, labels = torch.randn(vocab) * 0.1, torch.randint(0, vocab, (rows,))
+
+    def weight_gradient(kind):
+        x, w, b = (t.clone().double() if kind == "float64" else t.clone() for t in (x0, w0, b0))
+        w.requires_grad_()
+        with torch.autocast("cpu", torch.float16, enabled=kind != "float64"):
+            loss = (LinearCrossEntropy.apply(x, w, b, labels)[0] if kind == "fused" else
+                    torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, w, b),
+                                                      labels))
+        (loss * scale).backward()
+        return w.grad.double() / scale
+
+    truth = weight_gradient("float64")
+    errors = {kind: ((weight_gradient(kind) - truth).norm(dim=1) / truth.norm(dim=1))
+              for kind in ("separate", "fused")}
+    assert errors["fused"].median() <= 1.1 * errors["separate"].median()
+    assert errors["fused"].max() <= 2 * errors["separate"].max()

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -507,6 +508,40 @@ def test_a_budget_run_warms_up_from_its_first_sizing(tmp_path, wiki_data, monkey
         optimizer.step()
         sized.step()
         assert lrs[step] == pytest.approx(sized.get_last_lr()[0], rel=1e-6)
+
+
+def test_a_budget_run_stopped_before_its_first_sizing_resumes_with_what_is_left(
+        tmp_path, wiki_data, monkeypatch):
+    """A 10-minute run whose first two steps took all 10 minutes (bertkit.pretrain's clock is
+    moved on) is stopped by Ctrl-C before it could size itself. Resumed, it measures its pace,
+    finds no time left and plans to end after the step that sized it, instead of taking the
+    whole budget again (thousands of steps)."""
+    import bertkit.pretrain as pretrain_module
+
+    budget_seconds, moved_on = 600, [0.0]
+    monkeypatch.setattr(pretrain_module, "time", SimpleNamespace(
+        perf_counter=lambda: time.perf_counter() + moved_on[0]))
+    train_step = PretrainRun.train_step
+
+    def slow_steps_then_ctrl_c(run):
+        record = train_step(run)
+        if run.step == 2:
+            moved_on[0] += budget_seconds
+            os.kill(os.getpid(), signal.SIGINT)
+        return record
+
+    settings = PretrainSettings(data=str(wiki_data), out=str(tmp_path / "run"), model="tiny",
+                                budget_minutes=budget_seconds / 60, batch_size=8,
+                                precision="fp32", eval_every=10_000, log_every=1)
+    monkeypatch.setattr(PretrainRun, "train_step", slow_steps_then_ctrl_c)
+    assert pretrain(settings)["stopped"]
+    monkeypatch.setattr(PretrainRun, "train_step", train_step)
+    resumed = PretrainRun(settings, resume=True)
+    for _ in range(BudgetSizer.FIRST):
+        resumed.train_step()
+        resumed.size_to_budget()
+    assert resumed.budget.done == 1
+    assert resumed.total_steps == resumed.step + 1 == 2 + BudgetSizer.FIRST + 1
 
 
 def test_mimetic_attention_starts_tokens_attending_near_themselves(wiki_data):

@@ -242,6 +242,31 @@ def test_decoding_takes_each_words_first_subtoken(tokenizer):
     assert record["entities"] == [{"type": "other", "text": "AHFA", "start": 9, "end": 13}]
 
 
+def test_words_cut_off_by_truncation_get_no_tag_and_score_as_untagged(tokenizer, caplog):
+    """A real wnut16 tweet cut at 12 tokens: its last 8 words (the entity "Sage Award" among
+    them) are never seen. Even a model right on every word it sees leaves them untagged, not a
+    confident O: entity recall 1/2 and word accuracy 7/15, not the free O's 13/15."""
+    task = build_task("token-classification", max_length=12)
+    example = next(e for e in task.read(resolve_data("wnut16", "train"))
+                   if e.words[:3] == ["From", "Green", "Newsfeed"])
+    label2id = {t: i for i, t in enumerate(sorted(set(example.tags)))}
+    with caplog.at_level(logging.WARNING, logger="bertkit"):
+        [feature] = task.encode([example], tokenizer, label2id)
+    assert (f"8 word(s) of 1 sentence(s) longer than max_length=12 tokens are cut off (e.g. "
+            f"{example.where})") in caplog.text and "--doc-stride (e.g. 6)" in caplog.text
+    right_where_seen = np.array([np.eye(len(label2id))[label] * 5 if label >= 0
+                                 else np.zeros(len(label2id)) for label in feature["labels"]])
+    [prediction] = task.decode([example], [feature], [{"logits": right_where_seen}],
+                               {i: t for t, i in label2id.items()})
+    assert prediction["tags"] == example.tags[:7] + [None] * 8
+    assert task.score([example], [prediction]) == {
+        "f1": pytest.approx(2 / 3), "precision": 1.0, "recall": 0.5,
+        "accuracy": pytest.approx(7 / 15)}
+    record = task.to_json(example, prediction)
+    assert record["tags"][-1] is None and json.loads(json.dumps(record))["tags"][-1] is None
+    assert [e["text"] for e in record["entities"]] == ["AHFA"]
+
+
 def test_raw_text_is_split_into_words_with_character_spans(tokenizer):
     task = build_task("token-classification")
     [example] = task.read_lines(["Empire State Building = ESB."], "<stdin>", tokenizer)
@@ -448,6 +473,25 @@ def test_multiple_choice_labels_may_be_choice_text_and_must_be_valid(tmp_path):
                     + json.dumps({"question": "q", "choices": ["x", "y", "z"], "label": 0}) + "\n")
     with pytest.raises(DataError, match=r"mc.jsonl:2: 3 choices"):
         task.read(path)
+
+
+def test_a_multiple_choice_label_that_is_both_a_choice_and_another_index_is_refused(tmp_path):
+    """With numbers for choices, "2" may be the text of one choice and the index of another:
+    refused with file:line; a JSON number is always an index, a string naming one choice either
+    way (or only one way) is read."""
+    task = build_task("multiple-choice")
+    path = tmp_path / "mc.jsonl"
+    rows = [{"question": "Legs of a bird?", "choices": ["4", "2", "1"], "label": 1},
+            {"question": "1 + 0?", "choices": ["0", "1", "2"], "label": "1"},
+            {"question": "3 + 3?", "choices": ["3", "9", "6"], "label": "6"},
+            {"question": "3 - 1?", "choices": ["four", "two", "one"], "label": "1"},
+            {"question": "Legs of a bird?", "choices": ["4", "2", "1"], "label": "2"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=r"mc.jsonl:5: label '2' is both the text of choice 1 "
+                                        r"and the index of choice 2 \('1'\); give .* JSON number"):
+        task.read(path)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows[:4]))
+    assert [e.label for e in task.read(path)] == [1, 1, 2, 1]
 
 
 # -- built-in data sets ----------------------------------------------------------------------------

@@ -168,6 +168,16 @@ def test_offsets_index_the_original_string(uncased):
     assert pieces == ["Ça", "marche", ":", "ÉCOLE", "😀", "中", "文", "naïve"]
 
 
+def test_offsets_after_a_letter_that_lower_cases_to_two(uncased, hf_fast):
+    """'İ' lower-cases to 'i' and a combining dot: offsets after it still index the text."""
+    texts = ["İstanbul İzmir x", "aİb İİx"]
+    ours = uncased(texts, return_offsets_mapping=True)
+    theirs = hf_fast(texts, return_offsets_mapping=True)
+    assert ours["offset_mapping"] == [[tuple(o) for o in row] for row in theirs["offset_mapping"]]
+    assert [texts[0][start:end] for start, end in ours["offset_mapping"][0][1:-1]] == [
+        "İstanbul", "İ", "z", "mir", "x"]
+
+
 # -- the call's shapes and options -------------------------------------------------------------
 
 

@@ -214,6 +214,20 @@ def test_the_tokenizer_json_alone_gives_the_same_ids(uncased, sentences, pairs, 
     assert engine.model.max_input_chars_per_word == 200
 
 
+def test_transformers_5_ignores_the_word_limit_a_bertkit_folder_states(uncased, tmp_path):
+    """As the README says: the tokenizer.json states Google's 200, transformers 5's BertTokenizer
+    keeps its 100 (a 150-character word is [UNK]), and setting the limit on the loaded tokenizer
+    makes the two agree. Should transformers start to follow the file, the README's note and the
+    table's row change."""
+    uncased.save_pretrained(tmp_path)
+    word = "abcdefghij" * 15
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert isinstance(auto, transformers.BertTokenizer) and auto.do_lower_case
+    assert auto.tokenize(word) == ["[UNK]"] != uncased.tokenize(word)
+    auto.backend_tokenizer.model.max_input_chars_per_word = 200
+    assert auto(word)["input_ids"] == uncased(word)["input_ids"]
+
+
 def test_the_config_tells_transformers_the_casing_and_the_max_length(wiki_sentences, tmp_path):
     cased = train_vocab(texts=wiki_sentences[:3000], vocab_size=3000, lowercase=False)
     cased.model_max_length = 128

@@ -217,6 +217,30 @@ def test_graceful_stop_turns_a_signal_into_a_flag():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_nested_graceful_stops_share_one_request_and_a_second_signal_still_interrupts():
+    """A demo stage (outer) around a fine-tuning run (inner): a signal the inner block got too
+    late to act on stops the outer one; one the outer got first stops the inner one at once;
+    a second Ctrl-C in either is the default KeyboardInterrupt."""
+    with GracefulStop() as outer:
+        with GracefulStop() as inner:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert inner.requested and not outer.requested
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert outer.requested and outer.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):  # after the inner block too
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    with GracefulStop() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with GracefulStop() as inner:
+            assert inner.requested and inner.exit_code == 143
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert GracefulStop._active == []
+
+
 PAGE_FAULTS_OF_A_STEP = """
 import resource, sys, torch
 from bertkit import BertConfig

@@ -147,7 +147,8 @@ class Corpus:
     is resolved on construction, so a typo fails at once with a clear error. Iterating again reads
     the corpus again; ``skipped``, ``documents``, ``sentences`` and ``bytes_read`` count the last
     pass, and ``skipped_named`` names its first few skipped files and lines (``file:line:
-    reason``).
+    reason``). ``document_number`` numbers the input document the last one yielded comes from:
+    the parts of a document cut at MAX_DOCUMENT_CHARS share it.
     """
 
     sources: str | os.PathLike | Iterable[str | os.PathLike]
@@ -159,6 +160,7 @@ class Corpus:
     sentences: int = field(default=0, init=False)
     bytes_read: int = field(default=0, init=False)
     documents_cut: int = field(default=0, init=False)
+    document_number: int = field(default=-1, init=False)
     skipped_named: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self):
@@ -206,6 +208,7 @@ class Corpus:
     def __iter__(self) -> Iterator[list[str]]:
         self.skipped, self.skipped_named = Counter(), []
         self.documents = self.sentences = self.bytes_read = self.documents_cut = 0
+        self.document_number = -1
         self._records = self._with_field = 0
         self._first_record: tuple[str, list[str]] | None = None
         readers = {"lines": self._read_lines, "text": self._read_text,
@@ -223,7 +226,13 @@ class Corpus:
                 continue
             lines = self._lines(path, chain(head, blocks), numbered=format == "jsonl",
                                 whole_lines=format in ("jsonl", "wiki"))
+            # A reader counts a cut as it yields the part before it; the next part goes on with
+            # that document (within this file).
+            cuts, goes_on = self.documents_cut, False
             for document in readers[format](lines):
+                if not goes_on:
+                    self.document_number += 1
+                goes_on, cuts = self.documents_cut > cuts, self.documents_cut
                 if document and max(map(len, document)) > MAX_SENTENCE_CHARS:
                     self._skip(Skip.LONG_SENTENCE, path)
                     continue

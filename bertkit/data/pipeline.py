@@ -290,7 +290,8 @@ def _replaces_data(output: Path, overwrite: bool) -> bool:
 def _chunks(corpus: Corpus, config: PretrainingConfig) -> Iterator[tuple]:
     """(split, chunk number, documents, corpus bytes read so far) in reading order.
 
-    Each document goes to validation with probability ``validation_fraction``. A chunk closes at
+    Each document goes to validation with probability ``validation_fraction``, with all its parts
+    when it was cut for length (held-out text is never trained on). A chunk closes at
     CHUNK_CHARS of text; the last chunk of a split joins the one before it when it holds a single
     document, which would have no other document to draw a random next segment from.
     """
@@ -308,8 +309,11 @@ def _chunks(corpus: Corpus, config: PretrainingConfig) -> Iterator[tuple]:
             return split, numbers[split] - 1, chunk, corpus.bytes_read
         return None
 
+    drawn_for = None  # the input document the split was drawn for
     for document in corpus:
-        split = "validation" if split_rng.random() < config.validation_fraction else "train"
+        if corpus.document_number != drawn_for:
+            split = "validation" if split_rng.random() < config.validation_fraction else "train"
+            drawn_for = corpus.document_number
         gathering[split].append(document)
         sizes[split] += sum(map(len, document))
         if sizes[split] >= CHUNK_CHARS and len(gathering[split]) >= 2:

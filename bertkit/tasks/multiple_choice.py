@@ -1,7 +1,8 @@
 """Multiple choice (SWAG-style): one score per choice, softmax across the choices.
 
 Input: JSONL with a question (``--text-field``, default ``question``), a list of ``choices``, the
-index of the right one as ``label`` (or its text), and optionally a ``context``. Each choice is
+index of the right one as ``label`` (or its text: a string that is the text of one choice and
+the index of another is refused, see `choice_index`), and optionally a ``context``. Each choice is
 packed as a pair: ``[CLS] context [SEP] question choice [SEP]``, or ``[CLS] question [SEP] choice
 [SEP]`` without a context; the model scores each from its pooled [CLS] vector.
 """
@@ -80,16 +81,8 @@ class MultipleChoice(Task):
             raise DataError(f"{where}: {self.context_field!r} must be a non-empty text.")
         label = None
         if labelled:
-            value = field(record, self.label_field, where, "label")
-            if isinstance(value, str) and value in choices:
-                value = choices.index(value)
-            if isinstance(value, str) and value.strip().isdigit():
-                value = int(value)
-            if not isinstance(value, int) or isinstance(value, bool) \
-                    or not 0 <= value < len(choices):
-                raise DataError(f"{where}: label {value!r} is neither a choice index "
-                                f"(0..{len(choices) - 1}) nor the text of a choice.")
-            label = value
+            label = choice_index(field(record, self.label_field, where, "label"), choices,
+                                 where)
         return ChoiceExample(question, choices, label, context, where)
 
     def encode(self, examples: list[ChoiceExample], tokenizer, label2id=None) -> list[dict]:
@@ -146,6 +139,27 @@ class MultipleChoice(Task):
 
     def to_json(self, example: ChoiceExample, prediction) -> dict:
         return {"question": example.question, "choices": example.choices, **prediction}
+
+
+def choice_index(label, choices: list[str], where: str) -> int:
+    """The right choice's index from a label: a JSON integer is an index; a string is the text
+    of a choice or an index written in digits. A string that is both, naming two different
+    choices ("2" with choices ["4", "2", "1"]), is refused: either reading would be a guess."""
+    if isinstance(label, str):
+        by_text = choices.index(label) if label in choices else None
+        by_index = int(label) if label.strip().isdecimal() else None
+        if by_index is not None and by_index >= len(choices):
+            by_index = None
+        if by_text is not None and by_index is not None and by_text != by_index:
+            raise DataError(
+                f"{where}: label {label!r} is both the text of choice {by_text} and the index of "
+                f"choice {by_index} ({choices[by_index]!r}); give the right choice's index as a "
+                f"JSON number ({by_text} or {by_index}), which is always read as an index.")
+        label = next((i for i in (by_text, by_index) if i is not None), label)
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
+        raise DataError(f"{where}: label {label!r} is neither a choice index "
+                        f"(0..{len(choices) - 1}) nor the text of a choice.")
+    return label
 
 
 def same_number_of_choices(examples: list[ChoiceExample]) -> list[ChoiceExample]:

@@ -6,14 +6,17 @@ its first sub-token carries the label and the rest get -100, so the loss and the
 per word. Tags in the BIO scheme (``B-person``, ``I-person``, ``O``) are scored as entities with
 seqeval's semantics; any other tag set (POS) by word accuracy, beside a most-frequent-tag baseline.
 
-A sentence longer than ``max_length`` is truncated (with a warning; cut-off words get O), or,
-given a ``doc_stride``, covered by overlapping windows that start ``doc_stride`` tokens apart.
-Training sees every window; each word's tag is predicted in the window where its first
-sub-token has the most context (QA's "max context" rule).
+A sentence longer than ``max_length`` is truncated, or, given a ``doc_stride``, covered by
+overlapping windows that start ``doc_stride`` tokens apart. Training sees every window; each
+word's tag is predicted in the window where its first sub-token has the most context (QA's "max
+context" rule). Words cut off by truncation are never seen by the model, so they get no tag
+(None; null in ``predict``'s JSON), not a confident O: scoring counts them as wrong for word
+accuracy and as no entity for seqeval, and a warning counts them and names --doc-stride.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +35,9 @@ from .base import (
     is_max_context,
     passage_windows,
     text_lines,
-    warn_truncated,
 )
+
+logger = logging.getLogger("bertkit")
 
 OUTSIDE = "O"
 
@@ -161,7 +165,7 @@ class TokenClassification(Task):
         encodings = tokenizer.backend.encode_batch([e.words for e in examples],
                                                    is_pretokenized=True, add_special_tokens=False)
         budget = self.max_length - 2  # room for [CLS] and [SEP]
-        features, truncated = [], []
+        features, cut_off = [], []  # (where, words past the cut) of each truncated sentence
         for index, (example, encoding) in enumerate(zip(examples, encodings, strict=True)):
             encoding = every_word_tokened(example, encoding, tokenizer)
             labels = (first_subtoken_labels(encoding.word_ids, example.tags, label2id)
@@ -171,13 +175,25 @@ class TokenClassification(Task):
             else:
                 windows = [(0, min(budget, len(encoding.ids)))]
                 if len(encoding.ids) > budget:
-                    truncated.append(example.where)
+                    seen = len(set(encoding.word_ids[:budget]))
+                    cut_off.append((example.where, len(example.words) - seen))
             starts = word_starts(encoding.word_ids)
             for window in windows:
                 features.append(window_feature(tokenizer, encoding, windows, window, starts,
                                                labels, index))
-        warn_truncated(truncated, self.max_length)
+        self.warn_cut_off(cut_off)
         return features
+
+    def warn_cut_off(self, cut_off: list[tuple[str, int]]) -> None:
+        """Say how many words truncation hides from the model and what becomes of them."""
+        if cut_off:
+            logger.warning(
+                "%d word(s) of %d sentence(s) longer than max_length=%d tokens are cut off "
+                "(e.g. %s) and never seen by the model: they get no tag (null in predict's "
+                "output) and are scored as untagged (wrong for word accuracy, no entity for "
+                "entity F1). Pass --doc-stride (e.g. %d) to tag every word from overlapping "
+                "windows, or raise --max-length.", sum(n for _, n in cut_off), len(cut_off),
+                self.max_length, cut_off[0][0], self.max_length // 2)
 
     def collate(self, features: list[dict], pad_to_multiple_of: int = 1
                 ) -> dict[str, torch.Tensor]:
@@ -187,10 +203,9 @@ class TokenClassification(Task):
     # -- decoding and scoring -------------------------------------------------------------
 
     def decode(self, examples, features, outputs, id2label) -> list[dict]:
-        """Each word's tag from its first sub-token, in the window that decides it."""
-        fallback = OUTSIDE if OUTSIDE in id2label.values() else id2label[0]
-        # words cut off by truncation (warned) keep the fallback
-        tags = [[fallback] * len(example.words) for example in examples]
+        """Each word's tag from its first sub-token, in the window that decides it; None for a
+        word truncation cut off (no window holds it)."""
+        tags = [[None] * len(example.words) for example in examples]
         for feature, output in zip(features, outputs, strict=True):
             best = output["logits"][: len(feature["input_ids"])].argmax(-1)
             words = tags[feature["example"]]
@@ -201,13 +216,15 @@ class TokenClassification(Task):
         return [{"tags": t} for t in tags]
 
     def score(self, examples, predictions) -> dict[str, float]:
+        """Word accuracy counts an untagged (cut-off) word as wrong; entity scores read it as
+        O: the run found no entity there, so a gold entity there is missed."""
         gold = [e.tags for e in examples]
-        predicted = [p["tags"] for p in predictions]
-        accuracy = word_accuracy(gold, predicted)
+        accuracy = word_accuracy(gold, [p["tags"] for p in predictions])
         if not self.bio:
             return {"accuracy": accuracy}
         from seqeval.metrics import f1_score, precision_score, recall_score
 
+        predicted = [outside_if_untagged(p["tags"]) for p in predictions]
         return {"f1": float(f1_score(gold, predicted, zero_division=0)),
                 "precision": float(precision_score(gold, predicted, zero_division=0)),
                 "recall": float(recall_score(gold, predicted, zero_division=0)),
@@ -223,8 +240,13 @@ class TokenClassification(Task):
             record["entities"] = [
                 {"type": kind, "text": example.text[example.spans[a][0]:example.spans[b][1]],
                  "start": example.spans[a][0], "end": example.spans[b][1]}
-                for kind, a, b in bio_entities(prediction["tags"])]
+                for kind, a, b in bio_entities(outside_if_untagged(prediction["tags"]))]
         return record
+
+
+def outside_if_untagged(tags: list[str | None]) -> list[str]:
+    """``tags`` with O for the words truncation cut off (None): no entity was found there."""
+    return [OUTSIDE if tag is None else tag for tag in tags]
 
 
 def every_word_tokened(example: TagExample, encoding, tokenizer):
