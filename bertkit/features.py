@@ -131,6 +131,11 @@ def layer_choice(text: str) -> str | list[int]:
     return indices
 
 
+def features_config(config: BertConfig) -> dict:
+    """The fields of an encoder's config its features depend on."""
+    return {name: value for name, value in asdict(config).items() if name not in NOT_IN_FEATURES}
+
+
 def task_body(task_model: str | None, kind: str | None) -> str:
     """The task model's body: the one asked for, else the paper's BiLSTM for tagging and a
     linear layer alone for the rest."""
@@ -415,9 +420,8 @@ class FeatureEncoder:
         """What the features depend on besides the weights and the inputs: the encoder's config
         (the same weights with another activation, layer-norm epsilon or head count compute
         other features) and the layer choice, pooling and precision."""
-        config = {name: value for name, value in asdict(self.encoder.config).items()
-                  if name not in NOT_IN_FEATURES}
-        return {"encoder_config": config, "layers": list(self.indices),
+        return {"encoder_config": features_config(self.encoder.config),
+                "layers": list(self.indices),
                 "combine": WEIGHTED if self.weighted else self.combine,
                 "reduce": self.spec.pooling if self.pooled else "tokens",
                 "precision": self.spec.precision}
@@ -773,6 +777,15 @@ def load_feature_model(directory: Path, task, options: dict, device=None):
     if weights_sha256(extractor.encoder) != reference["sha256"]:
         raise ValueError(f"{directory}: the encoder ({reference['path'] or ENCODER_DIR}) is not "
                          "the one this task model was trained on (its weights' sha256 differs).")
+    trained_on = reference.get("config")  # absent from folders saved before it was recorded
+    now = json.loads(json.dumps(features_config(encoder.config)))  # as task.json holds it
+    if trained_on is not None and now != trained_on:
+        changes = ", ".join(f"{name} {trained_on.get(name)!r} -> {now.get(name)!r}"
+                            for name in sorted(set(now) | set(trained_on))
+                            if now.get(name) != trained_on.get(name))
+        raise ValueError(f"{directory}: the encoder ({reference['path'] or ENCODER_DIR}) has "
+                         f"another config than the one this task model was trained on, which "
+                         f"changes its features: {changes}.")
     head = TaskModel(spec)
     head.load_state_dict(load_file(directory / HEAD_FILE))
     config = replace(encoder.config, id2label={int(k): v for k, v in options["id2label"].items()})
@@ -805,6 +818,7 @@ class FeatureRun(FinetuneRun):
         fresh = settings.random_init or settings.model in PRESETS  # no folder holds it
         self.encoder_reference = {
             "model": settings.model, "sha256": self.encoder_sha256,
+            "config": features_config(self.encoder.config),
             "path": None if fresh else str(checkpoint_dir(settings.model).resolve())}
         self.cache = FeatureCache(settings.feature_cache_gb, settings.feature_cache)
         self.feature_report: list[dict] = []

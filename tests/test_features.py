@@ -359,6 +359,12 @@ def test_a_random_init_encoder_is_saved_beside_the_task_model(tmp_path):
     saved = json.loads((tmp_path / "run" / "finetune_settings.json").read_text())
     assert saved["lr"] == 3e-5  # fine-tuning's default, recorded: resuming is not refused
     assert main(["finetune", "--resume", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    # the same weights under another config would compute other features: refused by name
+    config = json.loads((best / "encoder" / "config.json").read_text())
+    config["layer_norm_eps"] = 1e-3
+    (best / "encoder" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"another config .* layer_norm_eps 1e-12 -> 0\.001"):
+        evaluate(tmp_path / "run", train, progress=False)
 
 
 def test_the_same_weights_under_another_config_do_not_read_each_others_features(tmp_path,
