@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
@@ -30,9 +31,17 @@ logger = logging.getLogger("bertkit")
 
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+INDEX_SUFFIX = ".index.json"  # beside the shards of a checkpoint split by max_shard_size
 TRAINING_ARGS_NAME = "training_args.bin"  # what transformers.Trainer writes beside the weights
 # The MLM decoder shares its weight with the word embeddings: stored once, tied again on load.
 TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+# Arguments of transformers' from_pretrained that are no config values: taken as config overrides
+# they would be silently ignored (a bf16 request giving float32) and written into config.json.
+TRANSFORMERS_LOADER_OPTIONS = frozenset({
+    "dtype", "torch_dtype", "device_map", "revision", "cache_dir", "token", "local_files_only",
+    "force_download", "trust_remote_code", "subfolder", "use_safetensors", "low_cpu_mem_usage",
+    "quantization_config"})
 
 _SKIPPING_INIT = ContextVar("bertkit_skipping_init", default=False)
 
@@ -62,6 +71,14 @@ def load_pretrained(model_class: type[BertPreTrainedModel], name_or_path, *,
                     ignore_mismatched_sizes: bool = False,
                     **config_overrides) -> BertPreTrainedModel:
     """``model_class.from_pretrained``: see its docstring."""
+    loader_options = sorted(config_overrides.keys() & TRANSFORMERS_LOADER_OPTIONS)
+    if loader_options:
+        raise TypeError(
+            f"from_pretrained got {', '.join(loader_options)}: transformers loading options, no "
+            "config fields, which bertkit does not take (it reads a local folder into a float32 "
+            "model on the CPU). Drop them; for another dtype or device, call "
+            "model.to(torch.bfloat16) or model.to(device) after loading."
+        )
     directory = resolve_pretrained(name_or_path)
     config = _read_config(directory, config_overrides)
     _check_vocab_file(directory, config)
@@ -106,16 +123,42 @@ def _check_vocab_file(directory: Path, config: BertConfig) -> None:
 
 
 def read_weights(directory) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint folder: its model.safetensors, else its pytorch_model.bin."""
+    """The tensors of a checkpoint folder: its model.safetensors, else its pytorch_model.bin,
+    either one whole or in the shards a ``.index.json`` beside them lists (transformers'
+    ``save_pretrained`` splits checkpoints larger than ``max_shard_size``); transformers' order."""
     directory = Path(directory)
-    if (directory / WEIGHTS_NAME).is_file():
-        return load_file(directory / WEIGHTS_NAME)
-    if (directory / LEGACY_WEIGHTS_NAME).is_file():
-        return _read_pickled_weights(directory / LEGACY_WEIGHTS_NAME)
+    for name, read_file in ((WEIGHTS_NAME, load_file),
+                            (LEGACY_WEIGHTS_NAME, _read_pickled_weights)):
+        if (directory / name).is_file():
+            return read_file(directory / name)
+        if (directory / f"{name}{INDEX_SUFFIX}").is_file():
+            return _read_sharded(directory / f"{name}{INDEX_SUFFIX}", read_file)
     present = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
     raise FileNotFoundError(
-        f"{directory} has no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} (it holds: {present})."
+        f"{directory} has no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME}, whole or as shards with an "
+        f"{INDEX_SUFFIX} index (it holds: {present})."
     )
+
+
+def _read_sharded(index: Path, read_shard) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"{index} is no shard index ({type(error).__name__}: {error}): it must be JSON with a "
+            '"weight_map" from tensor names to shard files, as transformers writes it.'
+        ) from None
+    state = {}
+    for shard in shards:
+        path = index.parent / shard
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{index} lists the shard {shard}, which {index.parent} lacks: copy every file "
+                "of the checkpoint folder."
+            )
+        state.update(read_shard(path))
+    return state
 
 
 def _read_pickled_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -241,16 +284,33 @@ def save_pretrained(model: BertPreTrainedModel, directory, *, state_dict: dict |
     the model's own tensors."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.config.architectures = [type(model).__name__]
-    model.config.save(directory)
     # The decoder shares its weight with the word embeddings: one copy is stored, and loaders
     # (ours and HuggingFace's) tie them again.
     state = {k: v.detach().contiguous().cpu()
              for k, v in (model.state_dict() if state_dict is None else state_dict).items()
              if k not in TIED_KEYS}
+    model.config.architectures = [type(model).__name__]
+    _state_saved_dtype(model.config, state)
+    model.config.save(directory)
     stale = LEGACY_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
-    (directory / stale).unlink(missing_ok=True)  # loaders prefer safetensors: never a stale one
+    # Loaders prefer safetensors, whole then sharded: never leave a stale one of either.
+    for name in (stale, f"{stale}{INDEX_SUFFIX}"):
+        (directory / name).unlink(missing_ok=True)
     if safe_serialization:
         save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
     else:
         torch.save(state, directory / LEGACY_WEIGHTS_NAME)
+
+
+def _state_saved_dtype(config: BertConfig, state: dict) -> None:
+    """Make a dtype that config.json states (transformers 5 writes ``dtype``, 4 ``torch_dtype``)
+    the one of the weights written: transformers loads them in it. bertkit builds float32 models,
+    so a bf16 checkpoint's stale "bfloat16" would round the re-saved (fine-tuned) weights."""
+    floating = {str(v.dtype).removeprefix("torch.") for v in state.values()
+                if v.is_floating_point()}
+    for key in ("dtype", "torch_dtype"):
+        if key in config.extra:
+            if len(floating) == 1:
+                [config.extra[key]] = floating
+            else:
+                del config.extra[key]  # none or mixed: transformers then reads the weights

@@ -251,6 +251,23 @@ def _layers_flag(text: str):
     return numbers[0] if len(numbers) == 1 else numbers
 
 
+def _count_flag(flag: str, low: int):
+    """An int flag refused below ``low`` where it is parsed: the API reads 0 as "the default",
+    so a 0 given on the command line would otherwise be silently replaced."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} is {text!r}; give a whole number.") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} is {value}; it must be at least {low}.")
+        return value
+
+    count.__name__ = "int"  # argparse names the type in its messages
+    return count
+
+
 EMBED_EPILOG = """\
 layer strategies (the paper's feature-based ones): last, second-to-last, sum-last-four,
 concat-last-four, sum-all, embeddings; or a hidden-state number (0 = embedding output, 1..L,
@@ -322,7 +339,7 @@ def _add_embed_command(commands) -> None:
     embed.add_argument("--no-normalize", action="store_true",
                        help="keep raw vectors (default: L2-normalise each output vector, or "
                        "what a sentence-transformers folder says)")
-    embed.add_argument("--max-length", type=int, metavar="N",
+    embed.add_argument("--max-length", type=_count_flag("--max-length", 3), metavar="N",
                        help="tokens per text; longer texts are truncated and counted "
                        "(default: a sentence-transformers folder's max_seq_length, else the "
                        "model's positions)")
@@ -343,7 +360,7 @@ def _add_embed_command(commands) -> None:
                        help="int8: dynamic int8 Linear layers on CPU (cosine to fp32 about 0.98)")
     embed.add_argument("--compile", action="store_true",
                        help="torch.compile the encoder (the first batches wait for compilation)")
-    embed.add_argument("--batch-tokens", type=int, metavar="N",
+    embed.add_argument("--batch-tokens", type=_count_flag("--batch-tokens", 1), metavar="N",
                        help="tokens per batch, real ones where batches run packed (default "
                        "8192 on CPU, 2048 for int8, 16384 on GPU)")
     _add_device_flag(embed)
@@ -355,7 +372,8 @@ def _add_fill_mask_command(commands) -> None:
     fill_mask.add_argument("text", nargs="+", help='text with [MASK], e.g. "Paris is the [MASK] '
                            'of France."')
     fill_mask.add_argument("--model", required=True, help="checkpoint folder with an MLM head")
-    fill_mask.add_argument("--top-k", type=int, default=5, help="predictions per mask (5)")
+    fill_mask.add_argument("--top-k", type=_count_flag("--top-k", 1), default=5,
+                           help="predictions per mask (5)")
     fill_mask.add_argument("--json", action="store_true", help="one JSON object per text")
     _add_device_flag(fill_mask)
 

@@ -23,6 +23,7 @@ from .embeddings import Embedder
 from .files import atomic_path
 
 EMPTY_POLICIES = ("zero", "skip")
+GZIP_MAGIC = b"\x1f\x8b"  # never the start of UTF-8 text: 0x8b cannot begin a character
 
 
 @dataclass
@@ -75,7 +76,10 @@ def embed_file(embedder: Embedder, source: str | Path, out: str | Path, *,
     if append_csv is not None and per_token:
         raise ValueError("appended CSV columns go after one vector per text; they do not fit "
                          "pooling='tokens'.")
-    _refuse_replacing(source, out)
+    if append_columns and append_csv is None:
+        raise ValueError("append_columns (--append-columns) names columns of the append_csv "
+                         "file: give that CSV (--append-csv) too.")
+    _check_outputs(source, out)
     summary = EmbedSummary(empty_policy=empty, max_length=embedder.max_length)
     with contextlib.ExitStack() as stack:
         extra = None
@@ -104,14 +108,24 @@ def embed_file(embedder: Embedder, source: str | Path, out: str | Path, *,
     return summary
 
 
-def _refuse_replacing(source, out) -> None:
-    """An output on the input's path would replace the input: refused before anything is
-    written (and before the input is read)."""
-    if str(source) == "-" or str(out) == "-":
+def _index_path(out: Path) -> Path:
+    return out.with_suffix(".index.jsonl")
+
+
+def _check_outputs(source, out) -> None:
+    """Outputs that would replace the input, or that are folders, are refused before anything
+    is embedded: found only at the final rename, they would waste the run and leave the index
+    of an .npy without the .npy."""
+    if str(out) == "-":
         return
-    if Path(out).resolve() == Path(source).resolve():
-        raise ValueError(f"output {out} would replace its input {source}: write the vectors to "
-                         "another file.")
+    outputs = [Path(out)] + ([_index_path(Path(out))] if Path(out).suffix == ".npy" else [])
+    for output in outputs:
+        if str(source) != "-" and output.resolve() == Path(source).resolve():
+            raise ValueError(f"output {output} would replace its input {source}: write the "
+                             "vectors to another file.")
+        if output.is_dir():
+            raise ValueError(f"output {output} is a folder: give a file name for the vectors "
+                             "(e.g. vectors.npy).")
 
 
 class _LineReader:
@@ -123,6 +137,9 @@ class _LineReader:
             self.file, size = sys.stdin.buffer, None
         else:
             path = Path(source)
+            if path.is_dir():
+                raise ValueError(f"input {path} is a folder: give one text file (one text per "
+                                 "line), or - for standard input.")
             if not path.is_file():
                 raise FileNotFoundError(f"input file {path} not found.")
             self.file, size = path.open("rb"), path.stat().st_size
@@ -141,6 +158,10 @@ class _LineReader:
     def __iter__(self) -> Iterator[str]:
         for number, raw in enumerate(self.file):
             self.bar.update(len(raw))
+            if number == 0 and raw.startswith(GZIP_MAGIC):
+                raise ValueError(
+                    f"{self.name} is gzip-compressed, not text: decompress it (gunzip -k "
+                    "FILE.gz), or pipe it in: gunzip -c FILE.gz | bertkit embed --input - ...")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -165,7 +186,8 @@ class _CsvColumns:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"CSV file {self.path} not found.")
-        self.file = self.path.open(newline="", encoding="utf-8")
+        # utf-8-sig: spreadsheets save CSVs with a byte-order mark before the first column name
+        self.file = self.path.open(newline="", encoding="utf-8-sig")
         self.reader = csv.reader(self.file)
         header = next(self.reader, None)
         if not header:
@@ -238,7 +260,7 @@ class _NpyWriter(_AtomicFiles):
     (numpy leaves room in it for the first dimension to grow, so it keeps its size)."""
 
     def __init__(self, path: Path, width: int, per_token: bool):
-        super().__init__(path, path.with_suffix(".index.jsonl"))
+        super().__init__(path, _index_path(path))
         self.width, self.per_token, self.rows = width, per_token, 0
         self.file = self.staging[0].open("wb")
         self.index = self.staging[1].open("w", encoding="utf-8")

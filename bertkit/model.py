@@ -62,6 +62,13 @@ class Output(dict):
                 return None
             raise AttributeError(name) from None
 
+    def __getitem__(self, key):
+        """``out["logits"]``, or ``out[0]`` as in transformers (its pipelines read outputs by
+        position)."""
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
     def to_tuple(self) -> tuple:
         """The outputs in order, as ``return_dict=False`` gives them."""
         return tuple(self.values())

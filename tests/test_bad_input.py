@@ -455,6 +455,13 @@ def test_an_incomplete_or_damaged_manifest(damaged):
      "--lr is -1e-05; it must be above 0"),
     (["pretrain", "--data", "x", "--warmup", "-1"], "--warmup is -1.0; it must be at least 0"),
     (["pretrain", "--data", "x", "--optimizer", "sgd"], "is 'sgd'; choose one of adamw, lamb"),
+    # `embed --max-length 0` was read as "the default" and silently ignored
+    (["embed", "--input", "x", "--out", "-", "--max-length", "0"],
+     "--max-length is 0; it must be at least 3"),
+    (["embed", "--input", "x", "--out", "-", "--batch-tokens", "many"],
+     "--batch-tokens is 'many'; give a whole number"),
+    (["fill-mask", "--model", "m", "--top-k", "0", "A [MASK]."],
+     "--top-k is 0; it must be at least 1"),
 ])
 def test_numeric_flags_are_checked_where_they_are_parsed(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -709,3 +716,60 @@ def test_yaml_numbers_written_as_text_are_numbers(tmp_path):
     settings = FinetuneSettings.from_file(path, model="tiny", train="rt-polarity",
                                           out=str(tmp_path / "run"))
     assert settings.lr == 1e-4 and settings.epochs == 2
+
+
+# -- embed -----------------------------------------------------------------------------------
+
+
+def embed_args(model, source, out, *more) -> list:
+    return ["embed", "--model", model, "--input", source, "--out", out, "--no-progress", *more]
+
+
+def test_embed_refuses_folder_outputs_and_an_index_on_its_input_before_embedding(
+        mlm_dir, tmp_path, capsys):
+    """Found only at the final rename, a folder in the way cost the whole run and left the
+    index of an .npy without the .npy; an index on the input's path replaced the input."""
+    source = tmp_path / "in.txt"
+    source.write_text("one\ntwo\n", encoding="utf-8")
+    (tmp_path / "v.npy").mkdir()
+    assert refused(capsys, embed_args(mlm_dir, source, tmp_path / "v.npy")) == (
+        f"bertkit: error: output {tmp_path / 'v.npy'} is a folder: give a file name for the "
+        "vectors (e.g. vectors.npy).")
+    assert not (tmp_path / "v.index.jsonl").exists()
+    (tmp_path / "w.index.jsonl").mkdir()
+    assert "w.index.jsonl is a folder" in refused(capsys, embed_args(mlm_dir, source,
+                                                                     tmp_path / "w.npy"))
+    assert not (tmp_path / "w.npy").exists()
+    listed = tmp_path / "x.index.jsonl"
+    listed.write_text("one\ntwo\n", encoding="utf-8")
+    assert "would replace its input" in refused(capsys, embed_args(mlm_dir, listed,
+                                                                   tmp_path / "x.npy"))
+    assert listed.read_text(encoding="utf-8") == "one\ntwo\n" and not (tmp_path / "x.npy").exists()
+
+
+def test_embed_names_a_folder_or_gzip_input_and_reads_a_spreadsheet_csv(mlm_dir, tmp_path,
+                                                                        capsys):
+    assert refused(capsys, embed_args(mlm_dir, tmp_path, tmp_path / "v.npy")) == (
+        f"bertkit: error: input {tmp_path} is a folder: give one text file (one text per line), "
+        "or - for standard input.")
+    packed = tmp_path / "in.txt.gz"
+    packed.write_bytes(gzip.compress(b"one\ntwo\n"))
+    for policy in ("error", "replace"):  # replacing would embed the compressed bytes as text
+        assert "in.txt.gz is gzip-compressed, not text: decompress it" in refused(
+            capsys, embed_args(mlm_dir, packed, tmp_path / "v.npy", "--invalid-utf8", policy))
+    source = tmp_path / "in.txt"
+    source.write_text("one\ntwo\n", encoding="utf-8")
+    sheet = tmp_path / "sheet.csv"  # as spreadsheets save it: a byte-order mark, CRLF
+    sheet.write_bytes("year,score\r\n2001,0.5\r\n2002,1.5\r\n".encode("utf-8-sig"))
+    code, out, err = run_cli(embed_args(mlm_dir, source, "-", "--append-csv", sheet,
+                                        "--append-columns", "year"), capsys)
+    assert code == 0, err
+    assert [json.loads(line)["vector"][-1] for line in out.splitlines()] == [2001, 2002]
+
+
+def test_embed_append_columns_without_a_csv_is_refused(mlm_dir, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("one\n", encoding="utf-8")
+    assert "give that CSV (--append-csv) too" in refused(
+        capsys, embed_args(mlm_dir, source, tmp_path / "v.npy", "--append-columns", "a,b"))
+    assert not (tmp_path / "v.npy").exists()

@@ -633,3 +633,87 @@ def test_peft_lora_on_query_and_value_as_on_transformers(minilm_dir, texts, toke
     with torch.no_grad():
         plain = bertkit.BertModel.from_pretrained(minilm_dir).eval()(**ids).last_hidden_state
     assert (results[0][0] - plain[mask]).abs().max() > 1e-2  # the adapters were applied
+
+
+# --- checkpoint folders as transformers writes them --------------------------------------------
+
+
+def tiny_transformers_model(model_class=transformers.BertModel, dtype=torch.float32):
+    """A seeded random 2-layer transformers model with a 200-word vocabulary, in eval mode."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64)
+    return model_class(config).to(dtype).eval()
+
+
+TINY_IDS = torch.tensor([[2, 17, 45, 199, 3, 88, 1], [2, 150, 9, 3, 0, 0, 0]])
+
+
+def test_sharded_transformers_checkpoint_loads_in_bertkit(tmp_path):
+    """save_pretrained(max_shard_size=...) splits the weights over files listed in
+    model.safetensors.index.json: bertkit reads them all, and names a missing shard."""
+    reference = tiny_transformers_model()
+    reference.save_pretrained(tmp_path, max_shard_size="20KB")
+    shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2 and not (tmp_path / "model.safetensors").exists()
+    with torch.no_grad():
+        expected = reference(TINY_IDS).last_hidden_state
+        ours = bertkit.BertModel.from_pretrained(tmp_path).eval()(TINY_IDS).last_hidden_state
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+    shards[-1].unlink()
+    with pytest.raises(FileNotFoundError, match=f"lists the shard {shards[-1].name}.*copy every"):
+        bertkit.BertModel.from_pretrained(tmp_path)
+
+
+def test_saving_over_a_sharded_checkpoint_leaves_no_index_that_shadows_it(tmp_path):
+    tiny_transformers_model().save_pretrained(tmp_path, max_shard_size="20KB")
+    torch.manual_seed(1)
+    ours = bertkit.BertModel(BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64)).eval()
+    ours.save_pretrained(tmp_path, safe_serialization=False)  # pytorch_model.bin
+    with torch.no_grad():
+        expected = ours(TINY_IDS).last_hidden_state
+        loaded = bertkit.BertModel.from_pretrained(tmp_path).eval()(TINY_IDS).last_hidden_state
+    torch.testing.assert_close(loaded, expected, atol=0, rtol=0)
+
+
+def test_resaved_bf16_checkpoint_states_the_dtype_of_its_weights(tmp_path):
+    """bertkit builds float32 models: re-saved, a bf16 checkpoint's weights are float32, and
+    config.json must say so, or transformers (dtype "auto") loads them rounded to bf16."""
+    tiny_transformers_model(dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    ours = bertkit.BertModel.from_pretrained(tmp_path / "bf16").eval()
+    ours.save_pretrained(tmp_path / "resaved")
+    assert json.loads((tmp_path / "resaved" / "config.json").read_text())["dtype"] == "float32"
+    theirs = transformers.AutoModel.from_pretrained(tmp_path / "resaved").eval()
+    assert theirs.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(TINY_IDS).last_hidden_state,
+                                   ours(TINY_IDS).last_hidden_state, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("option", [dict(torch_dtype=torch.bfloat16), dict(dtype="bfloat16"),
+                                    dict(device_map="cpu")])
+def test_transformers_loading_options_are_refused_not_ignored(tmp_path, option):
+    """Taken as config overrides they gave a float32 model and landed in config.json (a torch
+    dtype there made save_pretrained fail later)."""
+    tiny_transformers_model().save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=f"got {next(iter(option))}: transformers loading "
+                                        r"options.*model\.to\("):
+        bertkit.hf.BertForSequenceClassification.from_pretrained(tmp_path, **option)
+
+
+def test_outputs_read_by_position_as_transformers_outputs(minilm_dir, texts, tokenizer):
+    """``model(**inputs)[0]`` (the tutorials' last hidden state) and slices: the outputs in
+    transformers' order, items that are None left out as transformers leaves them out."""
+    ids = tokenizer(texts[:4], padding=True, return_tensors="pt")
+    ours = bertkit.BertModel.from_pretrained(minilm_dir).eval()
+    theirs = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    with torch.no_grad():
+        a, b = ours(**ids), theirs(**ids)
+    assert len(a[:]) == len(b.to_tuple()) == 2
+    for mine, reference in zip(a[:], b.to_tuple(), strict=True):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=0)
+    assert a[0] is a["last_hidden_state"] and a[-1] is a.pooler_output
+    with pytest.raises(KeyError):
+        a["loss"]
