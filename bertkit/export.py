@@ -61,5 +61,6 @@ def export_onnx(model, path: str | Path) -> Path:
                 dynamo=True)
         finally:
             exporter_log.setLevel(level)
+    path.parent.mkdir(parents=True, exist_ok=True)  # as other commands make their --out's
     program.save(str(path))
     return path

@@ -345,7 +345,7 @@ def test_compiled_encoder_matches_eager(tiny_mlm_dir, sentences):
 def test_onnx_export_matches_the_encoder(tiny_mlm_dir, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    path = export_onnx(tiny_mlm_dir, tmp_path / "encoder.onnx")
+    path = export_onnx(tiny_mlm_dir, tmp_path / "new" / "encoder.onnx")  # its folder is made
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     model = BertModel.from_pretrained(tiny_mlm_dir).eval()
     g = torch.Generator().manual_seed(1)
