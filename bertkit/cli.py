@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def _command(commands, name: str, handler, **texts) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  help=summary.rstrip("."),
                                  description=description, **texts)
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, command=parser.prog)
     return parser
 
 
@@ -615,6 +616,13 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and args.handler is not cmd_pretrain:
+        print(f"bertkit: error: `{args.command}` runs in one process; under torchrun each of the "
+              f"{processes} processes would do the whole job, into the same files. Only `bertkit "
+              "pretrain` shares its work between processes: run this command without torchrun "
+              "(with --device cuda for a GPU).", file=sys.stderr)
+        return 1
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:

@@ -773,3 +773,18 @@ def test_embed_append_columns_without_a_csv_is_refused(mlm_dir, tmp_path, capsys
     assert "give that CSV (--append-csv) too" in refused(
         capsys, embed_args(mlm_dir, source, tmp_path / "v.npy", "--append-columns", "a,b"))
     assert not (tmp_path / "v.npy").exists()
+
+
+@pytest.mark.parametrize("argv", [["finetune", "--data", "rt-polarity", "--model", "tiny"],
+                                  ["data", "pretrain", "wiki-leads", "--out", "x"],
+                                  ["demo"]])
+def test_commands_of_one_process_refuse_torchrun(argv, monkeypatch, capsys, tmp_path):
+    """Under torchrun every process would run the whole job into the same folder: only
+    `pretrain` shares its work between processes."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert f"`bertkit {' '.join(argv[:2 if argv[0] == 'data' else 1])}` runs in one process" \
+        in error and "under torchrun each of the 2 processes" in error
+    assert list(tmp_path.iterdir()) == []  # nothing started
