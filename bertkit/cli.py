@@ -468,6 +468,8 @@ def cmd_vocab_train(args):
     from .data import Corpus, train_vocab_on_corpus
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found now, not after the whole corpus is trained on
+        raise ValueError(f"--out {out} is a file; give a folder for vocab.txt and its settings.")
     if (out.parent / "manifest.json").is_file():
         raise ValueError(f"{out} is the vocabulary of the pre-training data in {out.parent}: its "
                          "examples are ids of that vocabulary. Train into another folder and "
@@ -553,7 +555,7 @@ def _add_data_pretrain_command(data_commands) -> None:
                           help="mask all pieces of a word together")
     pretrain.add_argument("--dynamic-masking", action="store_true",
                           help="store unmasked; draw masks at load time, new each epoch")
-    pretrain.add_argument("--workers", type=int, metavar="N",
+    pretrain.add_argument("--workers", type=_count_flag("--workers", 1), metavar="N",
                           help="processes (default: one per core)")
     pretrain.add_argument("--shard-mb", type=float, default=64.0, metavar="MB",
                           help="MB of token ids per shard (default 64)")

@@ -24,6 +24,7 @@ import copy
 import itertools
 import json
 import logging
+import numbers
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -71,21 +72,28 @@ def resolve_layers(layers: str | int | Sequence[int], num_layers: int,
                    combine: str = "sum") -> tuple[tuple[int, ...], str]:
     """A layer choice as absolute hidden-state indices (0 = embeddings, ``num_layers`` = last)
     and how to combine them: a strategy name, one layer index, or a sequence of indices."""
+    if combine not in COMBINES:
+        raise ValueError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}.")
     if isinstance(layers, str):
         if layers not in STRATEGIES:
             raise ValueError(f"unknown layer strategy {layers!r}; choose one of "
                              f"{', '.join(STRATEGIES)}, a layer number, or a list of them.")
-        indices, combine = STRATEGIES[layers]
+        indices, own_combine = STRATEGIES[layers]
         indices = indices if indices is not None else tuple(range(1, num_layers + 1))
-    elif isinstance(layers, int):
-        indices = (layers,)
+        # "sum" is the default, so only another choice that changes the result is a conflict.
+        if combine not in ("sum", own_combine) and len(indices) > 1:
+            raise ValueError(f"layers={layers!r} combines its layers by {own_combine!r}, not "
+                             f"{combine!r}; to {combine} them, list them: layers="
+                             f"{list(indices)}, combine={combine!r}.")
+        combine = own_combine
+    elif isinstance(layers, numbers.Integral):
+        indices = (int(layers),)
     else:
-        indices = tuple(layers)
-        if not indices or not all(isinstance(i, int) for i in indices):
+        indices = tuple(layers) if isinstance(layers, Iterable) else ()
+        if not indices or not all(isinstance(i, numbers.Integral) for i in indices):
             raise ValueError(f"layers must be a strategy name, an int or a non-empty sequence of "
                              f"ints, got {layers!r}.")
-    if combine not in COMBINES:
-        raise ValueError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}.")
+        indices = tuple(int(i) for i in indices)
     if any(not -num_layers - 1 <= i <= num_layers for i in indices):
         raise ValueError(f"layers {list(indices)} do not all exist: this model has {num_layers} "
                          f"layers, so use 0 (the embedding output) to {num_layers}, or -1 (the "
@@ -326,10 +334,12 @@ class Embedder:
             config = BertConfig.from_json_file(directory / "config.json")  # check before loading
         self.layers, self.combine = resolve_layers(layers, config.num_hidden_layers, combine)
         self.tokenizer = tokenizer or BertTokenizer.from_pretrained(directory)
-        self.max_length = max_length or _declared_length(recipe, config)
-        if not 2 < self.max_length <= config.max_position_embeddings:
-            raise ValueError(f"max_length must be between 3 and the model's "
-                             f"{config.max_position_embeddings} positions, got {max_length}.")
+        self.max_length = (max_length if max_length is not None
+                           else _declared_length(recipe, config))
+        if not (isinstance(self.max_length, numbers.Integral)
+                and 2 < self.max_length <= config.max_position_embeddings):
+            raise ValueError(f"max_length must be an int between 3 and the model's "
+                             f"{config.max_position_embeddings} positions, got {max_length!r}.")
         loaded = loaded or BertModel.from_pretrained(directory)
         self._pooler = loaded.pooler  # written by save_sentence_transformers, never run
         encoder = _encoder_view(loaded, max(self.layers)).to(self.device, DTYPES[precision])
@@ -371,7 +381,7 @@ class Embedder:
         return [r.value for r in self._encode_all(texts, progress)]
 
     def _encode_all(self, texts, progress) -> list[Embedded]:
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = list(as_texts(texts))
         # All texts are in memory already: one chunk sorts them all by length.
         results = list(self.stream(texts, chunk_size=max(1, len(texts)), progress=progress))
         empty, truncated = sum(r.empty for r in results), sum(r.truncated for r in results)
@@ -385,14 +395,14 @@ class Embedder:
                            truncated, len(texts), self.max_length)
         return results
 
-    def stream(self, texts: Iterable[str], chunk_size: int = 1024,
+    def stream(self, texts: str | Iterable[str], chunk_size: int = 1024,
                progress: bool = False) -> Iterator[Embedded]:
-        """Embed an iterable of texts lazily, ``chunk_size`` at a time (each chunk sorted by
-        length), yielding one `Embedded` per text in input order: memory stays flat however
-        long the input."""
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
-        texts = iter(texts)
+        """Embed an iterable of texts (a str is one text) lazily, ``chunk_size`` at a time
+        (each chunk sorted by length), yielding one `Embedded` per text in input order: memory
+        stays flat however long the input."""
+        if not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1 and an int, got {chunk_size!r}.")
+        texts = iter(as_texts(texts))
         bar = tqdm(total=getattr(texts, "__length_hint__", lambda: None)(), desc="embedding",
                    unit="text", disable=not progress)
         with bar:
@@ -527,6 +537,20 @@ class Embedder:
             _write_json(staging / "config_sentence_transformers.json", {
                 "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
         return directory
+
+
+def as_texts(texts: str | Iterable[str]) -> Iterable[str]:
+    """The texts of an argument that takes one text or many: a str is one text (iterating it
+    would embed each character), bytes and non-iterables are refused."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)):
+        raise TypeError("texts must be str, got bytes: decode them first, e.g. "
+                        "data.decode('utf-8').")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or an iterable of str, got "
+                        f"{type(texts).__name__}.")
+    return texts
 
 
 def _offsets_before_lowercasing(text: str, offsets) -> list[tuple[int, int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from .checkpoint import WEIGHTS_NAME, read_weights
 from .device import choose_device
+from .embeddings import as_texts
 from .model import BertForMaskedLM
 from .sources import resolve_pretrained
 from .tokenizer import BertTokenizer
@@ -45,7 +47,13 @@ class FillMask:
         self.device = choose_device(device)
         self.tokenizer = BertTokenizer.from_pretrained(directory)
         self.model = BertForMaskedLM.from_pretrained(directory).eval().to(self.device)
-        self.max_length = max_length or self.model.config.max_position_embeddings
+        positions = self.model.config.max_position_embeddings
+        self.max_length = max_length if max_length is not None else positions
+        # [CLS] [MASK] [SEP] is the shortest text there is something to predict in.
+        if not (isinstance(self.max_length, numbers.Integral)
+                and 3 <= self.max_length <= positions):
+            raise ValueError(f"max_length must be an int between 3 and the model's {positions} "
+                             f"positions, got {max_length!r}.")
 
     @torch.inference_mode()
     def __call__(self, texts: str | Sequence[str],
@@ -53,9 +61,11 @@ class FillMask:
         """For a str: one list of ``top_k`` predictions per [MASK], left to right. For a list of
         str: one such list per text."""
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        if not isinstance(top_k, int) or top_k < 1:
+        texts = list(as_texts(texts))
+        if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
+        if not texts:
+            return []
         mask_id = self.tokenizer.mask_token_id
         whole = self.tokenizer(texts)["input_ids"]
         batch = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
@@ -66,7 +76,7 @@ class FillMask:
         hidden = self.model.bert(**batch, skip_padding=True).last_hidden_state
         where = batch["input_ids"] == mask_id  # [B, T]
         probs = self.model.cls.predictions(hidden[where]).float().softmax(-1)  # [masks, V]
-        scores, token_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        scores, token_ids = probs.topk(min(int(top_k), probs.shape[-1]), dim=-1)
         predictions = [[Prediction(self.tokenizer.convert_ids_to_tokens(i), i, s)
                         for i, s in zip(ids.tolist(), row.tolist(), strict=True)]
                        for ids, row in zip(token_ids, scores, strict=True)]

@@ -41,6 +41,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -66,6 +67,8 @@ from tokenizers import (
 
 from . import files
 from .sources import MODELS, cache_dir, fetch
+
+logger = logging.getLogger("bertkit")
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # the order train_vocab gives them: ids 0..4
@@ -369,6 +372,16 @@ class BertTokenizer:
                 "letter), so every capitalised word would become [UNK]. Set do_lower_case to true "
                 "in the config, or pass do_lower_case=True."
             )
+        if None is do_lower_case is configured is lowercase_in_json:
+            cased = sum(1 for token in tokenizer.vocab if token != token.lower()
+                        and not (token.startswith("[") and token.endswith("]")))
+            if cased:  # e.g. Google's cased download: a vocab.txt alone
+                logger.warning(
+                    "%s states no casing, so it is read lower-cased (Google's default), but %d of "
+                    "its entries have upper-case letters that lower-cased text never produces. If "
+                    "the vocabulary is cased, pass do_lower_case=False (or put a "
+                    "tokenizer_config.json with \"do_lower_case\": false beside it).",
+                    vocab_file, cased)
         return tokenizer
 
     def save_pretrained(self, directory: str | os.PathLike) -> tuple[Path, Path, Path]:
@@ -872,6 +885,14 @@ def train_vocab(files: str | os.PathLike | Iterable[str | os.PathLike] | None = 
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} leaves no room beyond the "
                          f"{len(SPECIAL_TOKENS)} special tokens.")
+    # The engine takes both as unsigned: a negative count fails inside it, and an alphabet of 0
+    # characters keeps no word, which it reports as an empty training text.
+    if min_frequency < 0:
+        raise ValueError(f"min_frequency={min_frequency} is negative; give 0 or more (the "
+                         "least count of a pair merged into a piece).")
+    if limit_alphabet < 1:
+        raise ValueError(f"limit_alphabet={limit_alphabet} leaves no characters to build words "
+                         "from; give 1 or more (the default 1000 keeps the commonest characters).")
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
         limit_alphabet=limit_alphabet, continuing_subword_prefix="##", show_progress=False,

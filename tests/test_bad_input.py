@@ -788,3 +788,36 @@ def test_commands_of_one_process_refuse_torchrun(argv, monkeypatch, capsys, tmp_
     assert f"`bertkit {' '.join(argv[:2 if argv[0] == 'data' else 1])}` runs in one process" \
         in error and "under torchrun each of the 2 processes" in error
     assert list(tmp_path.iterdir()) == []  # nothing started
+
+
+def test_data_pretrain_workers_0_is_refused_where_it_is_parsed(capsys):
+    """--workers 0 was read as "the default" and silently ran one worker per core."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["data", "pretrain", "x", "--out", "y", "--workers", "0"])
+    assert stopped.value.code == 2
+    assert "--workers is 0; it must be at least 1" in capsys.readouterr().err
+
+
+def test_vocab_train_out_a_file_is_refused_before_training(tmp_path, capsys):
+    """A file as --out used to fail with "[Errno 17] File exists" once the corpus was trained on."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog.\n", encoding="utf-8")
+    out = tmp_path / "vocab"
+    out.write_text("mine\n", encoding="utf-8")
+    assert refused(capsys, ["vocab", "train", corpus, "--out", out, "--vocab-size", 100]) == (
+        f"bertkit: error: --out {out} is a file; give a folder for vocab.txt and its settings.")
+    assert out.read_text(encoding="utf-8") == "mine\n"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--min-frequency", -1, "min_frequency=-1 is negative; give 0 or more"),
+    ("--limit-alphabet", 0, "limit_alphabet=0 leaves no characters to build words from"),
+])
+def test_vocab_train_counts_the_engine_cannot_take(flag, value, message, tmp_path, capsys):
+    """A negative --min-frequency was an OverflowError traceback; --limit-alphabet 0 blamed the
+    corpus ("the training text is empty")."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog.\n", encoding="utf-8")
+    assert message in refused(capsys, ["vocab", "train", corpus, "--out", tmp_path / "vocab",
+                                       "--vocab-size", 100, flag, value])
+    assert not (tmp_path / "vocab").exists()

@@ -615,3 +615,59 @@ def test_fill_mask_command(minilm_dir, tiny_mlm_dir, capsys):
     code, _, err = run_cli(["fill-mask", "--model", str(tiny_mlm_dir), "No mask."], capsys)
     assert code == 1 and "no [MASK] in 'No mask.'" in err
 
+
+
+# --- what users pass by mistake -------------------------------------------------------------
+
+
+def test_a_str_is_one_text_and_other_inputs_are_explained(tiny_mlm_dir):
+    embedder = Embedder(tiny_mlm_dir)
+    streamed = list(embedder.stream("one whole text"))  # not one text per character
+    assert len(streamed) == 1
+    np.testing.assert_array_equal(streamed[0].value, embedder.encode(["one whole text"])[0])
+    for texts, message in [(None, "a str or an iterable of str, got NoneType"),
+                           (7, "got int"), (b"bytes", "decode them first")]:
+        with pytest.raises(TypeError, match=message):
+            embedder.encode(texts)
+        with pytest.raises(TypeError, match=message):
+            list(embedder.stream(texts))
+        with pytest.raises(TypeError, match=message):
+            FillMask(tiny_mlm_dir, device="cpu")(texts)
+    with pytest.raises(ValueError, match="chunk_size must be at least 1 and an int, got 2.5"):
+        list(embedder.stream(["a text"], chunk_size=2.5))
+
+
+def test_layer_combine_and_length_choices_are_checked(tiny_mlm_dir):
+    cases = [
+        (dict(combine="bogus"), "unknown combine 'bogus'"),  # checked with a strategy too
+        (dict(layers="sum_all", combine="concat"),
+         r"layers='sum_all' combines its layers by 'sum', not 'concat'; to concat them, list "
+         r"them: layers=\[1, 2\], combine='concat'"),
+        (dict(layers=2.0), "layers must be a strategy name, an int or a non-empty sequence"),
+        (dict(layers=None), "layers must be a strategy name"),
+        (dict(max_length=0), "max_length must be an int between 3 and the model's 512 positions"),
+        (dict(max_length=10.5), "got 10.5"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Embedder(tiny_mlm_dir, **options)
+    texts = ["a text", "another, longer text"]
+    by_int = Embedder(tiny_mlm_dir, layers=[1, 2], combine="concat").encode(texts)
+    by_numpy = Embedder(tiny_mlm_dir, layers=np.array([1, 2]), combine="concat").encode(texts)
+    np.testing.assert_array_equal(by_numpy, by_int)
+    np.testing.assert_array_equal(Embedder(tiny_mlm_dir, layers=np.int64(1)).encode(texts),
+                                  Embedder(tiny_mlm_dir, layers=1).encode(texts))
+
+
+def test_fill_mask_edge_arguments(tiny_mlm_dir):
+    fill = FillMask(tiny_mlm_dir, device="cpu")
+    assert fill([]) == []
+    vocabulary = len(fill.tokenizer.vocab)
+    assert [len(p) for p in fill("A [MASK] and a [MASK].", top_k=10 * vocabulary)] == [
+        vocabulary, vocabulary]
+    with pytest.raises(ValueError, match="top_k must be a positive int, got True"):
+        fill("A [MASK].", top_k=True)
+    for max_length in (0, 2, 513):
+        with pytest.raises(ValueError, match=f"max_length must be an int between 3 and the "
+                                             f"model's 512 positions, got {max_length}"):
+            FillMask(tiny_mlm_dir, device="cpu", max_length=max_length)

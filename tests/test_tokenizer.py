@@ -322,6 +322,22 @@ def test_cased_config_with_an_uncased_vocab(minilm_dir, tmp_path):
     assert not BertTokenizer.from_pretrained(folder, do_lower_case=False).do_lower_case
 
 
+def test_a_cased_vocab_alone_is_read_lower_cased_with_a_warning(minilm_dir, tmp_path, caplog):
+    """Google's cased download is a vocab.txt with nothing saying it is cased: read lower-cased
+    (Google's and transformers' default) its capitalised entries are dead, and the user is told."""
+    entries = (minilm_dir / "vocab.txt").read_text().splitlines()
+    cased = write_vocab(tmp_path / "cased", [*entries, "Paris", "London"])
+    with caplog.at_level("WARNING", logger="bertkit"):
+        assert BertTokenizer.from_pretrained(cased).do_lower_case
+    assert "2 of its entries have upper-case letters" in caplog.text
+    assert "pass do_lower_case=False" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bertkit"):
+        BertTokenizer.from_pretrained(write_vocab(tmp_path / "uncased", entries))
+        BertTokenizer.from_pretrained(cased, do_lower_case=False)
+    assert caplog.text == ""
+
+
 @pytest.mark.parametrize("setting", [{"strip_accents": False}, {"tokenize_chinese_chars": False},
                                      {"do_basic_tokenize": False}])
 def test_configs_asking_for_other_text_rules(tmp_path, setting):
