@@ -20,7 +20,13 @@ def choose_device(requested: str | torch.device | None = None) -> torch.device:
     """The requested device, else this rank's GPU when there is one, else the CPU. A bare
     ``cuda`` is this rank's GPU too: under torchrun every rank on GPU 0 would stop NCCL."""
     if requested:
-        device = torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:  # torch's message lists a dozen device types bertkit never uses
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {str(requested)!r}: bertkit runs on cpu, cuda or cuda:N "
+                             "(a GPU's number).")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {requested!r} asked for, but PyTorch sees no CUDA GPU "
                              "here; leave --device out to use the CPU.")

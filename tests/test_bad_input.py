@@ -821,3 +821,12 @@ def test_vocab_train_counts_the_engine_cannot_take(flag, value, message, tmp_pat
     assert message in refused(capsys, ["vocab", "train", corpus, "--out", tmp_path / "vocab",
                                        "--vocab-size", 100, flag, value])
     assert not (tmp_path / "vocab").exists()
+
+
+@pytest.mark.parametrize("device", ["bogus", "mps", "gpu"])
+def test_a_device_bertkit_does_not_run_on_is_named(tmp_path, capsys, rt_rows, device):
+    """torch.device("bogus") raised a RuntimeError (a traceback), "mps" failed deep inside."""
+    train = write_jsonl(tmp_path / "train.jsonl", rt_rows[:8])
+    assert main(["finetune", "--task", "classification", "--train", str(train), *TINY,
+                 "--device", device, "--out", str(tmp_path / "run")]) == 1
+    assert f"device '{device}': bertkit runs on cpu, cuda or cuda:N" in capsys.readouterr().err
