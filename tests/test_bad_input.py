@@ -830,3 +830,20 @@ def test_a_device_bertkit_does_not_run_on_is_named(tmp_path, capsys, rt_rows, de
     assert main(["finetune", "--task", "classification", "--train", str(train), *TINY,
                  "--device", device, "--out", str(tmp_path / "run")]) == 1
     assert f"device '{device}': bertkit runs on cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("length, cap, warned", [(512, 20, True), (512, 80, False),
+                                                 (128, 20, False)])
+def test_a_prediction_cap_that_holds_masking_below_its_rate_is_said(tmp_path, tokenizer, caplog,
+                                                                    length, cap, warned):
+    """Google's default cap of 20 predictions at 512 tokens masks 3.9%, not 15%."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [
+        {"text": "One sentence here. Another one there."},
+        {"text": "A second document. With two sentences."}])
+    with caplog.at_level("WARNING", logger="bertkit"):
+        create_pretraining_data(corpus, tmp_path / "data", tokenizer, PretrainingConfig(
+            max_seq_length=length, max_predictions_per_seq=cap, dupe_factor=1,
+            validation_fraction=0), workers=1, progress=False)
+    said = "max_predictions_per_seq=20 masks at most 3.9% of a full 512-token example, not " \
+           "masked_lm_prob's 15%: pass --max-predictions-per-seq 77"
+    assert (said in caplog.text) == warned, caplog.text
