@@ -121,13 +121,28 @@ def cmd_pretrain(args):
 
 
 def cmd_plot(args):
-    """Draw a run's training curves into RUN/curves.png."""
+    """Draw a run's training curves into RUN/curves.png: a pre-training run, or one fine-tuning
+    run (a seed, a grid point), drawn as fine-tuning draws them."""
+    from .finetune import SETTINGS_FILE
     from .pretrain import plot
+    from .report import plot_metrics, read_metrics
 
-    if not (Path(args.folder) / "metrics.jsonl").is_file():
-        raise FileNotFoundError(f"{args.folder} has no metrics.jsonl: give a run folder written by "
-                                "`bertkit pretrain`.")
-    path = plot(args.folder)
+    folder = Path(args.folder)
+    log = folder / "metrics.jsonl"
+    if not log.is_file():
+        inside = sorted(str(p.parent) for p in folder.glob("**/metrics.jsonl"))
+        hint = (f"it holds the runs {', '.join(inside[:3])}{' ...' if len(inside) > 3 else ''}: "
+                "plot one of them" if inside
+                else "give a run folder written by `bertkit pretrain` or `bertkit finetune`")
+        raise FileNotFoundError(f"{args.folder} has no metrics.jsonl; {hint}.")
+    validation = sorted({key for record in read_metrics(log) for key in record
+                         if key.startswith("validation_") and key != "validation_mse"})
+    if validation or (folder / SETTINGS_FILE).is_file():
+        path = plot_metrics(log, folder / "curves.png",
+                            {"training loss": ["loss"], "validation": validation},
+                            title=f"fine-tuning {folder.name}")
+    else:
+        path = plot(folder)
     if path is None:
         raise ValueError(f"{args.folder}/metrics.jsonl holds no curve to draw yet.")
     print(path)
@@ -602,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
                    resume="continue the run in --out from its latest checkpoint")
 
     plot = _command(commands, "plot", cmd_plot)
-    plot.add_argument("folder", metavar="RUN", help="a run folder written by `bertkit pretrain`")
+    plot.add_argument("folder", metavar="RUN", help="a run folder written by `bertkit pretrain` "
+                      "or `bertkit finetune` (one seed's, one grid point's)")
 
     add_finetune_commands(commands)
     add_inference_commands(commands)

@@ -38,6 +38,7 @@ from .tokenizer import BertTokenizer
 from .training import (
     GracefulStop,
     MetricsLog,
+    NonFiniteLoss,
     OptimizerSettings,
     Trainer,
     build_trainer,
@@ -448,6 +449,10 @@ class FinetuneSettings(OptimizerSettings):
         grid = [name for name in GRID if isinstance(getattr(self, name), list)]
         if grid and not self.search:
             raise SettingsError(f"several values of --{grid[0].replace('_', '-')} need --search.")
+        if self.search and len(self.seeds) > 1:
+            raise SettingsError(f"--search runs each point with --restarts seeds counted from "
+                                f"one --seeds value; give one (e.g. --seeds {self.seeds[0]} "
+                                f"--restarts {len(self.seeds)}), not {len(self.seeds)}.")
         if (self.search or self.patience) and self.validation is None:
             raise SettingsError("--search and --patience choose on validation: give "
                                 "--validation FILE.")
@@ -590,8 +595,9 @@ def summarise(runs: list[dict]) -> dict:
         if metrics:
             summary[split] = {
                 name: {"mean": float(np.mean([m[name] for m in metrics])),
+                       # one run (the others stopped) has no spread to give
                        "std": float(np.std([m[name] for m in metrics], ddof=1))
-                       if len(metrics) > 1 else 0.0}
+                       if len(metrics) > 1 else None}
                 for name in metrics[0]}
     return summary
 
@@ -681,11 +687,17 @@ class FinetuneRun:
         first, step = self.restore()
         for epoch in range(first, s.epochs + 1):
             epoch_start = time.time() - self.epoch_seconds
-            step = train_epoch(self.trainer, self.task, self.features, s.batch_size,
-                               seed=self.seed * 1000 + epoch, log=self.log, step=step,
-                               epoch=epoch, log_every=s.log_every, progress=s.progress,
-                               stop=stop, start=step - (epoch - 1) * self.steps_per_epoch,
-                               window=self.window)
+            try:
+                step = train_epoch(self.trainer, self.task, self.features, s.batch_size,
+                                   seed=self.seed * 1000 + epoch, log=self.log, step=step,
+                                   epoch=epoch, log_every=s.log_every, progress=s.progress,
+                                   stop=stop, start=step - (epoch - 1) * self.steps_per_epoch,
+                                   window=self.window)
+            except NonFiniteLoss:  # the trainer's own advice speaks of pre-training's options
+                raise NonFiniteLoss(
+                    f"the loss became NaN or infinite in epoch {epoch} of seed {self.seed} "
+                    f"({self.folder}): lower the learning rate (this run's: {lr:g}), or use "
+                    "--precision fp32 or bf16 instead of fp16.") from None
             if stop.requested:
                 self.save_stopped(epoch, step, time.time() - epoch_start)
                 _print(f"stopped in epoch {epoch} of seed {self.seed} at step {step}, saved; "

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
-
-from .training import read_metrics
 
 
 def _pyplot():
@@ -29,19 +28,41 @@ def _save(fig, png_path: str | Path) -> Path:
     return png_path
 
 
+def read_metrics(log_path: str | Path) -> list[dict]:
+    """The records of a JSONL metrics log (none if there is no log yet). A faulty last line
+    without its newline was cut by a crash while being written (a resumed run redoes its step)
+    and is left out; any other faulty line is an error naming it."""
+    text = Path(log_path).read_text(encoding="utf-8") if Path(log_path).is_file() else ""
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if number == len(lines):
+                    break
+                raise ValueError(f"{log_path}:{number} is not a JSON record ({error}): remove "
+                                 "or repair that line.") from None
+    return records
+
+
 def plot_metrics(log_path: str | Path, png_path: str | Path, panels: dict[str, list[str]],
                  x: str = "step", title: str | None = None) -> Path | None:
     """One panel per entry of ``panels`` (panel title -> metric names), curves against ``x``.
 
     Records missing a metric are skipped for that curve, so training and validation rows can share
-    one log. Returns the PNG path, or None when the log holds nothing to draw yet.
+    one log; a panel none of whose metrics was logged is left out. Returns the PNG path, or None
+    when the log holds nothing to draw yet.
     """
     plt = _pyplot()
 
-    records = read_metrics(log_path) if Path(log_path).is_file() else []
+    records = read_metrics(log_path)
     curves = {metric: [(r[x], r[metric]) for r in records if x in r and metric in r]
               for metrics in panels.values() for metric in metrics}
-    if not any(curves.values()):
+    panels = {panel: metrics for panel, metrics in panels.items()
+              if any(curves[metric] for metric in metrics)}
+    if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (panel, metrics) in zip(axes[0], panels.items(), strict=True):

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import files
 from .device import autocast, keep_freed_memory
+from .report import read_metrics
 from .settings import Settings, option
 from .speedups import KeptEmbeddingGradients, NormsAsWritten
 
@@ -429,11 +430,6 @@ class MetricsLog:
                 with contextlib.suppress(OSError):
                     os.truncate(self.path, size)
                 raise
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def truncate_metrics(path: str | Path, last_step: int) -> None:

@@ -560,3 +560,49 @@ def test_a_search_point_on_built_in_data_has_no_test_split(tmp_path):
     assert point.test is None and not point.search
     assert (point.train, point.validation, point.task) == ("rt-polarity", "rt-polarity",
                                                           settings.task)
+
+
+def test_plot_draws_a_fine_tuning_run_as_fine_tuning_does(classification_run, tmp_path, capsys):
+    """Its validation curves, not pre-training's layout (3 panels, one of them empty) over the
+    curves.png the run wrote; a folder of seeds names the runs inside it."""
+    from matplotlib.image import imread
+
+    _, out, _, _ = classification_run
+    run = tmp_path / "seed-1"
+    shutil.copytree(out / "seed-1", run)
+    assert main(["plot", str(run)]) == 0
+    assert imread(run / "curves.png").shape == imread(out / "seed-1" / "curves.png").shape
+    assert main(["plot", str(out)]) == 1
+    assert f"it holds the runs {out}/seed-1, {out}/seed-2: plot one of them" in \
+        capsys.readouterr().err
+
+
+def test_plot_leaves_out_a_last_line_cut_by_a_crash_and_names_a_faulty_one(classification_run,
+                                                                         tmp_path, capsys):
+    _, out, _, _ = classification_run
+    lines = (out / "seed-1" / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "metrics.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])
+    assert main(["plot", str(tmp_path)]) == 0 and (tmp_path / "curves.png").is_file()
+    (tmp_path / "metrics.jsonl").write_text(lines[0][:20] + "\n" + "".join(lines[1:]))
+    assert main(["plot", str(tmp_path)]) == 1
+    assert f"{tmp_path}/metrics.jsonl:1 is not a JSON record" in capsys.readouterr().err
+
+
+def test_a_diverging_run_says_what_to_change_and_search_takes_one_seed(tmp_path, capsys):
+    """The trainer's own advice (checkpoints, skip_nonfinite) is pre-training's: fine-tuning
+    names the seed, the epoch and its learning rate. --search with two seeds used the first
+    alone, silently; and the summary of one finished seed has no spread (std null, not 0)."""
+    train = sample("rt-polarity", "train", 16, tmp_path)
+    flags = ["finetune", "--task", "classification", "--model", "tiny", "--train", str(train),
+             "--epochs", "1", "--max-length", "32", "--no-progress"]
+    assert main([*flags, "--out", str(tmp_path / "nan"), "--lr", "1e30", "--batch-size", "2",
+                 "--warmup", "0"]) == 1
+    error = capsys.readouterr().err
+    assert "the loss became NaN or infinite in epoch 1 of seed 1" in error
+    assert "lower the learning rate (this run's: 1e+30)" in error and "checkpoint" not in error
+    assert main([*flags, "--out", str(tmp_path / "grid"), "--validation", str(train),
+                 "--search", "--seeds", "5,9"]) == 1
+    assert "give one (e.g. --seeds 5 --restarts 2), not 2" in capsys.readouterr().err
+    summary = importlib.import_module("bertkit.finetune").summarise(
+        [{"test": {"accuracy": 0.5}}, {"seed": 2, "stopped": True}])
+    assert summary == {"test": {"accuracy": {"mean": 0.5, "std": None}}}

@@ -223,11 +223,17 @@ def test_batches_are_padded_to_a_multiple_of_8_which_changes_no_output(tokenizer
     assert 44 in widths and len(widths) > 1  # the cap and the rounding both met
 
 
-def test_malformed_conll_lines_are_named(tmp_path):
-    path = tmp_path / "bad.conll"
-    path.write_text("Empire\tB-facility\nState\n")
-    with pytest.raises(DataError, match=r"bad.conll:2: expected 'word<TAB>tag'"):
-        build_task("token-classification").read(path)
+@pytest.mark.parametrize("task, name, text, message", [
+    ("token-classification", "bad.conll", "Empire\tB-facility\nState\n",
+     r"bad.conll:2: expected 'word<TAB>tag'"),
+    # a JSON null was reported as a missing field, beside a list of fields that names it
+    ("multi-label", "train.jsonl", '{"text": "a", "labels": ["x"]}\n{"text": "b", "labels": '
+     'null}\n', r"train.jsonl:2: field 'labels' is null")])
+def test_malformed_records_are_named(tmp_path, task, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        build_task(task).read(path)
 
 
 def test_decoding_takes_each_words_first_subtoken(tokenizer):
@@ -526,3 +532,70 @@ def test_truncation_warning_names_the_record(tokenizer, caplog):
                                {"fresh": 0, "rotten": 1})
     assert all(len(f["input_ids"]) <= 8 for f in features)
     assert "test.jsonl:1" in caplog.text
+
+
+# -- users' messy task files: each read right, or refused naming file:line -----------------------
+
+
+def test_class_labels_differing_only_in_surrounding_spaces_are_one_class(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\ngood film,pos \nfine film,pos\nbad film, neg\n")
+    task = build_task("classification")
+    examples = task.read(path)
+    assert [e.label for e in examples] == ["pos", "pos", "neg"]
+    assert task.label_names(examples) == ["neg", "pos"]
+
+
+def test_a_header_that_names_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label,label\ngood,pos,old\nbad,neg,old\n")
+    with pytest.raises(DataError, match=r"train.csv:1: the header names column\(s\) 'label' "
+                                        "more than once"):
+        build_task("classification").read(path)
+
+
+def test_a_semicolon_separated_excel_csv_is_refused_naming_its_separator(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"\xef\xbb\xbftext;label\r\ngood;pos\r\nbad;neg\r\n")
+    with pytest.raises(DataError, match=r"train.csv:1: the header 'text;label' is one column: "
+                                        r"the file seems separated by ';'"):
+        build_task("classification").read(path)
+
+
+def test_a_conll_word_with_a_no_break_space_stays_whole(tmp_path):
+    path = tmp_path / "train.conll"
+    path.write_text("costs O\n10\u00a0000 B-MONEY\neuros I-MONEY\n")
+    [example] = build_task("token-classification").read(path)
+    assert example.words == ["costs", "10\u00a0000", "euros"]
+    assert example.tags == ["O", "B-MONEY", "I-MONEY"]
+
+
+def squad_file(path, qa: dict, paragraphs=None):
+    paragraphs = paragraphs if paragraphs is not None else [
+        {"context": "Paris is in France.", "qas": [qa]}]
+    path.write_text(json.dumps({"data": [{"paragraphs": paragraphs}]}))
+    return path
+
+
+def test_squad_is_impossible_given_as_text_is_refused_not_read_as_true(tmp_path):
+    qa = {"id": "q1", "question": "Where?", "is_impossible": "false",
+          "answers": [{"text": "France", "answer_start": 12}]}
+    with pytest.raises(DataError, match=r"qas\[0\] \(id q1\): is_impossible is \"false\"; "
+                                        "write true or false"):
+        build_task("question-answering").read(squad_file(tmp_path / "q.json", qa))
+    qa["is_impossible"] = None  # null, as some exports write it: answerable
+    [example] = build_task("question-answering").read(squad_file(tmp_path / "q.json", qa))
+    assert not example.is_impossible and example.answers[0]["text"] == "France"
+
+
+@pytest.mark.parametrize("paragraphs, message", [
+    ({"context": "x"}, r"data\[0\]: 'paragraphs' should be a list, got dict"),
+    (["x"], r"data\[0\].paragraphs\[0\]: should be a JSON object, got str"),
+    ([{"context": "x", "qas": [None]}],
+     r"data\[0\].paragraphs\[0\].qas\[0\]: a question should be a JSON object, got NoneType"),
+])
+def test_a_squad_file_of_the_wrong_shape_is_refused_naming_the_place(tmp_path, paragraphs,
+                                                                     message):
+    path = squad_file(tmp_path / "q.json", {}, paragraphs)
+    with pytest.raises(DataError, match="q.json: " + message):
+        build_task("question-answering").read(path)

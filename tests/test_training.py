@@ -20,6 +20,8 @@ from bertkit.training import (
     Trainer,
     build_optimizer,
     parameter_groups,
+    read_metrics,
+    truncate_metrics,
     warmup_linear_decay,
 )
 
@@ -299,3 +301,17 @@ def test_auto_precision_on_a_gpu_is_bf16_only_where_it_is_native(monkeypatch, ca
     """A V100 or T4 only emulates bf16 (torch.cuda.is_bf16_supported() says yes): fp16 there."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_precision("auto", torch.device("cuda", 0)) == precision
+
+
+def test_a_resumed_run_drops_a_log_line_a_crash_cut_and_the_steps_it_redoes(tmp_path):
+    """SIGKILL while a record is written leaves half a line: resuming from the checkpoint of
+    step 2 keeps steps 1-2 and drops the rest (it would have stopped on a JSON error)."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.4}'
+                   '\n{"step": 4, "lo')
+    assert [r["step"] for r in read_metrics(log)] == [1, 2, 3]
+    truncate_metrics(log, 2)
+    assert log.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    log.write_text('{"step": 1}\n{"st\n{"step": 3}\n')  # damage inside: named, not skipped
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not a JSON record"):
+        read_metrics(log)

@@ -159,7 +159,7 @@ def _table_rows(path: str | Path, delimiter: str, kind: str) -> list[tuple[str, 
                     "after it. Quote the whole field and double each '\"' inside it; a text "
                     "that really holds line breaks belongs in JSONL.")
             if header is None:
-                header = values
+                header = checked_header(values, f"{path}:{start}", delimiter)
             elif len(values) != len(header):
                 raise DataError(f"{path}:{start}: {len(values)} fields where the header has "
                                 f"{len(header)} ({', '.join(map(repr, header))}); quote a field "
@@ -174,9 +174,29 @@ def _table_rows(path: str | Path, delimiter: str, kind: str) -> list[tuple[str, 
     return rows
 
 
+def checked_header(names: list[str], where: str, delimiter: str) -> list[str]:
+    """A CSV/TSV header whose columns can be told apart: of two columns of one name, a row would
+    keep only the last; a header that is one field holding ``;`` or a tab is a file separated by
+    that (a spreadsheet's export in many locales), which would read as one column."""
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{where}: the header names column(s) {', '.join(map(repr, repeated))} "
+                        "more than once; rename them so that each column has its own name.")
+    other = next((d for d in (";", "\t", ",") if d != delimiter and len(names) == 1
+                  and d in names[0]), None)
+    if other is not None:
+        raise DataError(f"{where}: the header {names[0]!r} is one column: the file seems "
+                        f"separated by {other!r}, but this file name is read as separated by "
+                        f"{delimiter!r}; save it with commas as .csv or with tabs as .tsv.")
+    return names
+
+
 def field(record: dict, name: str, where: str, what: str):
     """``record[name]``, or a message that names the record and the fields it does have."""
-    if name not in record or record[name] is None:
+    if record.get(name, "") is None:
+        raise DataError(f"{where}: field {name!r} is null; give it a value or remove the "
+                        "record.")
+    if name not in record:
         present = ", ".join(repr(k) for k in record) or "none"
         raise DataError(f"{where}: no {what} field {name!r} (fields: {present}); choose the "
                         f"field with --{what}-field.")

@@ -127,7 +127,8 @@ class Classification(Task):
     def parse_label(self, value, where: str) -> str:
         if isinstance(value, (dict, list)) or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{where}: label {value!r} is not a class name.")
-        return str(value)
+        # a spreadsheet's "pos " beside "pos" is one class, not two
+        return value.strip() if isinstance(value, str) else str(value)
 
     def label_names(self, examples: list[TextExample]) -> list[str]:
         """The classes of the training examples; refused when there are fewer than two (one

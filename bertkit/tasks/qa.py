@@ -46,6 +46,18 @@ class QAExample:
     where: str = ""
 
 
+def squad_list(parent, key: str, where: str) -> list:
+    """``parent[key]``, a list of SQuAD objects (absent: none), or a message naming the place."""
+    if not isinstance(parent, dict):
+        raise DataError(f"{where}: should be a JSON object, got {type(parent).__name__}; see "
+                        "SQuAD's layout (data[].paragraphs[].qas[]).")
+    items = parent.get(key, [])
+    if not isinstance(items, list):
+        raise DataError(f"{where}: {key!r} should be a list, got {type(items).__name__}; see "
+                        "SQuAD's layout (data[].paragraphs[].qas[]).")
+    return items
+
+
 class QuestionAnswering(Task):
     name = "question-answering"
     model_class = BertForQuestionAnswering
@@ -98,9 +110,13 @@ class QuestionAnswering(Task):
             raise DataError(f"{path}: not SQuAD format (a top-level object with a 'data' list).")
         examples = []
         for i, article in enumerate(squad["data"]):
-            for j, paragraph in enumerate(article.get("paragraphs", [])):
-                for k, qa in enumerate(paragraph.get("qas", [])):
-                    where = f"{path}: data[{i}].paragraphs[{j}].qas[{k}]"
+            for j, paragraph in enumerate(squad_list(article, "paragraphs", f"{path}: data[{i}]")):
+                place = f"{path}: data[{i}].paragraphs[{j}]"
+                for k, qa in enumerate(squad_list(paragraph, "qas", place)):
+                    where = f"{place}.qas[{k}]"
+                    if not isinstance(qa, dict):
+                        raise DataError(f"{where}: a question should be a JSON object, got "
+                                        f"{type(qa).__name__}.")
                     record = {**qa, "context": paragraph.get("context")}
                     examples.append(self._example(record, where, labelled))
         if not examples:
@@ -112,7 +128,11 @@ class QuestionAnswering(Task):
         context = text_field(record, "context", where, "context")
         qid = str(record.get("id", where))
         where = f"{where} (id {qid})"
-        impossible = bool(record.get("is_impossible", False))
+        impossible = record.get("is_impossible") or False
+        if impossible not in (True, False):  # bool("false") would drop the question's answers
+            raise DataError(f"{where}: is_impossible is {json.dumps(impossible)}; write true or "
+                            "false (a JSON boolean).")
+        impossible = bool(impossible)
         answers = record.get("answers") or []
         if isinstance(answers, dict):  # HuggingFace datasets' layout: lists side by side
             texts, starts = answers.get("text"), answers.get("answer_start")

@@ -119,7 +119,10 @@ class TokenClassification(Task):
                 continue
             if stripped.startswith("-DOCSTART-"):
                 continue
-            parts = stripped.split("\t") if "\t" in stripped else stripped.split()
+            # columns split at tabs, or else at ASCII spaces only: str.split() would also split
+            # a word at a no-break space ("10\u00a0000") and drop its second half
+            parts = (stripped.split("\t") if "\t" in stripped
+                     else [part for part in stripped.split(" ") if part])
             if labelled and len(parts) < 2:
                 raise DataError(f"{path}:{number}: expected 'word<TAB>tag', got {stripped!r}; "
                                 "a blank line separates sentences.")
