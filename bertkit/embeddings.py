@@ -334,12 +334,9 @@ class Embedder:
             config = BertConfig.from_json_file(directory / "config.json")  # check before loading
         self.layers, self.combine = resolve_layers(layers, config.num_hidden_layers, combine)
         self.tokenizer = tokenizer or BertTokenizer.from_pretrained(directory)
-        self.max_length = (max_length if max_length is not None
-                           else _declared_length(recipe, config))
-        if not (isinstance(self.max_length, numbers.Integral)
-                and 2 < self.max_length <= config.max_position_embeddings):
-            raise ValueError(f"max_length must be an int between 3 and the model's "
-                             f"{config.max_position_embeddings} positions, got {max_length!r}.")
+        self.max_length = checked_max_length(
+            max_length if max_length is not None else _declared_length(recipe, config),
+            config.max_position_embeddings)
         loaded = loaded or BertModel.from_pretrained(directory)
         self._pooler = loaded.pooler  # written by save_sentence_transformers, never run
         encoder = _encoder_view(loaded, max(self.layers)).to(self.device, DTYPES[precision])
@@ -551,6 +548,14 @@ def as_texts(texts: str | Iterable[str]) -> Iterable[str]:
         raise TypeError(f"texts must be a str or an iterable of str, got "
                         f"{type(texts).__name__}.")
     return texts
+
+
+def checked_max_length(max_length, positions: int) -> int:
+    """A tokens-per-text limit: an int from 3 ([CLS] text [SEP]) to the model's positions."""
+    if not (isinstance(max_length, numbers.Integral) and 3 <= max_length <= positions):
+        raise ValueError(f"max_length must be an int between 3 and the model's {positions} "
+                         f"positions, got {max_length!r}.")
+    return max_length
 
 
 def _offsets_before_lowercasing(text: str, offsets) -> list[tuple[int, int]]:

@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import WEIGHTS_NAME, read_weights
 from .device import choose_device
-from .embeddings import as_texts
+from .embeddings import as_texts, checked_max_length
 from .model import BertForMaskedLM
 from .sources import resolve_pretrained
 from .tokenizer import BertTokenizer
@@ -48,12 +48,9 @@ class FillMask:
         self.tokenizer = BertTokenizer.from_pretrained(directory)
         self.model = BertForMaskedLM.from_pretrained(directory).eval().to(self.device)
         positions = self.model.config.max_position_embeddings
-        self.max_length = max_length if max_length is not None else positions
         # [CLS] [MASK] [SEP] is the shortest text there is something to predict in.
-        if not (isinstance(self.max_length, numbers.Integral)
-                and 3 <= self.max_length <= positions):
-            raise ValueError(f"max_length must be an int between 3 and the model's {positions} "
-                             f"positions, got {max_length!r}.")
+        self.max_length = checked_max_length(
+            max_length if max_length is not None else positions, positions)
 
     @torch.inference_mode()
     def __call__(self, texts: str | Sequence[str],

@@ -363,7 +363,7 @@ class BertTokenizer:
         # BERT's 512 positions where the config states no length.
         model_max_length = _stated_max_length(config, config_file) or 512
         tokenizer = cls(vocab, do_lower_case=stated, model_max_length=model_max_length)
-        if do_lower_case is None and not stated and _is_uncased(tokenizer.vocab):
+        if do_lower_case is None and not stated and not _cased_entries(tokenizer.vocab):
             said = (f"{config_file} says do_lower_case=false" if configured is not None
                     else f"{json_file} sets normalizer.lowercase=false")
             source = vocab_file if lowercase_in_json is None else json_file
@@ -372,9 +372,8 @@ class BertTokenizer:
                 "letter), so every capitalised word would become [UNK]. Set do_lower_case to true "
                 "in the config, or pass do_lower_case=True."
             )
-        if None is do_lower_case is configured is lowercase_in_json:
-            cased = sum(1 for token in tokenizer.vocab if token != token.lower()
-                        and not (token.startswith("[") and token.endswith("]")))
+        if do_lower_case is None and configured is None and lowercase_in_json is None:
+            cased = _cased_entries(tokenizer.vocab)
             if cased:  # e.g. Google's cased download: a vocab.txt alone
                 logger.warning(
                     "%s states no casing, so it is read lower-cased (Google's default), but %d of "
@@ -636,10 +635,10 @@ def _choice(value: object, name: str, valid: tuple[str, ...], default: str, off:
                      f"{', '.join(repr(v) for v in valid)}.")
 
 
-def _is_uncased(vocab: Iterable[str]) -> bool:
-    """No entry changes when lowercased, bracketed markers such as [CLS] or [unused0] aside."""
-    return all(token == token.lower() for token in vocab
-               if not (token.startswith("[") and token.endswith("]")))
+def _cased_entries(vocab: Iterable[str]) -> int:
+    """Entries that change when lowercased, bracketed markers such as [CLS] or [unused0] aside."""
+    return sum(1 for token in vocab if token != token.lower()
+               and not (token.startswith("[") and token.endswith("]")))
 
 
 
