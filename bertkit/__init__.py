@@ -6,7 +6,7 @@ The names mirror the ones users know: ``BertTokenizer``, ``BertConfig``, ``BertM
 
 from .config import BertConfig
 from .data import Corpus, PretrainingConfig, PretrainingDataset, create_pretraining_data
-from .embed_files import embed_file
+from .embed_files import EmbedStopped, embed_file
 from .embeddings import Embedder
 from .export import export_onnx
 from .fill_mask import FillMask
@@ -37,6 +37,7 @@ __all__ = [
     "BertModel",
     "BertTokenizer",
     "Corpus",
+    "EmbedStopped",
     "Embedder",
     "FillMask",
     "PretrainingConfig",

@@ -221,7 +221,7 @@ def cmd_embed(args):
     The default, mean pooling + L2 on all-MiniLM-L6-v2, is the sentence-transformers recipe.
     Input is streamed: memory stays flat on any size.
     """
-    from .embed_files import embed_file
+    from .embed_files import EmbedStopped, embed_file
     from .embeddings import Embedder
 
     embedder = Embedder(args.model, layers=args.layers, combine=args.combine,
@@ -230,9 +230,14 @@ def cmd_embed(args):
                         device=args.device, precision=args.precision, quantize=args.quantize,
                         compile=args.compile)
     columns = args.append_columns.split(",") if args.append_columns else None
-    summary = embed_file(embedder, args.input, args.out, empty=args.empty,
-                         invalid_utf8=args.invalid_utf8, append_csv=args.append_csv,
-                         append_columns=columns, progress=not args.no_progress)
+    try:
+        summary = embed_file(embedder, args.input, args.out, empty=args.empty,
+                             invalid_utf8=args.invalid_utf8, append_csv=args.append_csv,
+                             append_columns=columns, progress=not args.no_progress,
+                             resume=args.resume)
+    except EmbedStopped as stop:
+        print(f"\nbertkit embed: {stop}", file=sys.stderr)
+        return stop.exit_code
     print(summary, file=sys.stderr)
 
 
@@ -292,6 +297,8 @@ output: FILE.npy (float32 rows + FILE.index.jsonl with each row's input line; pe
 with tokens and offsets) or FILE.jsonl / - (one JSON object per line). Examples:
   bertkit embed --input sentences.txt --out vectors.npy
   bertkit embed --input tweets.txt --out tokens.jsonl --pooling tokens --layers concat-last-four
+Ctrl-C (or SIGTERM) keeps the rows written so far beside --out; run the same command with
+--resume to go on from there.
 """
 
 
@@ -376,6 +383,10 @@ def _add_embed_command(commands) -> None:
                        help="int8: dynamic int8 Linear layers on CPU (cosine to fp32 about 0.98)")
     embed.add_argument("--compile", action="store_true",
                        help="torch.compile the encoder (the first batches wait for compilation)")
+    embed.add_argument("--resume", action="store_true",
+                       help="go on with the rows a stopped run (Ctrl-C, SIGTERM, a full disk) "
+                       "kept beside --out, after checking the input, model and settings are "
+                       "the same")
     embed.add_argument("--batch-tokens", type=_count_flag("--batch-tokens", 1), metavar="N",
                        help="tokens per batch, real ones where batches run packed (default "
                        "8192 on CPU, 2048 for int8, 16384 on GPU)")

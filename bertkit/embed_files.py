@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import math
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .embeddings import Embedder
-from .files import atomic_path
+from .files import failed_write, remove, replace, reporting_full_disk
+from .training import Stopped
 
 EMPTY_POLICIES = ("zero", "skip")
 GZIP_MAGIC = b"\x1f\x8b"  # never the start of UTF-8 text: 0x8b cannot begin a character
@@ -38,10 +42,15 @@ class EmbedSummary:
     truncated: int = 0
     max_length: int = 0
     invalid_utf8: int = 0
+    resumed_at: int = 0  # lines a stopped run embedded before this one went on
+    kept: int = 0  # rows of those lines
 
     def __str__(self) -> str:
         where = ", ".join(str(p) for p in self.outputs) or "standard output"
         parts = [f"embedded {self.written:,} of {self.lines:,} lines into {where}"]
+        if self.resumed_at:
+            parts[0] += (f", after the stopped run's {self.resumed_at:,} lines ({self.kept:,} "
+                         "vectors kept; the counts below are of this run's lines)")
         if self.empty:
             fate = ("got zero vectors" if self.empty_policy == "zero"
                     else "were skipped (the index keeps the line numbers)")
@@ -57,7 +66,8 @@ class EmbedSummary:
 def embed_file(embedder: Embedder, source: str | Path, out: str | Path, *,
                empty: str = "zero", invalid_utf8: str = "error",
                append_csv: str | Path | None = None, append_columns: Sequence[str] | None = None,
-               chunk_size: int = 1024, progress: bool = True) -> EmbedSummary:
+               chunk_size: int = 1024, progress: bool = True,
+               resume: bool = False) -> EmbedSummary:
     """Embed every line of a UTF-8 text file (``"-"``: standard input), streaming.
 
     ``out`` ending in ``.npy`` gets a float32 [rows, D] array (per-token output: one row per
@@ -66,6 +76,11 @@ def embed_file(embedder: Embedder, source: str | Path, out: str | Path, *,
     object per line. ``empty``: "zero" (a zero vector) or "skip" (no row; the index keeps line
     numbers). ``append_csv``: a CSV with a header and one row per input line whose numeric
     ``append_columns`` (default: all) are appended to each pooled vector.
+
+    Stopped by Ctrl-C or SIGTERM (`EmbedStopped`), or by a full disk, a run from a file into a
+    file keeps the rows written in hidden partial files beside ``out``; ``resume=True`` goes on
+    from the first line they lack, once it has checked that the input, the weights and the
+    settings are the same. The rows equal an uninterrupted run's.
     """
     if empty not in EMPTY_POLICIES:
         raise ValueError(f"unknown empty policy {empty!r}; choose one of "
@@ -81,6 +96,7 @@ def embed_file(embedder: Embedder, source: str | Path, out: str | Path, *,
                          "file: give that CSV (--append-csv) too.")
     _check_outputs(source, out)
     summary = EmbedSummary(empty_policy=empty, max_length=embedder.max_length)
+    run = None
     with contextlib.ExitStack() as stack:
         extra = None
         if append_csv is not None:
@@ -88,24 +104,93 @@ def embed_file(embedder: Embedder, source: str | Path, out: str | Path, *,
             stack.callback(extra.file.close)
         width = embedder.dim + (len(extra.columns) if extra else 0)
         lines = stack.enter_context(_LineReader(source, invalid_utf8, progress))
-        writer = stack.enter_context(_writer(out, width, per_token))
-        for result in embedder.stream(lines, chunk_size=chunk_size):
-            summary.lines += 1
-            summary.empty += result.empty
-            summary.truncated += result.truncated
-            row = extra.row(result.index) if extra else None
-            if result.empty and empty == "skip":
-                continue
-            value = result.value
-            if row is not None:
-                value = np.concatenate([value, row])
-            writer.write(result.index, value)
-            summary.written += 1
+        run = _describe(embedder, source, out, empty=empty, invalid_utf8=invalid_utf8,
+                        append_csv=append_csv, append_columns=extra and extra.names, width=width)
+        if resume and run is None:
+            raise ValueError("--resume goes on with a stopped run's output file: it needs a "
+                             "file as --input and as --out, not - (standard input or output).")
+        stack.enter_context(reporting_full_disk(
+            out, "The rows written so far are kept: make room and run the same command with "
+            "--resume to go on." if run else "Nothing was kept."))
+        writer = stack.enter_context(_writer(out, width, per_token, run=run, resume=resume))
+        lines.skip = summary.resumed_at = writer.next_line
+        summary.kept = writer.kept
         if extra:
-            extra.check_exhausted(summary.lines)
+            extra.skip(writer.next_line)
+        stack.enter_context(_sigterm_as_interrupt())
+        try:
+            for result in embedder.stream(lines, chunk_size=chunk_size):
+                line = writer.next_line + result.index
+                summary.lines += 1
+                summary.empty += result.empty
+                summary.truncated += result.truncated
+                row = extra.row(line) if extra else None
+                if result.empty and empty == "skip":
+                    continue
+                value = result.value
+                if row is not None:
+                    value = np.concatenate([value, row])
+                writer.write(line, value)
+                summary.written += 1
+        except KeyboardInterrupt as stop:
+            if run is None:
+                raise
+            raise EmbedStopped(
+                f"stopped after line {writer.next_line + summary.lines:,}; the vectors so far "
+                f"are kept in {writer.staging[0]}: run the same command with --resume to go "
+                "on.", getattr(stop, "exit_code", 130)) from None
+        if extra:
+            extra.check_exhausted(writer.next_line + summary.lines)
         summary.invalid_utf8 = lines.replaced
         summary.outputs = writer.paths  # moved into place as the block ends without an error
     return summary
+
+
+class EmbedStopped(Stopped):
+    """An `embed_file` run stopped by Ctrl-C or SIGTERM, its rows kept for ``resume=True``."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(exit_code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends the run as Ctrl-C does, at once: the
+    rows written are whole, so nothing is lost by not finishing the batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(128 + signum)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _describe(embedder: Embedder, source, out, **settings) -> dict | None:
+    """What a run's vectors depend on (the input file as it is, the weights as they run, every
+    setting that changes a row), for a resumed run to check it goes on with the same; None for
+    a run that cannot resume (standard input or output)."""
+    if str(source) == "-" or str(out) == "-":
+        return None
+    stat = Path(source).stat()
+    csv_path = settings["append_csv"]
+    run = {"input": str(Path(source).resolve()), "input_bytes": stat.st_size,
+           "input_modified_ns": stat.st_mtime_ns, "weights": embedder.weights_digest(),
+           "layers": [int(layer) for layer in embedder.layers], "combine": embedder.combine,
+           "pooling": embedder.pooling, "normalize": bool(embedder.normalize),
+           "lowercase": embedder.lowercase, "max_length": embedder.max_length,
+           "precision": embedder.precision, "quantize": embedder.quantize, **settings,
+           "append_csv": csv_path and str(Path(csv_path).resolve()),
+           "append_csv_modified_ns": csv_path and Path(csv_path).stat().st_mtime_ns}
+    return json.loads(json.dumps(run))  # as it reads back from the file
 
 
 def _index_path(out: Path) -> Path:
@@ -144,6 +229,7 @@ class _LineReader:
                 raise FileNotFoundError(f"input file {path} not found.")
             self.file, size = path.open("rb"), path.stat().st_size
         self.invalid_utf8, self.replaced = invalid_utf8, 0
+        self.skip = 0  # lines a stopped run embedded already
         self.bar = tqdm(total=size, unit="B", unit_scale=True, desc="embedding",
                         disable=not progress)
 
@@ -158,6 +244,8 @@ class _LineReader:
     def __iter__(self) -> Iterator[str]:
         for number, raw in enumerate(self.file):
             self.bar.update(len(raw))
+            if number < self.skip:
+                continue
             if number == 0 and raw.startswith(GZIP_MAGIC):
                 raise ValueError(
                     f"{self.name} is gzip-compressed, not text: decompress it (gunzip -k "
@@ -200,6 +288,11 @@ class _CsvColumns:
         self.columns = [header.index(name) for name in names]
         self.names, self.fields = list(names), len(header)
 
+    def skip(self, rows: int) -> None:
+        """Pass the rows of the lines a stopped run embedded."""
+        for _ in itertools.islice(self.reader, rows):
+            pass
+
     def row(self, line: int) -> np.ndarray:
         values = next(self.reader, None)
         if values is None:
@@ -225,47 +318,109 @@ class _CsvColumns:
                              f"{lines} lines; give one CSV row per input line.")
 
 
-def _writer(out, width: int, per_token: bool):
+def _writer(out, width: int, per_token: bool, **resuming):
     if str(out) == "-":
         return _JsonlWriter(None, per_token)
     path = Path(out)
     if path.suffix == ".npy":
-        return _NpyWriter(path, width, per_token)
+        return _NpyWriter(path, width, per_token, **resuming)
     if path.suffix == ".jsonl":
-        return _JsonlWriter(path, per_token)
+        return _JsonlWriter(path, per_token, **resuming)
     raise ValueError(f"output {path} must end in .npy or .jsonl (or be - for JSON lines on "
                      "standard output).")
 
 
-class _AtomicFiles:
-    """Outputs written under temporary names by `bertkit.files.atomic_path`: they replace their
-    paths when the writer's block ends without an error and are removed otherwise, so an
-    interrupted run never leaves a file that looks finished."""
+class _StagedFiles:
+    """Outputs that grow under hidden sibling names (`_partial_path`) and replace their paths
+    when the writer's block ends without an error, so no run leaves a file that looks finished.
 
-    def __init__(self, *paths: Path):
+    A resumable run (``run``: its description, `_describe`) keeps them when it is stopped
+    (Ctrl-C, SIGTERM) or the disk fills, with the description beside them, and ``resume`` goes
+    on with them: the whole records they hold are kept (`_kept_records`: a run killed mid-write
+    leaves a cut last one) and `next_line` is the first input line still to embed. Other
+    errors, and stops of runs that cannot resume, remove them."""
+
+    def __init__(self, *paths: Path, run: dict | None = None, resume: bool = False):
         self.paths = list(paths)
-        self._outputs = contextlib.ExitStack()
-        self.staging = [self._outputs.enter_context(atomic_path(p)) for p in paths]
-        self._outputs.callback(self.close)  # runs first: files are whole before they are moved
+        self.staging = [_partial_path(p) for p in paths]
+        self.run, self.next_line, self.kept = run, 0, 0
+        self.described = _partial_path(paths[0]).with_suffix(".partial.json") if paths else None
+        stopped = self.described is not None and all(
+            p.exists() for p in [self.described, *self.staging])
+        if stopped and not (run and resume):
+            raise ValueError(
+                f"a stopped run left the first rows of {paths[0]} in {self.staging[0]}: add "
+                "--resume to go on from where it stopped, or delete "
+                f"{', '.join(str(p) for p in [*self.staging, self.described])} to start over.")
+        if stopped:
+            _check_same_run(json.loads(self.described.read_text(encoding="utf-8")), run,
+                            self.described)
+        else:
+            for path in [*self.staging, *([self.described] if self.described else [])]:
+                remove(path)
+            for path in self.paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            if run:
+                self.described.write_text(json.dumps(run, indent=1), encoding="utf-8")
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        return self._outputs.__exit__(*exc)
+    def __exit__(self, kind, error, traceback):
+        try:
+            self.close()
+        except OSError:
+            if error is None:
+                raise
+        if error is None:
+            for staged, path in zip(self.staging, self.paths, strict=True):
+                replace(staged, path)
+        elif self.run and (isinstance(error, KeyboardInterrupt) or failed_write(error)):
+            return False  # kept for --resume
+        for path in [*self.staging, *([self.described] if self.described else [])]:
+            remove(path)
+        return False
+
+    def close(self):
+        raise NotImplementedError
 
 
-class _NpyWriter(_AtomicFiles):
+class _NpyWriter(_StagedFiles):
     """Float32 rows streamed into an .npy; the header is rewritten with the final row count
     (numpy leaves room in it for the first dimension to grow, so it keeps its size)."""
 
-    def __init__(self, path: Path, width: int, per_token: bool):
-        super().__init__(path, _index_path(path))
+    def __init__(self, path: Path, width: int, per_token: bool, **resuming):
+        super().__init__(path, _index_path(path), **resuming)
         self.width, self.per_token, self.rows = width, per_token, 0
-        self.file = self.staging[0].open("wb")
-        self.index = self.staging[1].open("w", encoding="utf-8")
-        self._write_header()
-        self.data_start = self.file.tell()
+        vectors, index = self.staging
+        if vectors.exists():  # a stopped run's rows, kept as far as the index names them
+            self.file = vectors.open("r+b")
+            np.lib.format.read_magic(self.file)
+            shape, _, _ = np.lib.format.read_array_header_1_0(self.file)
+            self.data_start = self.file.tell()
+            if shape[1:] != (width,):
+                raise ValueError(f"{vectors} holds rows of {shape[1:]} values, not {width}.")
+            room = (vectors.stat().st_size - self.data_start) // (4 * width)
+            self.kept, last, self.rows = _kept_records(index, self._fits(room))
+            self.file.truncate(self.data_start + 4 * width * self.rows)
+            self.file.seek(0, 2)
+            self.next_line = last["line"] + 1 if last else 0
+        else:
+            self.file = vectors.open("wb")
+            self._write_header()
+            self.data_start = self.file.tell()
+        self.index = index.open("a", encoding="utf-8")
+
+    def _fits(self, room: int):
+        """Whether each next index record's rows are all in the file (``room`` rows long):
+        gives the rows up to that record, or None."""
+        counted = [0]
+
+        def rows_up_to(record) -> int | None:
+            counted[0] = (record["first_row"] + len(record["tokens"]) if self.per_token
+                          else counted[0] + 1)
+            return counted[0] if counted[0] <= room else None
+        return rows_up_to
 
     def _write_header(self):
         self.file.seek(0)
@@ -284,17 +439,25 @@ class _NpyWriter(_AtomicFiles):
 
     def close(self):
         if not self.file.closed:
+            end = self.file.seek(0, 2)
             self._write_header()
             assert self.file.tell() == self.data_start, "npy header changed size"
+            self.file.seek(end)
             self.file.close()
             self.index.close()
 
 
-class _JsonlWriter(_AtomicFiles):
-    def __init__(self, path: Path | None, per_token: bool):
-        super().__init__(*([path] if path else []))
+class _JsonlWriter(_StagedFiles):
+    def __init__(self, path: Path | None, per_token: bool, **resuming):
+        super().__init__(*([path] if path else []), **resuming)
         self.per_token = per_token
-        self.file = self.staging[0].open("w", encoding="utf-8") if path else sys.stdout
+        if path is None:
+            self.file = sys.stdout
+            return
+        if self.staging[0].exists():
+            self.kept, last, _ = _kept_records(self.staging[0], lambda record: 0)
+            self.next_line = last["line"] + 1 if last else 0
+        self.file = self.staging[0].open("a", encoding="utf-8")
 
     def write(self, line: int, value):
         if self.per_token:
@@ -309,3 +472,39 @@ class _JsonlWriter(_AtomicFiles):
             self.file.flush()
         elif not self.file.closed:
             self.file.close()
+
+
+def _partial_path(path: Path) -> Path:
+    """The hidden sibling an output grows in until the run ends (kept by a stopped run)."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def _kept_records(path: Path, rows_up_to) -> tuple[int, dict | None, int]:
+    """A stopped run's JSON-lines file cut after its last whole record whose rows are written
+    (``rows_up_to(record)``: the rows written up to it, or None): the records kept, the last
+    of them, and its rows. A process killed mid-write leaves a cut or an unwritten last line."""
+    kept, last, rows, size = 0, None, 0, 0
+    with path.open("r+b") as file:
+        for raw in file:
+            try:
+                record = json.loads(raw) if raw.endswith(b"\n") else None
+            except ValueError:
+                record = None
+            reached = None if record is None else rows_up_to(record)
+            if reached is None:
+                break
+            kept, last, rows, size = kept + 1, record, reached, size + len(raw)
+        file.truncate(size)
+    return kept, last, rows
+
+
+def _check_same_run(stopped: dict, run: dict, described: Path) -> None:
+    """Refuses to go on with a stopped run's rows for another input or other settings: the
+    output would mix vectors of two kinds."""
+    changed = [key for key in run if stopped.get(key) != run[key]]
+    if changed:
+        key = changed[0]
+        raise ValueError(
+            f"--resume: the stopped run ({described}) had {key} {stopped.get(key)!r}, this one "
+            f"has {run[key]!r}; resume with the settings and input it had, or delete its partial "
+            "files to start over.")

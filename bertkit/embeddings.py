@@ -21,6 +21,7 @@ its own recipe, so that `Embedder` gives the vectors ``SentenceTransformer`` giv
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import logging
@@ -482,6 +483,25 @@ class Embedder:
         the grid and back in each layer."""
         return self._in_runs() or (self.skip_padding
                                    and mask.float().mean().item() < PACK_BELOW_FILL)
+
+    def weights_digest(self) -> str:
+        """A hash of the encoder's weights as they run (cast or quantised): what a resumed
+        `bertkit.embed_files.embed_file` checks to go on with the model that began."""
+        digest = hashlib.blake2b(digest_size=16)
+
+        def add(value) -> None:
+            if isinstance(value, torch.Tensor):
+                value = value.int_repr() if value.is_quantized else value.detach()
+                digest.update(value.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            elif isinstance(value, (tuple, list)):
+                for item in value:
+                    add(item)
+            else:
+                digest.update(repr(value).encode())
+        for name, value in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            add(value)
+        return digest.hexdigest()
 
     def _empty_value(self) -> np.ndarray | TokenVectors:
         if self.pooling == "tokens":

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -773,6 +774,31 @@ def test_embed_append_columns_without_a_csv_is_refused(mlm_dir, tmp_path, capsys
     assert "give that CSV (--append-csv) too" in refused(
         capsys, embed_args(mlm_dir, source, tmp_path / "v.npy", "--append-columns", "a,b"))
     assert not (tmp_path / "v.npy").exists()
+
+
+def test_embedding_onto_a_full_disk_keeps_its_rows_for_resume(mlm_dir, tmp_path, capsys,
+                                                              wiki_sentences):
+    texts = [" ".join(text.split()) for text in wiki_sentences[:3000]]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    whole = tmp_path / "whole.npy"
+    assert run_cli(embed_args(mlm_dir, source, whole), capsys)[0] == 0
+    disk = tmp_path / "disk"
+    with small_disk(disk, 256 * 1024) as resize:  # room for about a third of the vectors
+        out = disk / "v.npy"
+        error = refused(capsys, embed_args(mlm_dir, source, out))
+        assert error.startswith(f"bertkit: error: could not write {out} (") and error.endswith(
+            "is the disk full? The rows written so far are kept: make room and run the same "
+            "command with --resume to go on.")
+        assert not out.exists()
+        resize(8 * 1024 * 1024)
+        code, _, err = run_cli(embed_args(mlm_dir, source, out, "--resume"), capsys)
+        assert code == 0, err
+        kept = int(re.search(r"after the stopped run's ([\d,]+) lines", err)[1].replace(",", ""))
+        assert 500 < kept < 2500, err
+        np.testing.assert_allclose(np.load(out), np.load(whole), atol=1e-6)
+        assert (disk / "v.index.jsonl").read_text() == (tmp_path / "whole.index.jsonl").read_text()
+        assert sorted(p.name for p in disk.iterdir()) == ["v.index.jsonl", "v.npy"]
 
 
 @pytest.mark.parametrize("argv", [["finetune", "--data", "rt-polarity", "--model", "tiny"],

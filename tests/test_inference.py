@@ -9,6 +9,10 @@ import copy
 import itertools
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
 
 import numpy as np
@@ -598,6 +602,147 @@ def test_embed_command_bad_input_is_explained(tiny_mlm_dir, tmp_path, capsys):
     for extra_args, message in cases:
         code, _, err = run_cli(base + extra_args, capsys)
         assert code == 1 and message in err, (extra_args, err)
+
+
+# --- a stopped `bertkit embed` goes on where it stopped ---------------------------------------
+
+
+def stopping_after(monkeypatch, results: int) -> None:
+    """`Embedder.stream` raising Ctrl-C's KeyboardInterrupt after ``results`` texts."""
+    stream = Embedder.stream
+
+    def stopping(self, texts, **options):
+        for count, result in enumerate(stream(self, texts, **options)):
+            if count == results:
+                raise KeyboardInterrupt
+            yield result
+    monkeypatch.setattr(Embedder, "stream", stopping)
+
+
+def one_line(texts):
+    return [" ".join(text.split()) for text in texts]
+
+
+def partial(path):
+    return path.with_name(f".{path.name}.partial")
+
+
+def read_index(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_stopped_embedding_goes_on_where_it_stopped(tiny_mlm_dir, sentences, tmp_path,
+                                                      monkeypatch):
+    texts = [" ".join(text.split()) if i % 7 else "" for i, text in enumerate(sentences[:60])]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    extra = tmp_path / "extra.csv"
+    extra.write_text("n\n" + "".join(f"{i}\n" for i in range(60)))
+    embedder = Embedder(tiny_mlm_dir)
+    options = dict(empty="skip", append_csv=extra, chunk_size=16, progress=False)
+    whole = embed_file(embedder, source, tmp_path / "whole.npy", **options)
+    out = tmp_path / "v.npy"
+    stopping_after(monkeypatch, 37)
+    with pytest.raises(KeyboardInterrupt, match="stopped after line 37; the vectors so far are "
+                       "kept in .*--resume"):
+        embed_file(embedder, source, out, **options)
+    monkeypatch.undo()
+    assert not out.exists() and partial(out).exists()
+    written = read_index(partial(out.with_suffix(".index.jsonl")))
+    assert [r["line"] for r in written] == [i for i in range(37) if i % 7]
+    # as a SIGKILL mid-write leaves it: the last row's vector unwritten and a record cut
+    with partial(out).open("r+b") as vectors:
+        vectors.truncate(vectors.seek(0, 2) - 4 * (32 + 1))
+    with partial(out.with_suffix(".index.jsonl")).open("a") as index:
+        index.write('{"line": 3')
+
+    with pytest.raises(ValueError, match="a stopped run left the first rows of .*v.npy in "
+                       ".*add --resume to go on"):
+        embed_file(embedder, source, out, **options)
+    for changed, message in [(dict(empty="zero"), "had empty 'skip', this one has 'zero'"),
+                             (dict(append_csv=None), "had append_csv '.*extra.csv', this one "
+                              "has None")]:
+        with pytest.raises(ValueError, match=message):
+            embed_file(embedder, source, out, **{**options, **changed}, resume=True)
+    with pytest.raises(ValueError, match="had pooling 'mean', this one has 'max'"):
+        embed_file(Embedder(tiny_mlm_dir, pooling="max"), source, out, **options, resume=True)
+
+    summary = embed_file(embedder, source, out, **options, resume=True)
+    assert summary.resumed_at == written[-2]["line"] + 1 == 35 and summary.kept == 30
+    assert "after the stopped run's 35 lines (30 vectors kept" in str(summary)
+    assert read_index(out.with_suffix(".index.jsonl")) == read_index(
+        tmp_path / "whole.index.jsonl")
+    np.testing.assert_allclose(np.load(out), np.load(tmp_path / "whole.npy"), atol=1e-6)
+    assert summary.written + summary.kept == whole.written
+    assert not list(tmp_path.glob(".*partial*"))
+
+    source.write_text("\n".join(texts[:50]) + "\n", encoding="utf-8")  # the input changes
+    stopping_after(monkeypatch, 20)
+    with pytest.raises(KeyboardInterrupt):
+        embed_file(embedder, source, out, **options)
+    monkeypatch.undo()
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="had input_bytes"):
+        embed_file(embedder, source, out, **options, resume=True)
+
+
+def test_stopped_per_token_lines_go_on_and_standard_streams_cannot_resume(
+        tiny_mlm_dir, sentences, tmp_path, monkeypatch):
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(one_line(sentences[:30])) + "\n", encoding="utf-8")
+    embedder = Embedder(tiny_mlm_dir, pooling="tokens", layers=[0, 2], combine="concat")
+    out = tmp_path / "tokens.jsonl"
+    summary = embed_file(embedder, source, out, chunk_size=8, progress=False, resume=True)
+    assert summary.resumed_at == 0  # nothing stopped: --resume starts at the first line
+    whole = read_index(out)
+    stopping_after(monkeypatch, 11)
+    with pytest.raises(KeyboardInterrupt, match="stopped after line 11"):
+        embed_file(embedder, source, out, chunk_size=8, progress=False)
+    monkeypatch.undo()
+    assert read_index(out) == whole  # the finished output stays until the new one is whole
+    summary = embed_file(embedder, source, out, chunk_size=8, progress=False, resume=True)
+    resumed = read_index(out)
+    assert summary.resumed_at == 11 and [r["line"] for r in resumed] == list(range(30))
+    assert [r["tokens"] for r in resumed] == [r["tokens"] for r in whole]
+    np.testing.assert_allclose(np.concatenate([r["vectors"] for r in resumed]),
+                               np.concatenate([r["vectors"] for r in whole]), atol=1e-6)
+    with pytest.raises(ValueError, match="needs a file as --input and as --out, not -"):
+        embed_file(embedder, source, "-", progress=False, resume=True)
+
+
+def test_ctrl_c_and_sigterm_on_the_command_line_keep_the_rows(tiny_mlm_dir, sentences,
+                                                              tmp_path):
+    source = tmp_path / "in.txt"
+    lines = one_line(sentences)
+    source.write_text("\n".join(lines * 60) + "\n", encoding="utf-8")  # 60,000 lines
+    out = tmp_path / "v.npy"
+    command = [sys.executable, "-m", "bertkit", "embed", "--model", str(tiny_mlm_dir),
+               "--input", str(source), "--out", str(out), "--no-progress"]
+    index = partial(out.with_suffix(".index.jsonl"))
+    for flags, signum, code in [([], signal.SIGINT, 130), (["--resume"], signal.SIGTERM, 143)]:
+        before = index.stat().st_size if index.exists() else 0
+        # SIGINT as a terminal sends it: a background job (`make test &`) starts with it ignored
+        process = subprocess.Popen(command + flags, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                    signal.SIG_DFL))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None and (
+                not index.exists() or index.stat().st_size <= before):
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == code, stderr
+        assert "bertkit embed: stopped after line" in stderr and "--resume to go on" in stderr
+        assert not out.exists() and 0 < len(read_index(index)) < 60_000
+    code = main(command[3:] + ["--resume"])
+    assert code == 0
+    vectors = np.load(out)
+    assert [r["line"] for r in read_index(out.with_suffix(".index.jsonl"))] == list(
+        range(60_000))
+    np.testing.assert_allclose(vectors[:1000], Embedder(tiny_mlm_dir).encode(lines),
+                               atol=1e-6)
+    np.testing.assert_allclose(vectors[59_000:], vectors[:1000], atol=1e-6)
+    assert not list(tmp_path.glob(".*partial*"))
 
 
 def test_fill_mask_command(minilm_dir, tiny_mlm_dir, capsys):
