@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from . import files
 from .embeddings import _encoder_view
 from .model import BertModel
 
@@ -30,7 +32,8 @@ def export_onnx(model, path: str | Path) -> Path:
     serving elsewhere: inputs ``input_ids``,
     ``attention_mask``, ``token_type_ids`` (int64 [batch, tokens], both dynamic), output
     ``last_hidden_state`` (float32 [batch, tokens, H]). Needs the ``onnx`` extra
-    (onnx, onnxscript; onnxruntime to run it)."""
+    (onnx, onnxscript; onnxruntime to run it). The file appears only when whole: a failed
+    export (a full disk raises `bertkit.files.DiskFull`) leaves what was at ``path``."""
     try:
         import onnxscript  # noqa: F401  (the exporter needs it; fail early with a clear hint)
     except ImportError:
@@ -62,5 +65,17 @@ def export_onnx(model, path: str | Path) -> Path:
         finally:
             exporter_log.setLevel(level)
     path.parent.mkdir(parents=True, exist_ok=True)  # as other commands make their --out's
-    program.save(str(path))
+    # Saved in a folder beside it under its own name (a model over 2 GB names the data file
+    # saved with it), then moved into place, the graph last: an interrupted or failed export
+    # leaves what was at ``path`` before.
+    staging = files.staging_path(path)
+    files.remove(staging)
+    staging.mkdir()
+    try:
+        with files.reporting_full_disk(path, "What was there before is kept."):
+            program.save(str(staging / path.name))
+        for written in sorted(staging.iterdir(), key=lambda file: file.name == path.name):
+            os.replace(written, path.parent / written.name)
+    finally:
+        files.remove(staging)
     return path

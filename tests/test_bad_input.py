@@ -801,6 +801,22 @@ def test_embedding_onto_a_full_disk_keeps_its_rows_for_resume(mlm_dir, tmp_path,
         assert sorted(p.name for p in disk.iterdir()) == ["v.index.jsonl", "v.npy"]
 
 
+def test_an_onnx_export_onto_a_full_disk_keeps_the_file_there_before(mlm_dir, tmp_path):
+    from bertkit.export import export_onnx
+    from bertkit.files import DiskFull
+
+    whole = export_onnx(mlm_dir, tmp_path / "whole.onnx")
+    disk = tmp_path / "disk"
+    with small_disk(disk, whole.stat().st_size // 2):
+        before = disk / "encoder.onnx"
+        before.write_bytes(b"the export of last week")
+        with pytest.raises(DiskFull, match=f"could not write {before} .*is the disk full\\? "
+                           "What was there before is kept."):
+            export_onnx(mlm_dir, before)
+        assert [p.name for p in disk.iterdir()] == ["encoder.onnx"]
+        assert before.read_bytes() == b"the export of last week"
+
+
 @pytest.mark.parametrize("argv", [["finetune", "--data", "rt-polarity", "--model", "tiny"],
                                   ["data", "pretrain", "wiki-leads", "--out", "x"],
                                   ["demo"]])
