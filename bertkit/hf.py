@@ -12,10 +12,14 @@ They live apart from `bertkit.model` because transformers is no dependency of be
 importing its model base costs seconds.
 """
 
+import dataclasses
+import functools
+
 from torch import nn
 
 try:
     from transformers import PreTrainedModel
+    from transformers.utils import ModelOutput
 except ImportError as error:
     raise ImportError("bertkit.hf needs transformers: pip install transformers") from error
 
@@ -31,10 +35,28 @@ class TransformersModel(PreTrainedModel):
         nn.Module.__init__(self)
 
 
+@functools.cache
+def _output_class(names: tuple[str, ...]) -> type:
+    """A transformers ``ModelOutput`` dataclass with these fields. Pipelines move a model's
+    outputs to the CPU keeping a ``ModelOutput`` as one but turning any other dict, bertkit's
+    `Output` too, into a plain dict, which then cannot be read by position (the
+    feature-extraction pipeline reads ``outputs[0]``)."""
+    return dataclasses.make_dataclass("BertOutput", [(name, object, None) for name in names],
+                                      bases=(ModelOutput,), namespace={"__module__": __name__})
+
+
 def _pretrained_model(bertkit_class: type) -> type:
     name = bertkit_class.__name__
+
+    @functools.wraps(bertkit_class.forward)  # its signature: Trainer keeps the columns it names
+    def forward(self, *args, **kwargs):
+        out = bertkit_class.forward(self, *args, **kwargs)
+        if not isinstance(out, model.Output):  # return_dict=False: a tuple
+            return out
+        return _output_class(out.names)(**{name: getattr(out, name) for name in out.names})
     return type(name, (bertkit_class, TransformersModel),
-                {"__module__": __name__, "__qualname__": name, "__doc__": bertkit_class.__doc__})
+                {"__module__": __name__, "__qualname__": name, "__doc__": bertkit_class.__doc__,
+                 "forward": forward})
 
 
 BertModel = _pretrained_model(model.BertModel)

@@ -53,6 +53,7 @@ class Output(dict):
     def __init__(self, **values):
         super().__init__((k, v) for k, v in values.items() if v is not None)
         self.absent = frozenset(k for k, v in values.items() if v is None)
+        self.names = tuple(values)  # every output this head gives, present or not, in order
 
     def __getattr__(self, name):
         try:

@@ -388,6 +388,33 @@ def test_fill_mask_pipeline(saved, texts):
                                    [p.score for p in mine], atol=1e-5, rtol=0)
 
 
+def test_pipelines_take_bertkit_hf_model_objects(saved, texts, minilm_dir):
+    """Pipelines move outputs to the CPU turning any dict but transformers' ModelOutput into a
+    plain one: feature-extraction then failed reading ``outputs[0]`` of a bertkit model."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    ours = transformers.pipeline("feature-extraction", device="cpu", tokenizer=tokenizer,
+                                 model=bertkit.hf.BertModel.from_pretrained(minilm_dir).eval())
+    theirs = transformers.pipeline("feature-extraction", model=str(minilm_dir), device="cpu")
+    for text in texts[:4]:
+        np.testing.assert_allclose(ours(text), theirs(text), atol=1e-5, rtol=0)
+    for task, name, kwargs in [("fill-mask", "BertForMaskedLM", {"top_k": 3}),
+                               ("text-classification", "BertForSequenceClassification",
+                                {"top_k": None})]:
+        folder = saved["fill-mask" if task == "fill-mask" else "classification"]
+        model = getattr(bertkit.hf, name).from_pretrained(folder).eval()
+        inputs = [f"{text.split()[0]} [MASK] {' '.join(text.split()[2:])}" for text in texts[:3]]
+        ours = transformers.pipeline(task, model=model, tokenizer=str(folder), device="cpu")
+        theirs = transformers.pipeline(task, model=str(folder), device="cpu")
+        for mine, expected in zip(ours(inputs, **kwargs), theirs(inputs, **kwargs), strict=True):
+            assert [c.get("token", c.get("label")) for c in mine] == [
+                c.get("token", c.get("label")) for c in expected]
+            np.testing.assert_allclose([c["score"] for c in mine],
+                                       [c["score"] for c in expected], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[101, 7592, 102]]))
+    assert out.loss is None and out[0] is out.logits and list(out) == ["logits"]
+
+
 def test_pipeline_truncates_where_the_finetuned_task_does(tmp_path, minilm_dir, tokenizer,
                                                           snippets):
     model = bertkit.BertForSequenceClassification.from_pretrained(minilm_dir,
