@@ -120,6 +120,36 @@ def test_a_shard_swapped_for_another_is_named_on_reading(sharded, tmp_path):
         PretrainingDataset(copy)
 
 
+@pytest.mark.parametrize("array, value, message", [
+    ("input_ids", 60_000, r"example 2: \d+ tokens with ids from \d+ to 60000 \(at most 128 "
+                          r"tokens, ids below 30522\); the shard is damaged"),
+    ("offsets", 10**6, r"example 2: 0 tokens"),
+    ("masked_positions", 500, r"example 2: masked positions or original ids out of range"),
+])
+def test_a_damaged_shard_is_named_on_reading_not_fed_to_the_model(sharded, tmp_path, array,
+                                                                  value, message):
+    """Flipped bytes in a shard whose counts still match: ids past the vocabulary reached the
+    embedding as an IndexError; offsets past the data made empty or garbage examples."""
+    copy = tmp_path / "data"
+    shutil.copytree(sharded, copy)
+    shard = sorted((copy / "train").iterdir())[0]
+    header_length = int.from_bytes(shard.read_bytes()[:8], "little")
+    info = json.loads(shard.read_bytes()[8:8 + header_length])[array]
+    dtype = np.dtype({"U16": "<u2", "I32": "<i4", "I64": "<i8", "U32": "<u4", "U8": "u1",
+                      "I16": "<i2"}[info["dtype"]])
+    mapped = np.memmap(shard, dtype=dtype, mode="r+", offset=8 + header_length
+                       + info["data_offsets"][0], shape=(3 if array == "offsets" else 2 * 128,))
+    index = 2 if array == "offsets" else (
+        PretrainingDataset(sharded).shards[0]["masked_offsets"][2] if array == "masked_positions"
+        else int(PretrainingDataset(sharded).shards[0]["offsets"][2]) + 1)
+    mapped[index] = value
+    mapped.flush()
+    dataset = PretrainingDataset(copy)
+    dataset[0]  # the examples before read as before
+    with pytest.raises(ValueError, match=message + ".*bertkit data pretrain"):
+        dataset[2]
+
+
 def test_ranks_read_disjoint_parts_and_resume_exactly(sharded):
     dataset = PretrainingDataset(sharded)
     assert len(dataset.shards) >= 3

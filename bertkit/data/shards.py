@@ -322,6 +322,12 @@ class PretrainingDataset(torch.utils.data.Dataset):
         shard, local = self.shards[shard_index], index - int(self.shard_starts[shard_index])
         begin, end = shard["offsets"][local], shard["offsets"][local + 1]
         input_ids = shard["input_ids"][begin:end].astype(np.int64)
+        vocab_size = self.manifest["tokenizer"]["vocab_size"]
+        if not 0 < len(input_ids) <= self.config.max_seq_length or not _within(input_ids,
+                                                                                vocab_size):
+            self._corrupt(shard_index, local, f"{len(input_ids)} tokens with ids from "
+                          f"{input_ids.min(initial=0)} to {input_ids.max(initial=0)} (at most "
+                          f"{self.config.max_seq_length} tokens, ids below {vocab_size})")
         if self.config.dynamic_masking:
             rng = np.random.default_rng([self.config.seed,
                                          self.epoch if epoch is None else epoch, index])
@@ -333,10 +339,20 @@ class PretrainingDataset(torch.utils.data.Dataset):
             mask_begin, mask_end = shard["masked_offsets"][local:local + 2]
             positions = shard["masked_positions"][mask_begin:mask_end].astype(np.int64)
             labels = shard["masked_labels"][mask_begin:mask_end].astype(np.int64)
+            if not (_within(positions, len(input_ids)) and _within(labels, vocab_size)):
+                self._corrupt(shard_index, local, "masked positions or original ids out of "
+                              "range")
         nsp = shard.get("next_sentence_labels")
         return {"input_ids": input_ids, "segment_a_length": int(shard["segment_a_lengths"][local]),
                 "positions": positions, "labels": labels,
                 "next_sentence_label": None if nsp is None else int(nsp[local])}
+
+    def _corrupt(self, shard_index: int, local: int, what: str) -> None:
+        """A cheap check on every read (`verify` compares whole shards' sha256): damaged bytes
+        would otherwise reach the model as an index error, or as examples of garbage."""
+        record = self.manifest["splits"][self.split]["shards"][shard_index]
+        raise ValueError(f"{self.directory / record['file']}, example {local}: {what}; the shard "
+                         f"is damaged. {rebuild_hint(self.directory, self.manifest)}".rstrip())
 
     def masked_labels(self) -> np.ndarray:
         """The original ids at every predicted position of the split (of this epoch's masks)."""
@@ -395,6 +411,11 @@ class PretrainingDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{shard['file']} is corrupt: sha256 {actual}, the manifest "
                                  f"recorded {shard['sha256']}. "
                                  f"{rebuild_hint(self.directory, self.manifest)}")
+
+
+def _within(values: np.ndarray, end: int) -> bool:
+    """Whether every value is in [0, end)."""
+    return values.size == 0 or (int(values.min()) >= 0 and int(values.max()) < end)
 
 
 _PAD_VALUES = {"token_type_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}
