@@ -686,24 +686,36 @@ def test_a_stopped_embedding_goes_on_where_it_stopped(tiny_mlm_dir, sentences, t
         embed_file(embedder, source, out, **options, resume=True)
 
 
+def token_records(out):
+    """Per-token output as JSON-lines records, read from .jsonl or from .npy + its index."""
+    if out.suffix == ".jsonl":
+        return read_index(out)
+    vectors = np.load(out)
+    return [{**r, "vectors": vectors[r["first_row"]:r["first_row"] + len(r["tokens"])]}
+            for r in read_index(out.with_suffix(".index.jsonl"))]
+
+
+@pytest.mark.parametrize("name", ["tokens.jsonl", "tokens.npy"])
 def test_stopped_per_token_lines_go_on_and_standard_streams_cannot_resume(
-        tiny_mlm_dir, sentences, tmp_path, monkeypatch):
+        tiny_mlm_dir, sentences, tmp_path, monkeypatch, name):
     source = tmp_path / "in.txt"
     source.write_text("\n".join(one_line(sentences[:30])) + "\n", encoding="utf-8")
     embedder = Embedder(tiny_mlm_dir, pooling="tokens", layers=[0, 2], combine="concat")
-    out = tmp_path / "tokens.jsonl"
+    out = tmp_path / name
     summary = embed_file(embedder, source, out, chunk_size=8, progress=False, resume=True)
     assert summary.resumed_at == 0  # nothing stopped: --resume starts at the first line
-    whole = read_index(out)
+    whole = token_records(out)
     stopping_after(monkeypatch, 11)
     with pytest.raises(KeyboardInterrupt, match="stopped after line 11"):
         embed_file(embedder, source, out, chunk_size=8, progress=False)
     monkeypatch.undo()
-    assert read_index(out) == whole  # the finished output stays until the new one is whole
+    # the finished output stays until the new one is whole
+    assert [r["tokens"] for r in token_records(out)] == [r["tokens"] for r in whole]
     summary = embed_file(embedder, source, out, chunk_size=8, progress=False, resume=True)
-    resumed = read_index(out)
+    resumed = token_records(out)
     assert summary.resumed_at == 11 and [r["line"] for r in resumed] == list(range(30))
     assert [r["tokens"] for r in resumed] == [r["tokens"] for r in whole]
+    assert [r.get("first_row") for r in resumed] == [r.get("first_row") for r in whole]
     np.testing.assert_allclose(np.concatenate([r["vectors"] for r in resumed]),
                                np.concatenate([r["vectors"] for r in whole]), atol=1e-6)
     with pytest.raises(ValueError, match="needs a file as --input and as --out, not -"):
