@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import pickle
@@ -41,7 +42,9 @@ TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 TRANSFORMERS_LOADER_OPTIONS = frozenset({
     "dtype", "torch_dtype", "device_map", "revision", "cache_dir", "token", "local_files_only",
     "force_download", "trust_remote_code", "subfolder", "use_safetensors", "low_cpu_mem_usage",
-    "quantization_config"})
+    "quantization_config", "attn_implementation"})
+# transformers' config switches for what forward returns; bertkit's forward takes them per call.
+FORWARD_OPTIONS = frozenset({"output_hidden_states", "output_attentions", "return_dict"})
 
 _SKIPPING_INIT = ContextVar("bertkit_skipping_init", default=False)
 
@@ -101,6 +104,7 @@ def _read_config(directory: Path, overrides: dict) -> BertConfig:
             "config.json too, or save this model with trainer.model.save_pretrained(folder)."
         )
     config = BertConfig.from_json_file(directory / "config.json")
+    _check_override_names(overrides)
     if overrides:
         overrides = dict(overrides)
         num_labels = overrides.pop("num_labels", None)
@@ -108,6 +112,25 @@ def _read_config(directory: Path, overrides: dict) -> BertConfig:
         if num_labels is not None and num_labels != config.num_labels:
             config = config.with_labels(num_labels)
     return config
+
+
+def _check_override_names(overrides: dict) -> None:
+    """A name that is no config field would be kept in config.json and change nothing: a typo
+    (``hidden_dropout=0.2``) or a forward argument would pass silently. transformers refuses
+    them too (its model's ``__init__`` gets them)."""
+    fields = BertConfig.field_names() | {"num_labels", "label2id", "position_embedding_type"}
+    unknown = sorted(overrides.keys() - fields)
+    if not unknown:
+        return
+    name = unknown[0]
+    if name in FORWARD_OPTIONS:
+        advice = (f"It is an argument of the forward call: model(**inputs, {name}=True). Drop "
+                  "it here.")
+    else:
+        close = difflib.get_close_matches(name, sorted(fields), n=1)
+        advice = (f"Did you mean {close[0]}? " if close else "") + (
+            f"The config fields are {', '.join(sorted(fields - {'label2id'}))}.")
+    raise TypeError(f"from_pretrained got {', '.join(unknown)}: no BertConfig field. {advice}")
 
 
 def _check_vocab_file(directory: Path, config: BertConfig) -> None:

@@ -90,8 +90,13 @@ class BertConfig:
         return cls(**{**sizes, **overrides})
 
     @classmethod
+    def field_names(cls) -> set[str]:
+        """The config.json keys bertkit reads (every other one is kept in ``extra``)."""
+        return {f.name for f in fields(cls)} - {"extra"}
+
+    @classmethod
     def from_dict(cls, values: dict) -> BertConfig:
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = cls.field_names()
         config = {k: v for k, v in values.items() if k in known}
         extra = {k: v for k, v in values.items() if k not in known and k != "label2id"}
         if "id2label" not in config and "num_labels" in values:

@@ -730,6 +730,26 @@ def test_transformers_loading_options_are_refused_not_ignored(tmp_path, option):
         bertkit.hf.BertForSequenceClassification.from_pretrained(tmp_path, **option)
 
 
+@pytest.mark.parametrize("option, message", [
+    (dict(hidden_dropout=0.2), r"got hidden_dropout: no BertConfig field\. Did you mean "
+                               r"hidden_dropout_prob\? The config fields are "),
+    (dict(output_hidden_states=True), r"It is an argument of the forward call: "
+                                      r"model\(\*\*inputs, output_hidden_states=True\)"),
+    (dict(attn_implementation="eager"), "transformers loading options")])
+def test_from_pretrained_refuses_names_that_are_no_config_field(tmp_path, option, message):
+    """They were kept in config.extra and changed nothing: a typo's dropout stayed 0.1, hidden
+    states asked for this way never came. transformers raises on them too."""
+    tiny_transformers_model().save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=message):
+        bertkit.BertModel.from_pretrained(tmp_path, **option)
+    if "hidden_dropout" in option:  # transformers' BertModel refuses it as well
+        with pytest.raises(TypeError):
+            transformers.BertModel.from_pretrained(tmp_path, **option)
+    loaded = bertkit.BertForSequenceClassification.from_pretrained(
+        tmp_path, hidden_dropout_prob=0.2, num_labels=3, position_embedding_type="absolute")
+    assert loaded.config.hidden_dropout_prob == 0.2 and loaded.config.num_labels == 3
+
+
 def test_outputs_read_by_position_as_transformers_outputs(minilm_dir, texts, tokenizer):
     """``model(**inputs)[0]`` (the tutorials' last hidden state) and slices: the outputs in
     transformers' order, items that are None left out as transformers leaves them out."""
