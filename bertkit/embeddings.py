@@ -312,6 +312,10 @@ class Embedder:
         if quantize and precision != "fp32":
             raise ValueError("quantize='int8' replaces the fp32 Linear layers; use it with "
                              "precision='fp32'.")
+        if normalize is not None and not isinstance(normalize, (bool, np.bool_)):
+            # "no" or "false" from a config file would be truthy: normalised silently
+            raise ValueError(f"normalize must be True, False or None (the folder's recipe), got "
+                             f"{normalize!r}.")
         if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
             raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}.")
         self.device = choose_device(device)

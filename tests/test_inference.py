@@ -804,6 +804,7 @@ def test_layer_combine_and_length_choices_are_checked(tiny_mlm_dir):
         (dict(layers=None), "layers must be a strategy name"),
         (dict(max_length=0), "max_length must be an int between 3 and the model's 512 positions"),
         (dict(max_length=10.5), "got 10.5"),
+        (dict(normalize="no"), "normalize must be True, False or None .*got 'no'"),
     ]
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
