@@ -51,6 +51,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import tokenizers
 import torch
 from tokenizers import (
@@ -298,15 +299,18 @@ class BertTokenizer:
     pad_token, unk_token, cls_token, sep_token, mask_token = PAD, UNK, CLS, SEP, MASK
 
     def __init__(self, vocab_file: str | os.PathLike | Mapping[str, int],
-                 do_lower_case: bool = True, model_max_length: int = 512):
+                 do_lower_case: bool = True, model_max_length: int = 512,
+                 clean_up_tokenization_spaces: bool = False):
         """`vocab_file`: a `vocab.txt` (one token per line, the line number its id), or a
-        token → id mapping with ids 0..N-1."""
+        token → id mapping with ids 0..N-1. `clean_up_tokenization_spaces`: `decode`'s default,
+        as in transformers."""
         if isinstance(vocab_file, Mapping):
             self.vocab = _checked_vocab(dict(vocab_file), "the vocabulary given")
         else:
             self.vocab = _read_vocab(Path(vocab_file))
         self.do_lower_case = bool(do_lower_case)
         self.model_max_length = model_max_length
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.backend = _engine(self.vocab, self.do_lower_case)
         self._tokens_by_id = list(self.vocab)
         self.all_special_tokens = list(SPECIAL_TOKENS)
@@ -362,7 +366,9 @@ class BertTokenizer:
         _check_config_text_rules(config, config_file, bool(stated))
         # BERT's 512 positions where the config states no length.
         model_max_length = _stated_max_length(config, config_file) or 512
-        tokenizer = cls(vocab, do_lower_case=stated, model_max_length=model_max_length)
+        tokenizer = cls(vocab, do_lower_case=stated, model_max_length=model_max_length,
+                        clean_up_tokenization_spaces=bool(
+                            config.get("clean_up_tokenization_spaces", False)))
         if do_lower_case is None and not stated and not _cased_entries(tokenizer.vocab):
             said = (f"{config_file} says do_lower_case=false" if configured is not None
                     else f"{json_file} sets normalizer.lowercase=false")
@@ -400,6 +406,7 @@ class BertTokenizer:
             "tokenizer_class": "BertTokenizer",
             "do_lower_case": self.do_lower_case,
             "model_max_length": self.model_max_length,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS,
             "mask_token": MASK,
             "do_basic_tokenize": True,
@@ -415,84 +422,120 @@ class BertTokenizer:
 
     # -- encoding ---------------------------------------------------------------------------
 
-    def __call__(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None,
-                 *, max_length: int | None = None, truncation: bool | str = False,
-                 padding: bool | str = False, return_tensors: str | None = None,
-                 return_offsets_mapping: bool = False, return_word_ids: bool = False,
-                 add_special_tokens: bool = True) -> dict:
+    def __call__(self, text: str | Sequence[str] | Sequence[Sequence[str]],
+                 text_pair: str | Sequence[str] | Sequence[Sequence[str]] | None = None, *,
+                 max_length: int | None = None, truncation: bool | str | None = None,
+                 padding: bool | str = False, pad_to_multiple_of: int | None = None,
+                 stride: int = 0, is_split_into_words: bool = False,
+                 return_tensors: str | None = None, return_token_type_ids: bool | None = None,
+                 return_attention_mask: bool | None = None,
+                 return_overflowing_tokens: bool = False,
+                 return_special_tokens_mask: bool = False, return_offsets_mapping: bool = False,
+                 return_length: bool = False, return_word_ids: bool = False,
+                 add_special_tokens: bool = True, **unsupported: object) -> BatchEncoding:
         """Encode a text, or a batch (list) of texts, optionally each with a second segment.
 
-        Gives `input_ids`, `token_type_ids` and `attention_mask`; with `return_offsets_mapping`
+        Gives `input_ids`, `token_type_ids` and `attention_mask` (the last two unless
+        `return_token_type_ids`/`return_attention_mask` is False); with `return_offsets_mapping`
         also `offset_mapping` ((start, end) in the original text of the token's segment, (0, 0)
         for special and padding tokens), with `return_word_ids` also `word_ids` (index of the
         word within its segment, None for special and padding tokens), and with either one
-        `sequence_ids` (0 or 1: the token's segment; None for special and padding tokens).
+        `sequence_ids` (0 or 1: the token's segment; None for special and padding tokens);
+        `return_special_tokens_mask` gives `special_tokens_mask` (1 for [CLS], [SEP] and
+        padding) and `return_length` gives `length`. As transformers' `BatchEncoding`, the result
+        also has `word_ids(i)`, `sequence_ids(i)` and `to(device)`.
+
+        A batch of pairs is `tokenizer(texts, text_pairs)` or a list of (text, text_pair).
+        `is_split_into_words=True` takes each text as a list of words (a batch: a list of such
+        lists); word ids and offsets then refer to those words.
 
         Pairs are `[CLS] A [SEP] B [SEP]`; as in Google's code, a second text with no tokens
         ("", " ", only control characters) or none left after truncation is no second segment:
         `[CLS] A [SEP]`.
 
         `truncation`: True or "longest_first" (Google's rule: drop the last token of the longer
-        segment, of the second on ties, until the whole fits), "only_first" or "only_second".
-        `max_length` counts the special tokens and defaults to `model_max_length`. `padding`: True
-        or "longest" (to the longest in the batch) or "max_length". `return_tensors="pt"` gives
-        [batch, length] torch tensors (a single text gets batch size 1); `word_ids` and
-        `sequence_ids`, which hold None, stay lists.
+        segment, of the second on ties, until the whole fits), "only_first" or "only_second";
+        a `max_length` given without `truncation` (and without padding) truncates, as in
+        transformers. `max_length` counts the special tokens and defaults to `model_max_length`.
+        `return_overflowing_tokens=True` keeps what truncation cuts as further rows (windows
+        overlapping by `stride` tokens, `overflow_to_sample_mapping` naming each row's text).
+        `padding`: True or "longest" (to the longest in the batch) or "max_length", rounded up to
+        `pad_to_multiple_of`. `return_tensors="pt"` (torch) or "np" (numpy) gives [batch, length]
+        arrays (a single text gets batch size 1); `word_ids` and `sequence_ids`, which hold None,
+        stay lists.
         """
-        batched = isinstance(text, (list, tuple))
-        firsts, seconds = _texts_and_pairs(text, text_pair)
+        _refuse_unsupported(unsupported)
+        if text_pair is None and not is_split_into_words and _is_list_of_pairs(text):
+            text, text_pair = [pair[0] for pair in text], [pair[1] for pair in text]
+        batched, firsts, seconds = _texts_and_pairs(text, text_pair, is_split_into_words)
+        if truncation is None and max_length is not None and padding is False:
+            truncation = True  # transformers truncates when only a max_length is given
         truncation = _choice(truncation, "truncation", TRUNCATION_STRATEGIES, "longest_first",
                              off="do_not_truncate")
         padding = _choice(padding, "padding", PADDING_STRATEGIES, "longest", off="do_not_pad")
         limit = self.model_max_length if max_length is None else max_length
         _check_call_options(truncation, seconds is not None, return_tensors, limit)
+        _check_window_options(padding, pad_to_multiple_of, stride, return_overflowing_tokens,
+                              truncation, seconds is not None, max_length)
 
-        encodings_a = self.backend.encode_batch(firsts, add_special_tokens=False)
-        encodings_b = (self.backend.encode_batch(seconds, add_special_tokens=False)
+        encodings_a = self.backend.encode_batch(firsts, is_pretokenized=is_split_into_words,
+                                                add_special_tokens=False)
+        encodings_b = (self.backend.encode_batch(seconds, is_pretokenized=is_split_into_words,
+                                                 add_special_tokens=False)
                        if seconds is not None else [None] * len(firsts))
-        rows = [self._row(a, b, truncation, limit, add_special_tokens, return_offsets_mapping,
-                          return_word_ids)
-                for a, b in zip(encodings_a, encodings_b, strict=True)]
+        fields = {"token_type_ids": return_token_type_ids is not False,
+                  "attention_mask": return_attention_mask is not False,
+                  "special_tokens_mask": return_special_tokens_mask,
+                  "offset_mapping": return_offsets_mapping, "word_ids": return_word_ids,
+                  "sequence_ids": return_offsets_mapping or return_word_ids}
+        rows, spans, sample_of_row = [], [], []
+        for sample, (a, b) in enumerate(zip(encodings_a, encodings_b, strict=True)):
+            for span in _spans(a, b, truncation, limit, add_special_tokens, stride,
+                               return_overflowing_tokens):
+                rows.append(self._row(span, fields))
+                spans.append(span)
+                sample_of_row.append(sample)
         if padding is not None:
-            self._pad_rows(rows, limit if padding == "max_length" else None)
-        return _assembled(rows, batched, return_tensors)
+            width = limit if padding == "max_length" else None
+            self._pad_rows(rows, width, pad_to_multiple_of)
+        if return_length:
+            for row in rows:
+                row["length"] = len(row["input_ids"])
+        if return_overflowing_tokens:
+            for row, sample in zip(rows, sample_of_row, strict=True):
+                row["overflow_to_sample_mapping"] = sample
+        widths = [len(row["input_ids"]) for row in rows]
+        return BatchEncoding(_assembled(rows, batched or return_overflowing_tokens,
+                                        return_tensors), spans, widths)
 
-    def _row(self, first: Encoding, second: Encoding | None, truncation: str | None, limit: int,
-             add_special_tokens: bool, offsets: bool, word_ids: bool) -> dict[str, list]:
+    def _row(self, span: _Span, fields: Mapping[str, bool]) -> dict[str, list]:
         """One encoded sequence: `[CLS] A [SEP]`, or `[CLS] A [SEP] B [SEP]` while B has tokens
-        (Google's `run_classifier`), truncated to fit."""
-        if second is not None and not len(second):
-            second = None  # nothing to pair: Google truncates and frames A alone
-        keep_a, keep_b = len(first), len(second) if second is not None else 0
-        if truncation is not None:
-            n_special = (2 if second is None else 3) if add_special_tokens else 0
-            keep_a, keep_b = _truncated_lengths(keep_a, keep_b, limit - n_special, truncation,
-                                                limit)
-        if keep_b == 0:
-            second = None  # truncation took all of B: Google drops its [SEP] too
-
-        def framed(field: Callable[[Encoding], list], opener: list, closer: list) -> list:
-            part_a = field(first)[:keep_a]
-            part_b = field(second)[:keep_b] if second is not None else None
-            return _frame(part_a, part_b, opener, closer, add_special_tokens)
-
-        ids = framed(attrgetter("ids"), [self.cls_token_id], [self.sep_token_id])
-        length_a = keep_a + 2 if add_special_tokens else keep_a
-        row = {"input_ids": ids, "token_type_ids": [0] * length_a + [1] * (len(ids) - length_a),
-               "attention_mask": [1] * len(ids)}
-        if offsets:
-            row["offset_mapping"] = framed(attrgetter("offsets"), [(0, 0)], [(0, 0)])
-        if word_ids:
-            row["word_ids"] = framed(attrgetter("word_ids"), [None], [None])
-        if offsets or word_ids:
-            row["sequence_ids"] = _frame([0] * keep_a, None if second is None else [1] * keep_b,
-                                         [None], [None], add_special_tokens)
+        (Google's `run_classifier`), cut to the span's tokens."""
+        ids = span.framed(attrgetter("ids"), self.cls_token_id, self.sep_token_id)
+        row = {"input_ids": ids}
+        if fields["token_type_ids"]:
+            length_a = span.length_a + 2 if span.add_special_tokens else span.length_a
+            row["token_type_ids"] = [0] * length_a + [1] * (len(ids) - length_a)
+        if fields["attention_mask"]:
+            row["attention_mask"] = [1] * len(ids)
+        if fields["special_tokens_mask"]:
+            row["special_tokens_mask"] = span.framed(lambda encoding: [0] * len(encoding), 1, 1)
+        if fields["offset_mapping"]:
+            row["offset_mapping"] = span.framed(attrgetter("offsets"), (0, 0), (0, 0))
+        if fields["word_ids"]:
+            row["word_ids"] = span.framed(attrgetter("word_ids"), None, None)
+        if fields["sequence_ids"]:
+            row["sequence_ids"] = span.sequence_ids()
         return row
 
-    def _pad_rows(self, rows: list[dict[str, list]], width: int | None) -> None:
-        """Pad every row to `width`, or to the longest row when `width` is None."""
+    def _pad_rows(self, rows: list[dict[str, list]], width: int | None,
+                  multiple: int | None = None) -> None:
+        """Pad every row to `width`, or to the longest row when `width` is None, rounded up to a
+        multiple of `multiple`."""
         if width is None:
             width = max((len(row["input_ids"]) for row in rows), default=0)
+        if multiple:
+            width = -(-width // multiple) * multiple
         for row in rows:
             missing = width - len(row["input_ids"])
             for key, values in row.items():
@@ -503,21 +546,39 @@ class BertTokenizer:
         """The WordPiece tokens of `text`, without [CLS]/[SEP]."""
         return self.backend.encode(_as_texts(text, "text")[0], add_special_tokens=False).tokens
 
-    def encode(self, text: str, text_pair: str | None = None, *, max_length: int | None = None,
-               truncation: bool | str = False, add_special_tokens: bool = True) -> list[int]:
-        """The `input_ids` of one text (or text pair)."""
-        return self(text, text_pair, max_length=max_length, truncation=truncation,
-                    add_special_tokens=add_special_tokens)["input_ids"]
+    def encode(self, text: str, text_pair: str | None = None, **options: object) -> list[int]:
+        """The `input_ids` of one text (or text pair); `options` as for a call."""
+        return self(text, text_pair, **options)["input_ids"]
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        """Text from ids, as HuggingFace gives it: "##" pieces joined to their word, and the
-        spaces before punctuation and English clitics removed."""
-        skipped = set(self.all_special_ids) if skip_special_tokens else set()
-        tokens = [self._tokens_by_id[i] for i in self._checked_ids(ids) if i not in skipped]
-        text = " ".join(tokens).replace(" ##", "").strip()
-        for spaced, joined in _DETOKENIZE_FIXES:
-            text = text.replace(spaced, joined)
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def decode(self, ids: int | Sequence[int] | Sequence[Sequence[int]],
+               skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool | None = None) -> str | list[str]:
+        """Text from ids, as transformers gives it: "##" pieces joined to their word, no space
+        before ".", ",", "?", "!"; with `clean_up_tokenization_spaces` (default: the folder's
+        setting, else False as in transformers 5) none around "'" and before "n't", "'s"...
+        either. A batch of sequences (2-D) gives a list of texts."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids
+        if isinstance(ids, int):
+            ids = [ids]
+        if ids and all(isinstance(row, (list, tuple)) for row in ids):
+            return self.batch_decode(ids, skip_special_tokens, clean_up_tokenization_spaces)
+        text = self.backend.decode(self._checked_ids(ids), skip_special_tokens=skip_special_tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        if clean_up_tokenization_spaces:
+            for spaced, joined in _DETOKENIZE_FIXES:
+                text = text.replace(spaced, joined)
         return text
+
+    def batch_decode(self, sequences: Sequence[Sequence[int]], skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+        """`decode` of each sequence."""
+        sequences = sequences.tolist() if hasattr(sequences, "tolist") else sequences
+        return [self.decode(ids, skip_special_tokens, clean_up_tokenization_spaces)
+                for ids in sequences]
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
         if isinstance(ids, int):
@@ -532,6 +593,9 @@ class BertTokenizer:
 
     def _checked_ids(self, ids: Sequence[int]) -> list[int]:
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        not_ids = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
+        if not_ids:
+            raise TypeError(f"token ids must be ints, got {not_ids[0]!r}.")
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"token ids {bad[:5]} are outside this vocabulary "
@@ -539,14 +603,116 @@ class BertTokenizer:
         return ids
 
 
-# HuggingFace's `clean_up_tokenization`, which its BERT decode applies.
+# transformers' `clean_up_tokenization`, which its decode applies with
+# clean_up_tokenization_spaces=True.
 _DETOKENIZE_FIXES = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
                      (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
                      (" 're", "'re"))
 _FIELDS = ("input_ids", "token_type_ids", "attention_mask")
 # What special and padding positions hold in each per-token field other than input_ids.
-_PAD_VALUES = {"token_type_ids": 0, "attention_mask": 0, "offset_mapping": (0, 0),
-               "word_ids": None, "sequence_ids": None}
+_PAD_VALUES = {"token_type_ids": 0, "attention_mask": 0, "special_tokens_mask": 1,
+               "offset_mapping": (0, 0), "word_ids": None, "sequence_ids": None}
+# transformers' call options bertkit does not take, and what to do instead.
+_UNSUPPORTED_OPTIONS = {
+    "padding_side": "pad on the right (BERT's absolute positions make left padding pointless)",
+    "truncation_side": "truncation cuts the end of a text, as Google's code does",
+    "text_target": "encode the targets in a call of their own",
+    "text_pair_target": "encode the targets in a call of their own",
+}
+
+
+class _Span(NamedTuple):
+    """The tokens of one row: `length_a` tokens of `first` from `start_a`, and as many of
+    `second` (None: no second segment), framed when `add_special_tokens`."""
+
+    first: Encoding
+    second: Encoding | None
+    start_a: int
+    length_a: int
+    start_b: int
+    length_b: int
+    add_special_tokens: bool
+
+    def framed(self, field: Callable[[Encoding], list], opener: object, closer: object) -> list:
+        """`opener A closer [B closer]` of a per-token field: where [CLS] and [SEP] go."""
+        part_a = field(self.first)[self.start_a:self.start_a + self.length_a]
+        part_b = (field(self.second)[self.start_b:self.start_b + self.length_b]
+                  if self.second is not None else None)
+        return _frame(part_a, part_b, [opener], [closer], self.add_special_tokens)
+
+    def sequence_ids(self) -> list[int | None]:
+        return _frame([0] * self.length_a, None if self.second is None else [1] * self.length_b,
+                      [None], [None], self.add_special_tokens)
+
+
+def _spans(first: Encoding, second: Encoding | None, truncation: str | None, limit: int,
+           add_special_tokens: bool, stride: int, overflow: bool) -> list[_Span]:
+    """The rows of one text (pair): its tokens truncated to fit, and with `overflow` further
+    windows over the truncated segment, each `stride` tokens into the one before."""
+    if second is not None and not len(second):
+        second = None  # nothing to pair: Google truncates and frames A alone
+    keep_a, keep_b = len(first), len(second) if second is not None else 0
+    if truncation is not None:
+        n_special = (2 if second is None else 3) if add_special_tokens else 0
+        keep_a, keep_b = _truncated_lengths(keep_a, keep_b, limit - n_special, truncation, limit)
+    if keep_b == 0:
+        second = None  # truncation took all of B: Google drops its [SEP] too
+    if overflow and keep_a < len(first):
+        return [_Span(first, second, start, min(keep_a, len(first) - start), 0, keep_b,
+                      add_special_tokens)
+                for start in _window_starts(len(first), keep_a, stride)]
+    if overflow and second is not None and keep_b < len(second):
+        return [_Span(first, second, 0, keep_a, start, min(keep_b, len(second) - start),
+                      add_special_tokens)
+                for start in _window_starts(len(second), keep_b, stride)]
+    return [_Span(first, second, 0, keep_a, 0, keep_b, add_special_tokens)]
+
+
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Where windows of `window` tokens start so that they cover `length` tokens, each one
+    repeating the last `stride` tokens of the one before (transformers' overflowing tokens)."""
+    if stride >= window:
+        raise ValueError(f"stride={stride} must be smaller than the {window} tokens of text that "
+                         "fit in each window; lower stride or raise max_length.")
+    starts = [0]
+    while starts[-1] + window < length:
+        starts.append(starts[-1] + window - stride)
+    return starts
+
+
+class BatchEncoding(dict):
+    """What a tokenizer call gives: a dict of fields, so `model(**batch)` works, with what
+    transformers' BatchEncoding adds: `batch.input_ids`, `batch.word_ids(i)`,
+    `batch.sequence_ids(i)` and `batch.to(device)`."""
+
+    def __init__(self, fields: Mapping[str, object], spans: Sequence[_Span],
+                 widths: Sequence[int]):
+        super().__init__(fields)
+        self._spans, self._widths = list(spans), list(widths)
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the encoding has no field {name!r}") from None
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Each token's word (within its segment); None for special and padding tokens."""
+        span = self._spans[batch_index]
+        return self._padded(batch_index, span.framed(attrgetter("word_ids"), None, None))
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Each token's segment (0 or 1); None for special and padding tokens."""
+        return self._padded(batch_index, self._spans[batch_index].sequence_ids())
+
+    def _padded(self, batch_index: int, values: list) -> list:
+        return values + [None] * (self._widths[batch_index] - len(values))
+
+    def to(self, device: str | torch.device) -> BatchEncoding:
+        """The tensors moved to `device` (lists stay as they are)."""
+        moved = {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                 for key, value in self.items()}
+        return BatchEncoding(moved, self._spans, self._widths)
 
 
 def _frame(first: list, second: list | None, opener: list, closer: list,
@@ -595,18 +761,20 @@ def _truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, i
     return (budget + 1) // 2, budget // 2
 
 
-def _to_tensors(batch: dict[str, list]) -> dict:
-    """Torch tensors for the numeric fields; all rows must have the same length (padding)."""
+def _to_tensors(batch: dict[str, list], kind: str) -> dict:
+    """Torch ("pt") or numpy ("np") int64 arrays for the numeric fields; all rows must have the
+    same length (padding)."""
     out = {}
     for key, rows in batch.items():
         if key in ("word_ids", "sequence_ids"):
             out[key] = rows
             continue
-        if len({len(row) for row in rows}) > 1:
+        if len({len(row) if isinstance(row, list) else 0 for row in rows}) > 1:
             raise ValueError("sequences of different lengths cannot form a tensor; pass "
                              "padding=True (or 'max_length').")
-        tensor = torch.tensor(rows, dtype=torch.long)
-        out[key] = tensor.reshape(len(rows), 0) if not rows else tensor
+        array = np.array(rows, dtype=np.int64)
+        array = array.reshape(len(rows), 0) if not rows else array
+        out[key] = torch.from_numpy(array) if kind == "pt" else array
     return out
 
 
@@ -643,27 +811,96 @@ def _cased_entries(vocab: Iterable[str]) -> int:
 
 
 
-def _texts_and_pairs(text: object, text_pair: object) -> tuple[list[str], list[str] | None]:
-    """The call's texts and second texts as lists, checked to be str and of the same shape."""
-    batched = isinstance(text, (list, tuple))
-    firsts = _as_texts(text, "text")
+def _is_list_of_pairs(text: object) -> bool:
+    """A batch given as [(text, text_pair), ...], as transformers takes it."""
+    return isinstance(text, (list, tuple)) and bool(text) and all(
+        isinstance(item, (list, tuple)) and len(item) == 2 for item in text)
+
+
+def _texts_and_pairs(text: object, text_pair: object, split_into_words: bool
+                     ) -> tuple[bool, list, list | None]:
+    """Whether the call is a batch, and its texts and second texts as lists, checked to be str
+    (lists of str: words) and of the same shape."""
+    read = _as_word_lists if split_into_words else _as_texts
+    batched = _is_batch(text, split_into_words)
+    firsts = read(text, "text")
     if text_pair is None:
-        return firsts, None
-    seconds = _as_texts(text_pair, "text_pair")
-    if isinstance(text_pair, (list, tuple)) != batched or len(seconds) != len(firsts):
-        shape = f"a batch of {len(firsts)}" if batched else "a single str"
-        pair_shape = (f"a batch of {len(seconds)}"
-                      if isinstance(text_pair, (list, tuple)) else "a single str")
+        return batched, firsts, None
+    seconds = read(text_pair, "text_pair")
+    pair_batched = _is_batch(text_pair, split_into_words)
+    if pair_batched != batched or len(seconds) != len(firsts):
+        single = "a single list of words" if split_into_words else "a single str"
+        shape = f"a batch of {len(firsts)}" if batched else single
+        pair_shape = f"a batch of {len(seconds)}" if pair_batched else single
         raise ValueError(f"text is {shape} but text_pair is {pair_shape}; give one "
                          "text_pair per text, in the same shape.")
-    return firsts, seconds
+    return batched, firsts, seconds
+
+
+def _is_batch(value: object, split_into_words: bool) -> bool:
+    if not isinstance(value, (list, tuple)):
+        return False
+    return not split_into_words or bool(value) and isinstance(value[0], (list, tuple))
+
+
+def _as_word_lists(value: object, name: str) -> list[list[str]]:
+    """`value` (a list of words, or a batch of them) as a list of lists of str, checked."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of words (str) with is_split_into_words=True, "
+                        f"got {type(value).__name__}.")
+    batch = value if _is_batch(value, True) else [value]
+    for index, words in enumerate(batch):
+        if not isinstance(words, (list, tuple)):
+            raise TypeError(f"{name}[{index}] must be a list of words like {name}[0], got "
+                            f"{type(words).__name__}.")
+    return [_as_texts(words, f"{name}[{index}]" if batch is value else name)
+            for index, words in enumerate(batch)]
+
+
+def _refuse_unsupported(options: Mapping[str, object]) -> None:
+    for name in options:
+        if name in _UNSUPPORTED_OPTIONS:
+            raise TypeError(f"bertkit's tokenizer does not take {name}=: "
+                            f"{_UNSUPPORTED_OPTIONS[name]}.")
+        raise TypeError(f"bertkit's tokenizer got an unexpected argument {name}=; see "
+                        "help(BertTokenizer.__call__) for the ones it takes.")
+
+
+def _check_window_options(padding: str | None, pad_to_multiple_of: object, stride: object,
+                          overflow: bool, truncation: str | None, paired: bool,
+                          max_length: int | None) -> None:
+    """Refuse padding and overflow options that would otherwise be ignored or ill-defined."""
+    if pad_to_multiple_of is not None:
+        if padding is None:
+            raise ValueError("pad_to_multiple_of needs padding=True (or 'max_length'); without "
+                             "padding it would be ignored.")
+        if not isinstance(pad_to_multiple_of, int) or isinstance(
+                pad_to_multiple_of, bool) or pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be a positive int, got "
+                             f"{pad_to_multiple_of!r}.")
+        if truncation is not None and max_length is not None and max_length % pad_to_multiple_of:
+            raise ValueError(f"max_length={max_length} is not a multiple of pad_to_multiple_of="
+                             f"{pad_to_multiple_of}: truncated rows would be padded past it. "
+                             "Give a max_length that is a multiple.")
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 0:
+        raise ValueError(f"stride must be an int of 0 or more, got {stride!r}.")
+    if stride and not overflow:
+        raise ValueError("stride only applies with return_overflowing_tokens=True; pass it too, "
+                         "or leave stride out.")
+    if overflow and truncation is None:
+        raise ValueError("return_overflowing_tokens=True needs truncation (True, 'only_first' "
+                         "or 'only_second') and a max_length: they set the window size.")
+    if overflow and paired and truncation == "longest_first":
+        raise ValueError("return_overflowing_tokens=True with text pairs needs "
+                         "truncation='only_first' or 'only_second' (the segment to cut into "
+                         "windows), e.g. 'only_second' for question/context pairs.")
 
 
 def _check_call_options(truncation: str | None, paired: bool, return_tensors: str | None,
                         limit: object) -> None:
-    if return_tensors not in (None, "pt"):
+    if return_tensors not in (None, "pt", "np"):
         raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' for "
-                         "torch tensors or None for lists.")
+                         "torch tensors, 'np' for numpy arrays or None for lists.")
     if truncation == "only_second" and not paired:
         raise ValueError("truncation='only_second' needs a text_pair to truncate; use "
                          "truncation=True for a single text.")
@@ -674,8 +911,8 @@ def _check_call_options(truncation: str | None, paired: bool, return_tensors: st
 def _assembled(rows: list[dict[str, list]], batched: bool, return_tensors: str | None) -> dict:
     """Rows as one dict of fields: lists per row, tensors, or a single text's lists."""
     batch = {key: [row[key] for row in rows] for key in (rows[0] if rows else _FIELDS)}
-    if return_tensors == "pt":
-        return _to_tensors(batch)
+    if return_tensors is not None:
+        return _to_tensors(batch, return_tensors)
     return batch if batched else {key: values[0] for key, values in batch.items()}
 
 

@@ -113,8 +113,38 @@ def test_padded_batches_match_the_reference(uncased, legacy, sentence_pairs, pad
 def test_decode_matches_the_reference(uncased, legacy, sentences):
     for text in sentences[:300] + HARD_CASES:
         ids = legacy.encode(text)
-        assert uncased.decode(ids) == legacy.decode(ids, skip_special_tokens=True)
-        assert uncased.decode(ids, skip_special_tokens=False) == legacy.decode(ids)
+        assert uncased.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True
+                              ) == legacy.decode(ids, skip_special_tokens=True)
+        assert uncased.decode(ids, clean_up_tokenization_spaces=True) == legacy.decode(ids)
+
+
+def test_decode_defaults_match_transformers(uncased, hf_fast, sentences):
+    # transformers 5 keeps special tokens and the spaces around "'" unless asked ("china ' s").
+    ids = [uncased(text)["input_ids"] for text in sentences[:2000]]
+    assert any("' s" in hf_fast.decode(row) for row in ids)
+    for row in ids:
+        assert uncased.decode(row) == hf_fast.decode(row)
+        assert uncased.decode(row, skip_special_tokens=True) == hf_fast.decode(
+            row, skip_special_tokens=True)
+    padded = uncased(sentences[:3], padding=True, return_tensors="pt")["input_ids"]
+    assert uncased.decode(padded) == uncased.batch_decode(padded) == hf_fast.batch_decode(padded)
+    assert uncased.decode(7592) == hf_fast.decode(7592) == "hello"
+    assert len(uncased) == len(hf_fast) == uncased.vocab_size
+
+
+def test_decode_cleanup_follows_the_folder(uncased, tmp_path):
+    uncased.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["clean_up_tokenization_spaces"] = True  # as transformers 4 wrote it
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    ids = uncased("China's")["input_ids"]
+    cleaning = BertTokenizer.from_pretrained(tmp_path)
+    assert cleaning.decode(ids, skip_special_tokens=True) == "china's"
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path)).decode(
+        ids, skip_special_tokens=True) == "china's"
+    cleaning.save_pretrained(tmp_path / "saved")
+    assert BertTokenizer.from_pretrained(tmp_path / "saved").clean_up_tokenization_spaces
+    assert uncased.decode(ids, skip_special_tokens=True) == "china ' s"
 
 
 def test_the_backend_gives_the_same_ids_with_special_tokens(uncased, sentence_pairs):
@@ -228,6 +258,104 @@ def test_vocabulary_and_special_tokens(uncased, legacy):
     assert uncased.convert_ids_to_tokens(uncased.convert_tokens_to_ids(tokens)) == tokens
     assert uncased.convert_tokens_to_ids("not-a-token") == uncased.unk_token_id
     assert uncased.convert_ids_to_tokens(103) == "[MASK]"
+
+
+# -- the call's options, as transformers 5 takes them -------------------------------------------
+
+
+def _fields(encoding):
+    return {key: value.tolist() if hasattr(value, "tolist") else value
+            for key, value in encoding.items()}
+
+
+def test_a_max_length_alone_truncates_as_in_transformers(uncased, hf_fast, sentence_pairs):
+    firsts, seconds = map(list, zip(*sentence_pairs[:200], strict=True))
+    # 25: an even budget for pairs, where bertkit and transformers cut the same (see README).
+    for args in ((firsts,), (firsts, seconds)):
+        ours = uncased(*args, max_length=25)
+        assert ours == hf_fast(*args, max_length=25).data
+        assert max(map(len, ours["input_ids"])) == 25
+        # Padding to max_length, or truncation=False, does not truncate, in both.
+        for options in ({"truncation": False}, {"padding": "max_length"}):
+            assert _fields(uncased(*args, max_length=25, **options)) == _fields(
+                hf_fast(*args, max_length=25, **options))
+    assert uncased.encode(firsts[0], max_length=5) == hf_fast.encode(firsts[0], max_length=5)
+
+
+def test_a_batch_of_pairs_as_tuples(uncased, hf_fast, sentence_pairs):
+    pairs = sentence_pairs[:50]
+    firsts, seconds = map(list, zip(*pairs, strict=True))
+    assert uncased(pairs) == uncased(firsts, seconds) == hf_fast(pairs).data
+    assert uncased([list(pair) for pair in pairs], truncation=True, max_length=21) == hf_fast(
+        [list(pair) for pair in pairs], truncation=True, max_length=21).data
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_words_given_split_match_transformers(uncased, hf_fast, sentence_pairs, paired):
+    words = [[a.split(), b.split()] for a, b in sentence_pairs[:100]]
+    args = ([a for a, _ in words], [b for _, b in words]) if paired else ([a for a, _ in words],)
+    options = {"is_split_into_words": True, "return_offsets_mapping": True, "padding": True}
+    ours, theirs = uncased(*args, **options), hf_fast(*args, **options)
+    assert {k: v for k, v in ours.items() if k != "sequence_ids"} == theirs.data
+    for i in range(len(words)):
+        assert ours.word_ids(i) == theirs.word_ids(i)
+        assert ours.sequence_ids(i) == theirs.sequence_ids(i)
+    single = uncased(["Hello", "world!"], is_split_into_words=True)
+    assert single == hf_fast(["Hello", "world!"], is_split_into_words=True).data
+    assert single.word_ids() == [None, 0, 1, 1, None]
+
+
+@pytest.mark.parametrize(("strategy", "max_length", "stride"), [
+    (True, 16, 0), (True, 16, 5), ("only_second", 40, 8), ("only_first", 40, 3)])
+def test_overflowing_windows_match_transformers(uncased, hf_fast, sentence_pairs, strategy,
+                                                max_length, stride):
+    firsts, seconds = map(list, zip(*sentence_pairs[:100], strict=True))
+    args = (firsts,) if strategy is True else (firsts, seconds)
+    options = {"truncation": strategy, "max_length": max_length, "stride": stride,
+               "return_overflowing_tokens": True, "return_offsets_mapping": True,
+               "padding": True, "return_tensors": "pt"}
+    try:
+        theirs = hf_fast(*args, **options)
+    except Exception:  # noqa: BLE001 - transformers' "Truncation error" for a too short side
+        with pytest.raises(ValueError, match="cannot fit max_length"):
+            uncased(*args, **options)
+        return
+    ours = uncased(*args, **options)
+    assert len(theirs["input_ids"]) > len(firsts)  # windows were made
+    assert set(ours) - {"sequence_ids"} == set(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+    for i in range(len(theirs["input_ids"])):
+        assert ours.word_ids(i) == theirs.word_ids(i)
+    one = uncased(firsts[0], truncation=True, max_length=8, return_overflowing_tokens=True)
+    assert one == hf_fast(firsts[0], truncation=True, max_length=8,
+                          return_overflowing_tokens=True).data
+
+
+def test_return_options_match_transformers(uncased, hf_fast, sentence_pairs):
+    firsts, seconds = map(list, zip(*sentence_pairs[:100], strict=True))
+    firsts[0] = "typed [MASK] and [SEP] stay text"
+    for options in (
+            {"padding": True, "pad_to_multiple_of": 8},
+            {"padding": "max_length", "max_length": 50, "pad_to_multiple_of": 16},
+            {"padding": True, "max_length": 49, "pad_to_multiple_of": 7, "truncation": True},
+            {"padding": True, "return_special_tokens_mask": True, "return_length": True},
+            {"return_special_tokens_mask": True, "add_special_tokens": False},
+            {"return_attention_mask": False, "return_token_type_ids": False},
+            {"padding": True, "return_tensors": "np", "return_special_tokens_mask": True}):
+        ours, theirs = uncased(firsts, seconds, **options), hf_fast(firsts, seconds, **options)
+        assert _fields(ours) == _fields(theirs), options
+        assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in theirs.items()}
+
+
+def test_the_result_is_used_as_transformers_batch_encoding(uncased):
+    batch = uncased(["a b", "c"], padding=True, return_tensors="pt")
+    moved = batch.to("cpu")
+    assert isinstance(moved, dict) and torch.equal(moved.input_ids, batch["input_ids"])
+    assert batch.sequence_ids(1) == [None, 0, None, None]
+    assert batch.word_ids(1) == [None, 0, None, None]
+    with pytest.raises(AttributeError, match="no field 'offset_mapping'"):
+        getattr(batch, "offset_mapping")  # noqa: B009 - the attribute access under test
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -375,8 +503,28 @@ def test_bad_call_arguments(uncased):
         uncased("a", "b", truncation=True, max_length=2)
     with pytest.raises(ValueError, match="max_length must be a positive int"):
         uncased("a", truncation=True, max_length=0)
-    with pytest.raises(ValueError, match="return_tensors='np' is not supported"):
-        uncased("a", return_tensors="np")
+    with pytest.raises(ValueError, match="return_tensors='tf' is not supported; use 'pt'"):
+        uncased("a", return_tensors="tf")
+    with pytest.raises(TypeError, match="does not take padding_side=: pad on the right"):
+        uncased(["a", "b c"], padding=True, padding_side="left")
+    with pytest.raises(TypeError, match="unexpected argument return_tokens=; see help"):
+        uncased("a", return_tokens=True)
+    with pytest.raises(ValueError, match="pad_to_multiple_of needs padding=True"):
+        uncased(["a", "b c"], pad_to_multiple_of=8)
+    with pytest.raises(ValueError, match="max_length=10 is not a multiple of pad_to_multiple_of=8"):
+        uncased(["a", "b c"], padding=True, truncation=True, max_length=10, pad_to_multiple_of=8)
+    with pytest.raises(ValueError, match="stride only applies with return_overflowing_tokens"):
+        uncased("a b c", truncation=True, max_length=3, stride=1)
+    with pytest.raises(ValueError, match="return_overflowing_tokens=True needs truncation"):
+        uncased("a b c", return_overflowing_tokens=True)
+    with pytest.raises(ValueError, match="with text pairs needs truncation='only_first' or"):
+        uncased("a b", "c d", truncation=True, max_length=4, return_overflowing_tokens=True)
+    with pytest.raises(ValueError, match="stride=2 must be smaller than the 2 tokens of text"):
+        uncased("a b c", truncation=True, max_length=4, return_overflowing_tokens=True, stride=2)
+    with pytest.raises(TypeError, match=r"text\[1\] must be a list of words like text\[0\]"):
+        uncased([["a"], "b"], is_split_into_words=True)
+    with pytest.raises(TypeError, match=r"token ids must be ints, got \[101\]"):
+        uncased.decode([[101], 102])
     with pytest.raises(ValueError, match="cannot form a tensor; pass padding=True"):
         uncased(["a", "b c"], return_tensors="pt")
     with pytest.raises(ValueError, match=r"token ids \[30522\] are outside this vocabulary"):
