@@ -29,6 +29,7 @@ from .device import autocast, choose_device, resolve_precision
 from .model import BertForPreTraining
 from .report import plot_metrics
 from .settings import SettingsError, option
+from .sources import resolve_pretrained
 from .tokenizer import BertTokenizer
 from .training import (
     Checkpoints,
@@ -60,6 +61,9 @@ COOCCURRENCE_WINDOW, COOCCURRENCE_TOKENS = 2, 20_000_000
 # the best of those tried (README, "The demo's recipe"); W_v^T W_v and a token's attention score
 # for itself then start the same at every width.
 MIMETIC_GAIN = 0.64
+# the options that choose a new model's starting weights (a preset's, not a checkpoint's)
+NEW_MODEL_STARTS = ("mlm_bias_prior", "sinusoidal_positions", "cooccurrence_embeddings",
+                    "mimetic_attention")
 
 
 @dataclass
@@ -264,16 +268,63 @@ def build_model(settings: PretrainSettings, tokenizer: BertTokenizer,
             if settings.mimetic_attention:
                 mimetic_attention(model, std=MIMETIC_GAIN / math.sqrt(config.hidden_size))
         return model
-    model = BertForPreTraining.from_pretrained(settings.model, **overrides)
-    has_vocabulary = any((Path(settings.model) / name).is_file()
-                         for name in ("vocab.txt", "tokenizer.json"))
-    if has_vocabulary and vocabulary_sha256(
-            BertTokenizer.from_pretrained(settings.model)) != vocabulary_sha256(tokenizer):
+    new_model_starts = [name for name in NEW_MODEL_STARTS if getattr(settings, name)]
+    if new_model_starts:
+        flags = ", ".join("--" + name.replace("_", "-") for name in new_model_starts)
+        raise SettingsError(f"{flags} set a new model's starting weights, but --model "
+                            f"{settings.model} is a checkpoint, whose weights are trained: leave "
+                            f"{'it' if len(new_model_starts) == 1 else 'them'} out.")
+    checkpoint = resolve_pretrained(settings.model)
+    check_vocabulary(checkpoint, tokenizer, settings.data,
+                     f"build the examples with its vocabulary (bertkit data pretrain ... "
+                     f"--vocab {checkpoint}).")
+    return BertForPreTraining.from_pretrained(checkpoint, **overrides)
+
+
+def vocabulary_difference(checkpoint: BertTokenizer, examples: BertTokenizer) -> str | None:
+    """How the examples' tokenizer turns text into other ids than ``checkpoint``'s, or None."""
+    if checkpoint.vocab_size != examples.vocab_size:
+        return (f"its vocabulary has {checkpoint.vocab_size:,} tokens, the examples' "
+                f"{examples.vocab_size:,}")
+    ids = range(checkpoint.vocab_size)
+    for index, (theirs, ours) in enumerate(zip(checkpoint.convert_ids_to_tokens(ids),
+                                               examples.convert_ids_to_tokens(ids),
+                                               strict=True)):
+        if theirs != ours:
+            return f"id {index} is {theirs!r} there but {ours!r} in the examples"
+    if checkpoint.do_lower_case != examples.do_lower_case:
+        return ("it is cased (do_lower_case false) but the examples were lower-cased"
+                if examples.do_lower_case else
+                "it is uncased (do_lower_case true) but the examples kept upper case")
+    return None
+
+
+def check_vocabulary(checkpoint: Path, tokenizer: BertTokenizer, data: str, fix: str) -> None:
+    """Refuse to train ``checkpoint`` on examples whose ids mean other tokens than the ones it
+    learned: nothing else would fail, the run would just unlearn the checkpoint."""
+    if not any((checkpoint / name).is_file() for name in ("vocab.txt", "tokenizer.json")):
         raise ValueError(
-            f"{settings.model} was trained with another vocabulary than the examples in "
-            f"{settings.data}: build the examples with that checkpoint's vocab.txt "
-            f"(bertkit data pretrain --vocab {settings.model}).")
-    return model
+            f"{checkpoint} holds no vocab.txt or tokenizer.json, so nothing shows that the token "
+            f"ids of the examples in {data} mean the tokens it was trained on: copy the "
+            "vocab.txt (and tokenizer_config.json) it was trained with into that folder.")
+    difference = vocabulary_difference(BertTokenizer.from_pretrained(checkpoint), tokenizer)
+    if difference:
+        raise ValueError(f"{checkpoint} was trained with another tokenizer than the examples in "
+                         f"{data} ({difference}): {fix}")
+
+
+def check_positions(config: BertConfig, model: str | Path,
+                    examples: list[tuple[str, PretrainingDataset]]) -> None:
+    """Refuse examples longer than the model's position embeddings before the first step: the
+    run would fail at the first batch holding one (phase 2 at 90% of the run)."""
+    for folder, dataset in examples:
+        length = dataset.config.max_seq_length
+        if length > config.max_position_embeddings:
+            raise ValueError(
+                f"{folder} holds examples of up to {length} tokens but the model ({model}) has "
+                f"{config.max_position_embeddings} positions (max_position_embeddings): build "
+                f"the examples again with --max-seq-length {config.max_position_embeddings} "
+                "or less.")
 
 
 def unigram_log_prior(train: PretrainingDataset, vocab_size: int) -> torch.Tensor:
@@ -444,8 +495,18 @@ class PretrainRun:
                 f"{self.distributed.world_size} ranks x {settings.accumulation} micro-batches.")
         seed_everything(settings.seed + self.distributed.rank)  # ranks draw different masks
         self.train, self.validation, phase2, self.tokenizer = load_examples(settings)
+        if latest:
+            check_vocabulary(latest, self.tokenizer, settings.data,
+                             "they were rebuilt since the run started. Build them again with "
+                             f"the run's vocabulary (bertkit data pretrain ... --vocab {latest}),"
+                             " or start a new run in another --out.")
         self.model = (BertForPreTraining.from_pretrained(latest) if latest else build_model(
-            settings, self.tokenizer, self.train)).to(self.device)
+            settings, self.tokenizer, self.train))
+        examples = [(settings.data, self.train)]
+        if phase2 is not None:
+            examples.append((settings.phase2_data, phase2))
+        check_positions(self.model.config, latest or settings.model, examples)
+        self.model.to(self.device)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         # NSP is trained where asked for and the examples have its labels

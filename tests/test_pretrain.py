@@ -33,6 +33,7 @@ from bertkit.pretrain import (
     pretrain,
 )
 from bertkit.pretrain import held_out_metrics as evaluate
+from bertkit.settings import SettingsError
 from bertkit.tokenizer import BertTokenizer, train_vocab
 from bertkit.training import WarmupLinearDecay, read_metrics
 
@@ -602,6 +603,152 @@ def test_validation_data_evaluates_another_folders_held_out_documents(tmp_path, 
     other_seed = rebuild("seed", seed=7)
     with pytest.raises(ValueError, match="not built from the same documents"):
         load_examples(replace(settings, validation_data=str(other_seed)))
+
+
+# -- continued (domain-adaptive) pre-training from a checkpoint folder ----------------------------
+
+
+def real_leads_data(folder, wiki_leads, tokenizer, **settings):
+    """Examples of 30 real leads made with ``tokenizer`` (default length 64)."""
+    folder.mkdir(exist_ok=True)
+    corpus = folder / "corpus.jsonl"
+    with open(corpus, "w", encoding="utf-8") as f:
+        for record in wiki_leads[:30]:
+            f.write(json.dumps({"text": record["extract"]}) + "\n")
+    config = PretrainingConfig(**{"max_seq_length": 64, "dupe_factor": 1,
+                                  "validation_fraction": 0.1, **settings})
+    create_pretraining_data(Corpus(corpus), folder / "data", tokenizer, config, workers=1,
+                            progress=False)
+    return folder / "data"
+
+
+@pytest.fixture(scope="module")
+def uncased_data(tmp_path_factory, wiki_leads, tokenizer):
+    """Examples made with all-MiniLM-L6-v2's bert-base-uncased vocabulary."""
+    return real_leads_data(tmp_path_factory.mktemp("uncased"), wiki_leads, tokenizer)
+
+
+def tiny_checkpoint(folder, architecture, tokenizer=None, **config):
+    """A small transformers ``architecture`` checkpoint, saved with ``tokenizer``'s files."""
+    vocab_size = tokenizer.vocab_size if tokenizer else 30522
+    config = transformers.BertConfig(**{
+        "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64,
+        **config})
+    torch.manual_seed(0)
+    getattr(transformers, architecture)(config).save_pretrained(folder)
+    if tokenizer:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_continued_pretraining_keeps_the_heads_and_saves_what_transformers_loads(
+        tmp_path, uncased_data, tokenizer, caplog):
+    """From a BertForMaskedLM checkpoint: its MLM head is loaded (the NSP head and pooler are
+    new, and said so); the result loads in transformers' BertForPreTraining and
+    BertForMaskedLM with bertkit's outputs."""
+    checkpoint = tiny_checkpoint(tmp_path / "mlm", "BertForMaskedLM", tokenizer)
+    settings = PretrainSettings(data=str(uncased_data), out=str(tmp_path / "run"),
+                                model=str(checkpoint), steps=2, batch_size=4, precision="fp32")
+    with caplog.at_level("WARNING", logger="bertkit"):
+        loaded = PretrainRun(settings, resume=False).model
+    assert "initialised new weights bert.pooler*, cls.seq_relationship*" in caplog.text
+    reference = dict(transformers.BertForMaskedLM.from_pretrained(checkpoint).named_parameters())
+    for name, param in loaded.named_parameters():
+        if name in reference:
+            torch.testing.assert_close(param, reference[name], atol=0, rtol=0, msg=name)
+    assert "cls.predictions.transform.dense.weight" in reference
+
+    pretrain(replace(settings, out=str(tmp_path / "trained")))
+    final = tmp_path / "trained" / "model"
+    ours = BertForPreTraining.from_pretrained(final).eval()
+    theirs = transformers.BertForPreTraining.from_pretrained(final).eval()
+    masked_lm = transformers.BertForMaskedLM.from_pretrained(final).eval()
+    dataset = PretrainingDataset(uncased_data, split="validation")
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    with torch.no_grad():
+        a, b = ours(**batch), theirs(**batch)
+        c = masked_lm(**{k: v for k, v in batch.items() if k != "next_sentence_label"})
+    picked = batch["labels"] != -100
+    torch.testing.assert_close(a.loss, b.loss, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.prediction_logits, b.prediction_logits[picked], atol=1e-4, rtol=0)
+    torch.testing.assert_close(a.prediction_logits, c.logits[picked], atol=1e-4, rtol=0)
+    torch.testing.assert_close(a.seq_relationship_logits, b.seq_relationship_logits, atol=1e-5,
+                               rtol=0)
+
+
+def test_continued_pretraining_refuses_examples_of_another_vocabulary(
+        tmp_path, wiki_leads, uncased_data, wiki_data, tokenizer):
+    """Token ids that mean other tokens than the checkpoint's would train it on garbage: other
+    tokens, the same tokens in another order, another casing, a checkpoint (folder or bertkit's
+    name for one) whose vocabulary cannot be checked, and data rebuilt before a resume."""
+    def refused(model, data, match):
+        settings = PretrainSettings(data=str(data), out=str(tmp_path / "run"), model=str(model),
+                                    steps=1, batch_size=4, precision="fp32")
+        with pytest.raises(ValueError, match=match):
+            PretrainRun(settings, resume=False)
+
+    checkpoint = tiny_checkpoint(tmp_path / "uncased", "BertForPreTraining", tokenizer)
+    refused(checkpoint, wiki_data, "30,522 tokens, the examples' 1,500")
+    refused("all-minilm-l6-v2", wiki_data, "30,522 tokens, the examples' 1,500")
+
+    swapped = tiny_checkpoint(tmp_path / "swapped", "BertForPreTraining", tokenizer)
+    tokens = (swapped / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    tokens[2000], tokens[2001] = tokens[2001], tokens[2000]
+    (swapped / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    (swapped / "tokenizer.json").unlink()
+    refused(swapped, uncased_data, f"id 2000 is '{tokens[2000]}' there but '{tokens[2001]}'")
+
+    cased = train_vocab(wiki_data.parent / "corpus.jsonl", vocab_size=1500, lowercase=False)
+    lowered = real_leads_data(tmp_path / "lowered", wiki_leads,
+                              BertTokenizer(cased.vocab, do_lower_case=True))
+    checkpoint_cased = tiny_checkpoint(tmp_path / "cased", "BertForPreTraining", cased)
+    refused(checkpoint_cased, lowered, "cased .* lower-cased")
+
+    bare = tiny_checkpoint(tmp_path / "bare", "BertForPreTraining")  # config and weights alone
+    refused(bare, uncased_data, "no vocab.txt or tokenizer.json")
+
+    data = tmp_path / "data"
+    shutil.copytree(uncased_data, data)
+    settings = PretrainSettings(data=str(data), out=str(tmp_path / "resumed"),
+                                model=str(checkpoint), steps=2, batch_size=4, save_every=1,
+                                precision="fp32")
+    pretrain(settings)
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-0000002")
+    shutil.rmtree(data)
+    shutil.copytree(wiki_data, data)  # rebuilt in place with another vocabulary
+    with pytest.raises(ValueError, match="step-0000001 .* 30,522 tokens, .* rebuilt"):
+        PretrainRun(settings, resume=True)
+
+
+def test_continued_pretraining_refuses_examples_longer_than_the_checkpoints_positions(
+        tmp_path, wiki_leads, uncased_data, tokenizer):
+    """Examples past max_position_embeddings would fail at the first step that holds one,
+    perhaps hours in (phase 2 starts at 90%): refused before training, saying what to do."""
+    checkpoint = tiny_checkpoint(tmp_path / "short", "BertForPreTraining", tokenizer,
+                                 max_position_embeddings=48)
+    settings = PretrainSettings(data=str(uncased_data), out=str(tmp_path / "run"),
+                                model=str(checkpoint), steps=1, batch_size=4, precision="fp32")
+    with pytest.raises(ValueError, match="examples of up to 64 tokens .* 48 positions.*"
+                                         "--max-seq-length 48"):
+        PretrainRun(settings, resume=False)
+    long = real_leads_data(tmp_path / "long", wiki_leads, tokenizer, max_seq_length=128)
+    fits = tiny_checkpoint(tmp_path / "fits", "BertForPreTraining", tokenizer)  # 64 positions
+    with pytest.raises(ValueError, match=f"{long} .* up to 128 tokens .* 64 positions"):
+        PretrainRun(replace(settings, model=str(fits), phase2_data=str(long)), resume=False)
+
+
+def test_continued_pretraining_refuses_options_for_a_new_models_weights(tmp_path, uncased_data,
+                                                                        tokenizer):
+    """--sinusoidal-positions and the like choose a preset's starting weights: with a checkpoint
+    they would change nothing while the run's settings say they were used."""
+    checkpoint = tiny_checkpoint(tmp_path / "checkpoint", "BertForPreTraining", tokenizer)
+    settings = PretrainSettings(data=str(uncased_data), out=str(tmp_path / "run"),
+                                model=str(checkpoint), sinusoidal_positions=True,
+                                mlm_bias_prior=True, steps=1, batch_size=4, precision="fp32")
+    with pytest.raises(SettingsError, match="--mlm-bias-prior, --sinusoidal-positions set a "
+                                            "new model's starting weights.* leave them out"):
+        PretrainRun(settings, resume=False)
 
 
 @pytest.mark.slow
