@@ -198,9 +198,15 @@ def cmd_predict(args):
     import io
     import json
 
+    from . import files
     from .finetune import predict
+    from .settings import SettingsError
     from .tasks.base import text_lines
 
+    output = Path(args.output) if args.output else None
+    if output is not None and output.is_dir():  # found now, not after every input is predicted
+        raise SettingsError(f"--output {output} is a folder; give a file name, e.g. "
+                            f"{output / 'predictions.jsonl'}.")
     inputs = args.input
     if args.input == "-":  # a text stream with no bytes underneath is read as its UTF-8
         stdin = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
@@ -208,8 +214,9 @@ def cmd_predict(args):
     results = predict(args.model, inputs, batch_size=args.batch_size, device=args.device,
                       precision=args.precision)
     lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in results)
-    if args.output:
-        Path(args.output).write_text(lines, encoding="utf-8")
+    if output is not None:
+        with files.atomic_path(output) as staging:  # creates missing folders on the way
+            staging.write_text(lines, encoding="utf-8")
     else:
         sys.stdout.write(lines)
 

@@ -200,13 +200,17 @@ def reset_head(model: nn.Module) -> None:
 
 
 def load_finetuned(directory: str | Path, device=None) -> tuple[Task, nn.Module, BertTokenizer]:
-    """A model saved by ``finetune`` (its ``best`` folder, or the run folder holding one)."""
+    """A model saved by ``finetune`` (its ``best`` folder, or the run folder holding one), or a
+    fine-tuned BERT checkpoint without ``task.json`` (one transformers saved): its task is read
+    from config.json (`task_of_checkpoint`)."""
     directory = Path(directory)
     if not (directory / TASK_FILE).is_file() and (directory / "best" / TASK_FILE).is_file():
         directory = directory / "best"
     if not (directory / TASK_FILE).is_file():
-        raise FileNotFoundError(f"{directory} has no {TASK_FILE}: give the folder that "
-                                "`bertkit finetune` wrote (OUT or OUT/best).")
+        task, tokenizer = task_of_checkpoint(directory)
+        model = task.model_class.from_pretrained(directory).to(choose_device(device)).eval()
+        task.use_labels(model.config.id2label)
+        return task, model, tokenizer
     options = json.loads((directory / TASK_FILE).read_text(encoding="utf-8"))
     task = build_task(options.pop("task"), **options)
     if options.get("feature_fields"):  # numbers beside the text (bertkit.features)
@@ -218,6 +222,83 @@ def load_finetuned(directory: str | Path, device=None) -> tuple[Task, nn.Module,
     model = task.model_class.from_pretrained(directory).to(choose_device(device)).eval()
     task.use_labels(model.config.id2label)
     return task, model, BertTokenizer.from_pretrained(directory)
+
+
+# The task of each head class transformers saves; a sequence head's problem_type may change it.
+HEAD_TASKS = {"BertForSequenceClassification": "classification",
+              "BertForTokenClassification": "token-classification",
+              "BertForQuestionAnswering": "question-answering",
+              "BertForMultipleChoice": "multiple-choice"}
+SEQUENCE_TASKS = {None: "classification", "single_label_classification": "classification",
+                  "multi_label_classification": "multi-label", "regression": "regression"}
+
+
+def task_of_checkpoint(directory: Path) -> tuple[Task, BertTokenizer]:
+    """The task (and tokenizer) of a checkpoint folder without ``task.json`` (``save_pretrained`` or
+    ``Trainer.save_model`` of transformers' BERT heads), from its config.json: the head class,
+    and for a sequence head its ``problem_type`` (one label without one is regression, as
+    transformers trains it). Anything predict would run with an untrained head, or cannot run,
+    is refused in one line saying what to do instead."""
+    _check_checkpoint_folder(directory)
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    architectures = config.get("architectures") or []
+    named = ", ".join(architectures) or "no architecture"
+    if config.get("model_type", "bert") != "bert":
+        raise SettingsError(f"{directory} holds a {named} model (model_type "
+                            f"{config.get('model_type')!r}), and bertkit runs BERT only; use "
+                            "transformers' pipeline for this model.")
+    head = next((name for name in architectures if name in HEAD_TASKS), None)
+    if head is None:
+        use = ("`bertkit embed`" if (directory / "modules.json").is_file()
+               else "`bertkit embed` or `bertkit fill-mask`")
+        raise SettingsError(f"{directory} holds a BERT with {named} and no fine-tuned task head "
+                            f"(predict would answer with a random one): fine-tune it first "
+                            f"(`bertkit finetune --model {directory} ...`), or use {use}.")
+    from .checkpoint import read_weights
+    output = "qa_outputs." if head == "BertForQuestionAnswering" else "classifier."
+    if not any(name.startswith(output) for name in read_weights(directory)):
+        raise SettingsError(f"{directory}: config.json names {head}, but the weights hold no "
+                            f"{output}* head (predict would answer with a random one); save the "
+                            "fine-tuned model again, or fine-tune this one first.")
+    name = HEAD_TASKS[head]
+    if name == "classification":
+        problem = config.get("problem_type")
+        if problem not in SEQUENCE_TASKS:
+            raise SettingsError(f"{directory}: config.json has problem_type {problem!r}; "
+                                f"bertkit knows {', '.join(map(str, SEQUENCE_TASKS))}.")
+        one_output = len(config.get("id2label") or {}) == 1
+        name = "regression" if problem is None and one_output else SEQUENCE_TASKS[problem]
+    tokenizer = BertTokenizer.from_pretrained(directory)
+    # Texts as long as the model takes, as transformers' pipelines take them.
+    longest = min(config.get("max_position_embeddings", 512), tokenizer.model_max_length)
+    if name != "question-answering":
+        return build_task(name, max_length=longest), tokenizer
+    length = min(384, longest)  # SQuAD's windows, or the same shares of a shorter one
+    return build_task(name, max_length=length, doc_stride=min(128, length // 3),
+                      max_query_length=min(64, length // 6)), tokenizer
+
+
+def _check_checkpoint_folder(directory: Path) -> None:
+    """The files a checkpoint without ``task.json`` needs, or one line saying what it is."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such folder; give the folder that `bertkit "
+                                "finetune` wrote (OUT or OUT/best), or a fine-tuned BERT folder.")
+    seeds = sorted(directory.glob(f"seed-*/best/{TASK_FILE}"))
+    if seeds:
+        raise FileNotFoundError(f"{directory} holds a run of {len(seeds)} seeds: give one of "
+                                f"them, e.g. {seeds[0].parent.parent} (results.json has each "
+                                "seed's scores).")
+    if not (directory / "config.json").is_file():
+        trainer = (" (transformers' Trainer.save_model() writes only weights for a model that is "
+                   "no PreTrainedModel: save it with trainer.model.save_pretrained(folder))"
+                   if (directory / "training_args.bin").is_file() else "")
+        raise FileNotFoundError(f"{directory} has neither {TASK_FILE} nor config.json: give the "
+                                "folder that `bertkit finetune` wrote (OUT or OUT/best), or a "
+                                f"fine-tuned BERT folder{trainer}.")
+    if not any((directory / name).is_file() for name in ("vocab.txt", "tokenizer.json")):
+        raise FileNotFoundError(f"{directory} has no tokenizer (vocab.txt or tokenizer.json): "
+                                "save the tokenizer of the model it was fine-tuned from into it "
+                                "(tokenizer.save_pretrained(folder)).")
 
 
 def save_finetuned(directory: Path, task: Task, model: nn.Module, tokenizer) -> None:

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainingArguments
 
 import bertkit
 import bertkit.hf
+from bertkit.cli import main
 from bertkit.config import BertConfig
 from bertkit.embeddings import Embedder
 from bertkit.files import DiskFull
@@ -343,20 +344,23 @@ def test_token_classification_pipeline(saved, texts):
     assert found_any > 5  # the spread head tags plenty
 
 
-def test_question_answering_in_transformers(saved):
-    """transformers 5 removed the question-answering pipeline: its span choice (the best start +
-    end logit over passage spans of at most max_answer_len tokens, mapped to characters by the
-    offsets) is spelled out here on transformers' model and tokenizer."""
-    folder = saved["question-answering"]
+def squad_questions() -> list[dict]:
     squad = json.loads(resolve_data("squad-sample", "validation").read_text(encoding="utf-8"))
-    questions = [{"question": qa["question"], "context": paragraph["context"]}
-                 for article in squad["data"] for paragraph in article["paragraphs"]
-                 for qa in paragraph["qas"]]
-    assert len(questions) >= 5
-    ours = bertkit.predict(folder, [json.dumps(q) for q in questions])
+    return [{"question": qa["question"], "context": paragraph["context"]}
+            for article in squad["data"] for paragraph in article["paragraphs"]
+            for qa in paragraph["qas"]]
+
+
+def transformers_answers(folder, questions: list[dict]) -> list[tuple[str, int, int]]:
+    """(answer, start, end) of each question by transformers' model and tokenizer of ``folder``.
+
+    transformers 5 removed the question-answering pipeline: its span choice (the best start +
+    end logit over passage spans of at most max_answer_len tokens, mapped to characters by the
+    offsets) is spelled out here."""
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForQuestionAnswering.from_pretrained(folder).eval()
-    for question, mine in zip(questions, ours, strict=True):
+    answers = []
+    for question in questions:
         inputs = hf_tokenizer(question["question"], question["context"], truncation="only_second",
                               max_length=384, return_offsets_mapping=True, return_tensors="pt")
         offsets = inputs.pop("offset_mapping")[0]
@@ -369,8 +373,17 @@ def test_question_answering_in_transformers(saved):
         start, end = divmod(int(scores.masked_fill(~allowed, -torch.inf).argmax()),
                             scores.shape[1])
         span = int(offsets[start][0]), int(offsets[end][1])
-        assert (question["context"][span[0]:span[1]], *span) == (
-            mine["answer"], mine["start"], mine["end"])
+        answers.append((question["context"][span[0]:span[1]], *span))
+    return answers
+
+
+def test_question_answering_in_transformers(saved):
+    folder = saved["question-answering"]
+    questions = squad_questions()
+    assert len(questions) >= 5
+    ours = bertkit.predict(folder, [json.dumps(q) for q in questions])
+    assert [(a["answer"], a["start"], a["end"]) for a in ours] == transformers_answers(
+        folder, questions)
 
 
 def test_fill_mask_pipeline(saved, texts):
@@ -430,6 +443,161 @@ def test_pipeline_truncates_where_the_finetuned_task_does(tmp_path, minilm_dir, 
     found = {s["label"]: s["score"] for s in theirs}
     for label, p in ours["probabilities"].items():
         assert found[label] == pytest.approx(p, abs=1e-5)
+
+
+# --- folders transformers saved, in bertkit predict ------------------------------------------
+
+
+def transformers_folder(folder, minilm_dir, model_class: str, seed: int = 0, **config):
+    """MiniLM under one of transformers' BERT heads (seeded, spread wide), written with its
+    tokenizer by transformers' own save_pretrained: a folder with no task.json."""
+    model = getattr(transformers, model_class).from_pretrained(minilm_dir, **config).eval()
+    spread_head(model.qa_outputs if hasattr(model, "qa_outputs") else model.classifier, seed)
+    model.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    return folder
+
+
+SEQUENCE_HEADS = {  # config, and how the text-classification pipeline turns logits into scores
+    "named labels": (dict(id2label=SENTIMENT), "softmax"),
+    "unnamed labels": ({}, "softmax"),
+    "multi-label": (dict(id2label={0: "sports", 1: "film", 2: "music"},
+                         problem_type="multi_label_classification"), "sigmoid"),
+    "regression": (dict(num_labels=1, problem_type="regression"), "none"),
+    "one label, no problem_type": (dict(num_labels=1), "none"),  # trained as regression
+}
+
+
+@pytest.mark.parametrize("head", SEQUENCE_HEADS)
+def test_predict_on_a_transformers_sequence_classifier_gives_its_pipelines_scores(
+        head, tmp_path, minilm_dir, texts, snippets):
+    """No task.json: the task is config.json's (problem_type), the labels its id2label, and
+    texts are cut where the pipeline cuts them (the model's 512 positions, not bertkit's 128)."""
+    config, function = SEQUENCE_HEADS[head]
+    folder = transformers_folder(tmp_path, minilm_dir, "BertForSequenceClassification", **config)
+    inputs = [*texts[:6], " ".join(row["text"] for row in snippets[:25])]  # the last ~600 tokens
+    ours = bertkit.predict(folder, inputs)
+    theirs = transformers.pipeline("text-classification", model=str(folder), device="cpu")(
+        inputs, top_k=None, function_to_apply=function, truncation=True)
+    for mine, scores in zip(ours, theirs, strict=True):
+        found = {s["label"]: s["score"] for s in scores}
+        if function == "none":
+            assert mine["score"] == pytest.approx(found["LABEL_0"], abs=1e-5)
+            continue
+        assert mine["probabilities"] == pytest.approx(found, abs=1e-5)
+        if function == "sigmoid":
+            assert set(mine["labels"]) == {label for label, p in found.items() if p >= 0.5}
+        else:
+            assert mine["label"] == max(found, key=found.get)
+    if head == "unnamed labels":
+        assert set(ours[0]["probabilities"]) == {"LABEL_0", "LABEL_1"}
+
+
+def test_predict_on_a_trainer_saved_token_classifier_gives_its_pipelines_entities(
+        tmp_path, minilm_dir, texts):
+    folder = transformers_folder(tmp_path / "model", minilm_dir, "BertForTokenClassification",
+                                 seed=1, id2label=dict(enumerate(ENTITIES)))
+    model = transformers.BertForTokenClassification.from_pretrained(folder)
+    trainer = Trainer(model=model, processing_class=transformers.AutoTokenizer.from_pretrained(
+        folder), args=TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[],
+                                        use_cpu=True))
+    trainer.save_model(str(tmp_path / "saved"))
+    ours = bertkit.predict(tmp_path / "saved", texts)
+    theirs = transformers.pipeline("token-classification", model=str(tmp_path / "saved"),
+                                   device="cpu", aggregation_strategy="first")(texts)
+    expected = [[(g["entity_group"], g["start"], g["end"]) for g in groups] for groups in theirs]
+    assert [[(e["type"], e["start"], e["end"]) for e in mine["entities"]]
+            for mine in ours] == expected
+    assert sum(map(len, expected)) > 5
+
+
+def test_predict_on_a_transformers_question_answerer_gives_its_answers(tmp_path, minilm_dir):
+    folder = transformers_folder(tmp_path, minilm_dir, "BertForQuestionAnswering", seed=2)
+    questions = squad_questions()
+    ours = bertkit.predict(folder, [json.dumps(q) for q in questions])
+    assert [(a["answer"], a["start"], a["end"]) for a in ours] == transformers_answers(
+        folder, questions)
+
+
+def test_predict_on_a_transformers_multiple_choice_model_gives_its_probabilities(
+        tmp_path, minilm_dir, texts):
+    folder = transformers_folder(tmp_path, minilm_dir, "BertForMultipleChoice", seed=3)
+    questions = [{"question": text, "choices": texts[i + 1:i + 4]}
+                 for i, text in enumerate(texts[:6])]
+    ours = bertkit.predict(folder, [json.dumps(q) for q in questions])
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.BertForMultipleChoice.from_pretrained(folder).eval()
+    for question, mine in zip(questions, ours, strict=True):
+        inputs = hf_tokenizer([question["question"]] * 3, question["choices"], padding=True,
+                              return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**{k: v[None] for k, v in inputs.items()}).logits[0]
+        np.testing.assert_allclose(mine["probabilities"], logits.softmax(-1).numpy(), atol=1e-5)
+
+
+def tiny_bert(**config):
+    return transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64, **config)
+
+
+def headless(folder, minilm_dir):
+    transformers.BertModel(tiny_bert()).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+
+
+def head_named_but_not_saved(folder, minilm_dir):
+    headless(folder, minilm_dir)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["architectures"] = ["BertForSequenceClassification"]
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def without_tokenizer(folder, minilm_dir):
+    transformers.BertForSequenceClassification(tiny_bert()).save_pretrained(folder)
+
+
+def other_architecture(name):
+    def write(folder, minilm_dir):
+        config = getattr(transformers, f"{name}Config")(
+            hidden_size=32, dim=32, num_hidden_layers=1, n_layers=1, num_attention_heads=2,
+            n_heads=2, intermediate_size=64, hidden_dim=64)
+        getattr(transformers, f"{name}ForSequenceClassification")(config).save_pretrained(folder)
+        transformers.AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    return write
+
+
+def plain_bertkit_model_under_trainer(folder, minilm_dir):
+    model = bertkit.BertForSequenceClassification(BertConfig.from_preset("tiny", vocab_size=64))
+    Trainer(model=model, args=TrainingArguments(output_dir=str(folder / "out"), report_to=[],
+                                                use_cpu=True)).save_model(str(folder))
+
+
+UNUSABLE = {  # folder writer, words of the one line predict answers with
+    "bare BertModel": (headless, "no fine-tuned task head"),
+    "sentence-transformers": (None, "bertkit embed"),
+    "head in config.json, not in the weights": (head_named_but_not_saved, "hold no classifier"),
+    "no tokenizer files": (without_tokenizer, "has no tokenizer"),
+    "RoBERTa": (other_architecture("Roberta"), "bertkit runs BERT only"),
+    "DistilBERT": (other_architecture("DistilBert"), "bertkit runs BERT only"),
+    "Trainer.save_model of a plain bertkit class": (plain_bertkit_model_under_trainer,
+                                                    "trainer.model.save_pretrained"),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE)
+def test_predict_refuses_a_folder_it_cannot_answer_from_in_one_line(case, tmp_path, minilm_dir,
+                                                                    capsys):
+    write, words = UNUSABLE[case]
+    folder = minilm_dir if write is None else tmp_path
+    if write is not None:
+        write(folder, minilm_dir)
+    (tmp_path / "in.txt").write_text("A gorgeous, witty film.\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(folder), str(tmp_path / "in.txt")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("bertkit: error: ") and words in line, line
 
 
 # --- sentence-transformers --------------------------------------------------------------------

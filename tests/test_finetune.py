@@ -102,6 +102,33 @@ def test_predict_reads_a_task_file_whatever_its_suffix_case(classification_run, 
     assert expected[0]["text"] == json.loads(test.read_text().splitlines()[0])["text"]
 
 
+def test_predict_on_a_run_of_several_seeds_names_one_to_give(classification_run, capsys):
+    _, out, test, _ = classification_run
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out), str(test)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"holds a run of 2 seeds: give one of them, e.g. {out / 'seed-1'}" in line
+
+
+def test_cli_predict_output_into_new_folders_or_onto_a_folder(classification_run, tmp_path,
+                                                              capsys):
+    """--output's missing folders are made; a folder as --output is refused before the model
+    is even loaded (it failed with [Errno 21] after every input was predicted)."""
+    _, out, _, _ = classification_run
+    model = str(out / "seed-1" / "best")
+    (tmp_path / "in.txt").write_text("A triumph.\n\nA mess.\n", encoding="utf-8")
+    target = tmp_path / "new" / "folders" / "out.jsonl"
+    assert main(["predict", "--model", model, str(tmp_path / "in.txt"), "--output",
+                 str(target)]) == 0
+    assert [json.loads(row)["text"] for row in target.read_text().splitlines()] == [
+        "A triumph.", "", "A mess."]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "no-model"), str(tmp_path / "in.txt"),
+                 "--output", str(tmp_path)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"--output {tmp_path} is a folder; give a file name" in line
+
+
 def test_the_last_partial_window_of_an_epoch_is_logged(tmp_path):
     """48 examples, batch 8: 6 steps an epoch; logging every 4 steps also logs steps 5-6."""
     train = sample("rt-polarity", "train", 48, tmp_path)
