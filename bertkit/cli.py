@@ -207,6 +207,9 @@ def cmd_predict(args):
     if output is not None and output.is_dir():  # found now, not after every input is predicted
         raise SettingsError(f"--output {output} is a folder; give a file name, e.g. "
                             f"{output / 'predictions.jsonl'}.")
+    if not Path(args.model).is_dir():  # found now, not after stdin was typed in
+        raise FileNotFoundError(f"--model {args.model}: no such folder; give the folder that "
+                                "`bertkit finetune` wrote (OUT or OUT/best).")
     inputs = args.input
     if args.input == "-":  # a text stream with no bytes underneath is read as its UTF-8
         stdin = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
@@ -425,7 +428,9 @@ vader-movies, snli, wnut16, wsj-pos, squad-sample, wiki-topics, wiki-qa (derived
 
 def _add_finetuned_model_flags(parser, precision: str) -> None:
     """The flags of a command that runs a model `bertkit finetune` wrote."""
-    parser.add_argument("--model", required=True, help="a folder written by finetune")
+    parser.add_argument("--model", required=True,
+                        help="a folder written by finetune (OUT or OUT/best), or a fine-tuned "
+                        "BERT head transformers saved (its task read from config.json)")
     parser.add_argument("--batch-size", type=int, default=64, help="inputs per batch (64)")
     _add_device_flag(parser)
     parser.add_argument("--precision", default=precision, choices=("auto", "fp32", "bf16", "fp16"),

@@ -129,6 +129,21 @@ def test_cli_predict_output_into_new_folders_or_onto_a_folder(classification_run
     assert f"--output {tmp_path} is a folder; give a file name" in line
 
 
+class UnreadStdin:
+    """Standard input that a test must not read: a user at a terminal would be typing."""
+
+    @property
+    def buffer(self):
+        raise AssertionError("standard input read before --model was checked")
+
+
+def test_cli_predict_checks_the_model_folder_before_reading_stdin(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setattr("sys.stdin", UnreadStdin())
+    assert main(["predict", "--model", str(tmp_path / "no-model"), "-"]) == 1
+    assert "no-model: no such folder" in capsys.readouterr().err
+
+
 def test_the_last_partial_window_of_an_epoch_is_logged(tmp_path):
     """48 examples, batch 8: 6 steps an epoch; logging every 4 steps also logs steps 5-6."""
     train = sample("rt-polarity", "train", 48, tmp_path)
