@@ -327,6 +327,25 @@ def check_positions(config: BertConfig, model: str | Path,
                 "or less.")
 
 
+def data_fingerprint(dataset: PretrainingDataset) -> str:
+    """The examples a run's data position counts: a hash of the sha256 its manifest records for
+    each shard of the split."""
+    shards = dataset.manifest["splits"][dataset.split]["shards"]
+    return hashlib.sha256("".join(shard["sha256"] for shard in shards).encode()).hexdigest()
+
+
+def check_same_examples(saved: dict, found: dict, settings: PretrainSettings) -> None:
+    """A resumed run on a data folder rebuilt in place (same vocabulary, other examples) would
+    carry on from a position among examples it never counted."""
+    for flag, fingerprint in saved.items():
+        if found.get(flag) != fingerprint:
+            raise SettingsError(
+                f"--{flag.replace('_', '-')} {getattr(settings, flag)} holds other examples than "
+                "when the run started (rebuilt in place?): the run's position counts the "
+                "examples it began with. Resume with those, or start a new run in another "
+                "--out.")
+
+
 def unigram_log_prior(train: PretrainingDataset, vocab_size: int) -> torch.Tensor:
     """log p(token) among the predicted tokens of ``train`` (add-one smoothed): the MLM's best
     guess before it reads any context. As a start for the output bias (Focal Loss's prior
@@ -515,6 +534,10 @@ class PretrainRun:
             for module in (self.model.bert.pooler, self.model.cls.seq_relationship):
                 module.requires_grad_(False)
         state = Checkpoints.load_state(latest) if latest else {}
+        self.data_fingerprints = {"data": data_fingerprint(self.train)}
+        if phase2 is not None:
+            self.data_fingerprints["phase2_data"] = data_fingerprint(phase2)
+        check_same_examples(state.get("data", {}), self.data_fingerprints, settings)
         self.step = state.get("step", 0)
         self.trainer = build_trainer(torch.compile(self.model) if settings.compile
                                      else self.model, settings, self._planned_steps(),
@@ -643,6 +666,7 @@ class PretrainRun:
                                       "budget_sizings": self.budget.done,
                                       "seconds_spent": time.perf_counter() - self.budget.started,
                                       "phase2_start": self.phases.phase2_start,
+                                      "data": self.data_fingerprints,
                                       "examples_seen": self.step * self.settings.batch_size})
         self.log.write(step=self.step, event=f"checkpoint ({reason})", path=str(path))
 

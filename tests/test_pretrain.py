@@ -721,6 +721,27 @@ def test_continued_pretraining_refuses_examples_of_another_vocabulary(
         PretrainRun(settings, resume=True)
 
 
+def test_resume_refuses_data_rebuilt_in_place_with_other_examples(tmp_path, wiki_data):
+    """Same vocabulary, other examples: the vocabulary check passes, and the run went on from a
+    position among examples it never counted."""
+    data = tmp_path / "data"
+    shutil.copytree(wiki_data, data)
+    settings = PretrainSettings(data=str(data), out=str(tmp_path / "run"), model="tiny",
+                                steps=2, batch_size=4, save_every=1, precision="fp32")
+    pretrain(settings)
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-0000002")
+    PretrainRun(settings, resume=True)  # the same examples: goes on
+    shutil.rmtree(data)
+    tokenizer = BertTokenizer.from_pretrained(wiki_data / TOKENIZER_FOLDER)
+    create_pretraining_data(Corpus(wiki_data.parent / "corpus.jsonl"), data, tokenizer,
+                            PretrainingConfig(max_seq_length=64, dupe_factor=1,
+                                              validation_fraction=0.05), workers=1,
+                            progress=False)  # the same corpus and vocabulary, other examples
+    with pytest.raises(SettingsError, match=f"--data {data} holds other examples than when "
+                                            r"the run started \(rebuilt in place\?\)"):
+        PretrainRun(settings, resume=True)
+
+
 def test_continued_pretraining_refuses_examples_longer_than_the_checkpoints_positions(
         tmp_path, wiki_leads, uncased_data, tokenizer):
     """Examples past max_position_embeddings would fail at the first step that holds one,
