@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import reprlib
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -157,6 +158,11 @@ def check_settings(settings) -> None:
                                 f"the {settings.task} task has no pooled vector to add them to.")
         if len(set(settings.feature_fields)) < len(settings.feature_fields):
             raise SettingsError(f"--feature-fields names a field twice: {settings.feature_fields}")
+        label_field = settings.build_task().options()["label_field"]
+        if label_field in settings.feature_fields:
+            raise SettingsError(f"--feature-fields names {label_field!r}, the label field: a "
+                                "model given its label as an input learns nothing it can "
+                                "predict with. Leave it out of --feature-fields.")
     if not settings.feature_based:
         given = [name for name in FEATURE_OPTIONS if getattr(settings, name) is not None]
         if _differs_from_default(settings, "feature_cache_gb"):
@@ -215,6 +221,10 @@ class FeatureSpec:
 # --------------------------------------------------------------------------------------------
 # Numbers beside the text
 
+# The output layer multiplies the standardised numbers by NUMBERS_GAIN and its weights, and
+# regression squares the result, in float32 (largest 3.4e38): farther out is refused.
+MAX_STANDARD_DEVIATIONS = 1e12
+
 
 def read_number(record: dict, name: str, where: str) -> float:
     """A finite number from ``record[name]``, or a DataError naming file:line:field."""
@@ -227,12 +237,17 @@ def read_number(record: dict, name: str, where: str) -> float:
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
             number = float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            number = math.inf
         except ValueError:
             pass
+    shown = reprlib.repr(value)  # a long text or integer is cut in the middle
     if number is None:
-        raise DataError(f"{where}:{name}: {value!r} is not a number.")
+        raise DataError(f"{where}:{name}: {shown} is not a number; give a plain number such as "
+                        "1234.5 or 0.12 (no thousands separators, %, units or true/false).")
     if not math.isfinite(number):
-        raise DataError(f"{where}:{name}: {value!r} is not a finite number (NaN or infinite).")
+        raise DataError(f"{where}:{name}: {shown} is not a finite number (NaN, infinite, or "
+                        "past the float range, ±1.8e308).")
     return number
 
 
@@ -270,8 +285,19 @@ class WithNumbers(_Wrapped):
 
     def prepare(self, train_examples: list) -> None:
         values = np.array([e.numbers for e in train_examples], dtype=np.float64)
-        std = values.std(0)
-        self.mean, self.std = values.mean(0).tolist(), np.where(std > 0, std, 1.0).tolist()
+        # Statistics of the values over the power of two at or below each column's largest
+        # magnitude: the sums and squares of values past 1e154 overflow to infinity, and
+        # dividing by a power of two rounds nothing.
+        scale = np.ldexp(1.0, np.frexp(np.abs(values).max(0))[1] - 1)
+        mean, std = (values / scale).mean(0) * scale, (values / scale).std(0) * scale
+        # Rounding leaves the std of one value repeated (0.1) at 1e-17, not 0: another value
+        # later would be blown up 1e16 times. Such a column is centred and left unscaled.
+        constant = values.min(0) == values.max(0)
+        for column in np.flatnonzero(constant):
+            logger.warning("--feature-fields %s: %g in every training row; the model cannot "
+                           "learn anything from it.", self.fields[column], values[0, column])
+        self.mean = np.where(constant, values[0], mean).tolist()
+        self.std = np.where(constant, 1.0, std).tolist()
         self.task.prepare(train_examples)
 
     def read(self, path, labelled: bool = True) -> list:
@@ -280,7 +306,25 @@ class WithNumbers(_Wrapped):
         for example in examples:
             example.numbers = [read_number(records[example.where], name, example.where)
                                for name in self.fields]
+        if self.mean is not None:  # refused now, not when the split is scored after an epoch
+            for example in examples:
+                self.standardised(example)
         return examples
+
+    def standardised(self, example) -> list[float]:
+        """The example's numbers in standard deviations from the training mean; one too far
+        out for the model's float32 arithmetic is refused, naming its file:line:field."""
+        with np.errstate(over="ignore"):  # an overflow is refused below
+            distances = (np.asarray(example.numbers) - self.mean) / self.std
+        for name, value, distance, mean, std in zip(self.fields, example.numbers, distances,
+                                                    self.mean, self.std, strict=True):
+            if not abs(distance) <= MAX_STANDARD_DEVIATIONS:
+                raise DataError(
+                    f"{example.where}:{name}: {value:g} is {abs(distance):.3g} standard "
+                    f"deviations from the training mean {mean:g} (std {std:g}), past the "
+                    f"{MAX_STANDARD_DEVIATIONS:g} the model's arithmetic holds: check the "
+                    "value's units, or train on data that holds such values.")
+        return distances.tolist()
 
     def read_lines(self, lines, source: str, tokenizer=None) -> list:
         raise DataError(f"{source}: this model also reads the numeric fields "
@@ -288,10 +332,9 @@ class WithNumbers(_Wrapped):
 
     def encode(self, examples: list, tokenizer, label2id: dict | None = None) -> list[dict]:
         features = self.task.encode(examples, tokenizer, label2id)
-        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        standardised = [self.standardised(example) for example in examples]
         for feature in features:
-            raw = np.asarray(examples[feature["example"]].numbers)
-            feature["numbers"] = ((raw - mean) / std).tolist()
+            feature["numbers"] = standardised[feature["example"]]
         return features
 
     def collate(self, features: list[dict], pad_to_multiple_of: int = 1

@@ -1137,7 +1137,17 @@ def train_vocab(files: str | os.PathLike | Iterable[str | os.PathLike] | None = 
     engine.normalizer = _normalizer(lowercase)
     engine.pre_tokenizer = _pre_tokenizer()
     if files is not None:
-        engine.train(_training_files(files), trainer)
+        paths = _training_files(files)
+        try:
+            engine.train(paths, trainer)
+        except Exception as error:  # the engine raises its errors as bare Exceptions
+            if "valid UTF-8" not in str(error):
+                raise
+            raise ValueError(
+                f"{_first_line_not_utf8(paths)} is not UTF-8: train_vocab reads UTF-8 text "
+                "files. Convert the file (e.g. iconv -f CP1252 -t UTF-8), or train with "
+                "`bertkit vocab train` (train_vocab_on_corpus), which reads .gz/.bz2/.xz and "
+                "UTF-16 and skips lines that are not UTF-8.") from error
     else:
         engine.train_from_iterator(_as_texts_lazily([texts] if isinstance(texts, str) else texts),
                                    trainer)
@@ -1155,6 +1165,18 @@ def _training_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> l
         if not Path(path).is_file():
             raise FileNotFoundError(f"training file {path} does not exist.")
     return [str(path) for path in paths]
+
+
+def _first_line_not_utf8(paths: list[str]) -> str:
+    """``file:line`` of the first line of ``paths`` that is not UTF-8 (the engine names none)."""
+    for path in paths:
+        with open(path, "rb") as file:
+            for number, line in enumerate(file, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"{path}:{number}"
+    return "a training file"
 
 
 def _trained_vocab(engine: Tokenizer, vocab_size: int) -> dict[str, int]:

@@ -232,3 +232,95 @@ def test_a_jsonl_record_longer_than_a_read_block_comes_whole(tmp_path, leads):
     corpus = Corpus(path)
     documents = list(corpus)
     assert corpus.skipped == {} and len(documents) >= 2
+
+
+def test_symbolic_links_are_followed_and_each_file_read_once(tmp_path, leads):
+    """A linked folder was silently left out (rglob does not follow links); a broken link was
+    silently dropped; a link loop under a quoted glob read each file ~40 times."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "s.txt").write_text(leads[0], encoding="utf-8")
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "own.txt").write_text(leads[1], encoding="utf-8")
+    (folder / "linked").symlink_to(shared)
+    (folder / "again.txt").symlink_to(folder / "own.txt")
+    (folder / "loop").symlink_to(folder)
+    (folder / "gone.txt").symlink_to(tmp_path / "deleted.txt")
+    corpus = Corpus(folder)
+    assert [str(p.relative_to(folder)) for p, _ in corpus.files] == [
+        "gone.txt", "linked/s.txt", "own.txt"]
+    assert len(list(corpus)) == 2
+    assert corpus.skipped == {Skip.BROKEN_LINK: 1}
+    assert corpus.skipped_named == [f"{folder / 'gone.txt'}: {Skip.BROKEN_LINK}"]
+    assert [p.name for p, _ in Corpus(str(folder / "**" / "*.txt")).files] == [
+        "gone.txt", "s.txt", "own.txt"]
+
+
+def test_bz2_and_xz_are_read_and_other_packed_files_are_named(tmp_path, leads):
+    import bz2
+    import lzma
+    import zipfile
+
+    (tmp_path / "a.txt.bz2").write_bytes(bz2.compress(leads[0].encode()))
+    (tmp_path / "b.jsonl.xz").write_bytes(lzma.compress(json.dumps({"text": leads[1]}).encode()))
+    (tmp_path / "c.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd" + leads[2].encode())
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as archive:
+        archive.writestr("d.txt", leads[3])
+    (tmp_path / "e.txt").write_bytes(gzip.compress(leads[4].encode()))  # not named .gz
+    corpus = Corpus(tmp_path)
+    assert [format for _, format in corpus.files] == ["text", "jsonl", "text", "text", "text"]
+    assert list(corpus) == [split_sentences(leads[0]),
+                            split_sentences(" ".join(leads[1].split()))]
+    assert corpus.skipped == {Skip.PACKED_FILE: 3}
+    assert corpus.skipped_named[-1] == f"{tmp_path / 'e.txt'}: {Skip.PACKED_FILE}"
+
+
+def test_utf16_and_utf32_text_with_a_byte_order_mark_is_read(tmp_path, leads):
+    text = leads[0] + "\r\n\r\n" + leads[1]
+    for encoding in ("utf-16", "utf-16-be", "utf-32"):
+        mark = "\ufeff" if encoding == "utf-16-be" else ""  # the others write their own
+        (tmp_path / f"{encoding}.txt").write_bytes((mark + text).encode(encoding))
+    # half a surrogate pair: U+FFFD, which BERT's cleaning drops, as in JSONL's "\ud83d"
+    (tmp_path / "z-half.txt").write_bytes("Fine text here. Half \ud83d".encode(
+        "utf-16", "surrogatepass") + " one. Also fine.".encode("utf-16-le"))
+    corpus = Corpus(tmp_path)
+    documents = list(corpus)
+    assert documents[:3] == [split_sentences(leads[0]) + split_sentences(leads[1])] * 3
+    assert documents[3] == ["Fine text here.", "Half \ufffd one.", "Also fine."]
+    assert corpus.skipped == {}
+
+
+def test_a_file_in_another_encoding_is_named(tmp_path, leads, caplog):
+    """The warnings per line named the first five bad lines of the corpus; a second Latin-1 file
+    losing all its lines went unnamed."""
+    french = "Le café est très bon. La crème brûlée est délicieuse.\n" * 50
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_bytes(french.encode("latin-1"))
+    (tmp_path / "c.txt").write_text(leads[0] + "\n" + "Un café.".encode().decode() + "\n",
+                                    encoding="utf-8")
+    # one bad byte in a UTF-8 file: the line is dropped and named, the file is not blamed
+    (tmp_path / "d.txt").write_bytes("\n".join(leads[1:21]).encode() + "\ncafé.\n".encode(
+        "latin-1"))
+    with caplog.at_level("WARNING", logger="bertkit"):
+        list(Corpus(tmp_path))
+    named = [r.getMessage() for r in caplog.records if "lines are not UTF-8" in r.getMessage()]
+    assert [message.split(":")[0] for message in named] == [
+        str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    assert "50 of its 50 lines" in named[0] and "iconv" in named[0]
+
+
+def test_an_overlong_jsonl_line_is_skipped_without_being_held(tmp_path, leads, monkeypatch):
+    """A JSONL line is parsed whole, at ~20 times its size in memory: one 50 MB line took 1 GB.
+    A line past MAX_RECORD_BYTES (lowered here) is skipped as it streams past, named by line."""
+    monkeypatch.setattr("bertkit.data.corpora.MAX_RECORD_BYTES", 2_000)
+    monkeypatch.setattr("bertkit.data.corpora.READ_BYTES", 500)
+    path = tmp_path / "dump.jsonl"
+    path.write_text(json.dumps({"text": leads[0][:400]}) + "\n"
+                    + json.dumps([{"text": lead} for lead in leads[:20]]) + "\n"
+                    + "not json\n" + json.dumps({"text": leads[1][:400]}) + "\n",
+                    encoding="utf-8")
+    corpus = Corpus(path)
+    documents = list(corpus)
+    assert len(documents) == 2
+    assert corpus.skipped_named == [f"{path}:2: {Skip.LONG_RECORD}", f"{path}:3: {Skip.BAD_JSON}"]

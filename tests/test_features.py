@@ -259,6 +259,69 @@ def test_a_bad_number_in_jsonl_stops_the_run_before_it_starts(tmp_path):
         fx.WithNumbers(build_task("classification"), ["age"]).read(path)
 
 
+def age_rows(path, ages, extra=None):
+    """A classification JSONL file of one text whose rows differ only in ``age`` (a JSON
+    number, written as given) and the label it carries."""
+    lines = [f'{{"text": "A film.", "age": {age}, "label": "{"old" if i % 2 else "young"}"'
+             + (f", {extra}" if extra else "") + "}" for i, age in enumerate(ages)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_json_integer_past_the_float_range_is_refused_with_file_line_and_field(tmp_path):
+    path = age_rows(tmp_path / "train.jsonl", [41, "1" + "0" * 400])  # float() overflows
+    task = fx.WithNumbers(build_task("classification"), ["age"])
+    with pytest.raises(DataError, match=r"train.jsonl:2:age: 10+\.\.\.0+ is not a finite number"):
+        task.read(path)
+
+
+@pytest.mark.parametrize("ages", [
+    ["1e200", "-1e200", "3e199", "-2e200"],  # squares past the float range
+    ["1.7e308", "1.5e308", "1.6e308", "1.1e308"],  # a sum past it
+])
+def test_statistics_of_numbers_near_the_float_range_stay_finite(ages, tmp_path, tokenizer):
+    task = fx.WithNumbers(build_task("classification"), ["age"])
+    examples = task.read(age_rows(tmp_path / "train.jsonl", ages))
+    task.prepare(examples)
+    json.dumps(task.options(), allow_nan=False)  # task.json stays standard JSON
+    numbers = np.array([f["numbers"] for f in task.encode(examples, tokenizer)])
+    assert np.isfinite(numbers).all()
+    np.testing.assert_allclose([numbers.mean(), numbers.std()], [0, 1], atol=1e-9)
+
+
+def test_a_column_with_one_value_is_centred_not_scaled_and_named_in_a_warning(tmp_path,
+                                                                              tokenizer, caplog):
+    # 0.1 has no exact binary value: the std of 41 copies is 1.4e-17, not 0.
+    task = fx.WithNumbers(build_task("classification"), ["age", "rate"])
+    train = task.read(age_rows(tmp_path / "train.jsonl", range(20, 61), '"rate": 0.1'))
+    with caplog.at_level("WARNING", logger="bertkit"):
+        task.prepare(train)
+    assert "--feature-fields rate: 0.1 in every training row" in caplog.text
+    assert task.mean[1] == 0.1 and task.std[1] == 1.0
+    later = task.read(age_rows(tmp_path / "later.jsonl", [40], '"rate": 0.3'))
+    assert task.encode(later, tokenizer)[0]["numbers"] == [0.0, pytest.approx(0.2)]
+
+
+def test_a_number_too_far_from_training_is_refused_not_predicted_as_nan(tmp_path):
+    train = age_rows(tmp_path / "train.jsonl", range(20, 44))
+    far = age_rows(tmp_path / "far.jsonl", [30, 1e300])
+    common = dict(feature_fields="age", epochs=1, progress=False, batch_size=8, max_length=16,
+                  precision="fp32")
+    message = r"far.jsonl:2:age: 1e\+300 is 1\.44e\+299 standard deviations from the training mean"
+    with pytest.raises(DataError, match=message):  # a validation split: before training
+        finetune("classification", "tiny", train, far, out=tmp_path / "early", **common)
+    assert not (tmp_path / "early" / "best").exists()
+    finetune("classification", "tiny", train, out=tmp_path / "run", **common)
+    with pytest.raises(DataError, match=message):
+        predict(tmp_path / "run", far)
+    with pytest.raises(DataError, match=message):
+        evaluate(tmp_path / "run", far, progress=False)
+    # Read by name, with the training statistics: order and other fields change nothing.
+    (tmp_path / "shuffled.jsonl").write_text('{"age": 30, "id": 7, "text": "A film."}\n')
+    assert (predict(tmp_path / "run", tmp_path / "shuffled.jsonl")[0]["probabilities"]
+            == predict(tmp_path / "run", far.with_name("train.jsonl"))[10]["probabilities"])
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(layers="last"), "--layers: options of the feature-based approach"),
     (dict(feature_based=True, layers="top"), "--layers 'top': choose one of"),
@@ -266,6 +329,7 @@ def test_a_bad_number_in_jsonl_stops_the_run_before_it_starts(tmp_path):
     (dict(feature_based=True, search=True, validation="rt-polarity"), "--search varies"),
     (dict(feature_based=True, task="token-classification", feature_fields=["age"]),
      "--feature-fields adds numbers to classification"),
+    (dict(feature_fields=["age", "label"]), "--feature-fields names 'label', the label field"),
     (dict(feature_cache="features"), "--feature-cache: options of the feature-based approach"),
     (dict(feature_cache_gb=2.0), "--feature-cache-gb: options of the feature-based approach"),
     (dict(feature_based=True, task_hidden=64),

@@ -79,6 +79,13 @@ def test_bad_rows_are_named_by_file_and_line(tmp_path, rt_rows):
     path.write_text(json.dumps({"text": "good", "label": "high"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: regression label 'high' is not a number"):
         regression.read(path)
+    path.write_text('{"text": "good", "label": 1%s}\n' % ("0" * 400))  # float() overflows
+    with pytest.raises(DataError, match=r"bad.jsonl:1: regression label 10+\.\.\.0+ is not finite"):
+        regression.read(path)
+    path.write_text('{"text": "good", "label": "fresh"}\n{"text": "x", "label": 1%s}\n'
+                    % ("0" * 5000))  # past the digits Python converts (4300)
+    with pytest.raises(DataError, match=r"bad.jsonl:2: a number of more than 4300 digits"):
+        task.read(path)
 
 
 def test_pairs_are_packed_with_segment_ids_and_truncated_with_a_warning(tokenizer, caplog):

@@ -106,3 +106,26 @@ def test_training_errors(tmp_path):
         train_vocab(texts=["", "   "])
     with pytest.raises(TypeError, match=r"texts\[1\] must be a str, got bytes"):
         train_vocab(texts=["fine", b"bytes"])
+
+
+def test_a_training_file_that_is_not_utf8_is_named(tmp_path, split_leads):
+    """The engine said only "stream did not contain valid UTF-8", naming no file."""
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(split_leads[1][:20]), encoding="utf-8")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"Plain first line.\nLe caf\xe9 est bon.\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(latin1))}:2 is not UTF-8: .*iconv"):
+        train_vocab([good, latin1], vocab_size=300)
+
+
+def test_vocab_train_on_a_corpus_sums_up_what_it_skipped(tmp_path, split_leads, caplog):
+    """`vocab train` has no summary of its own: the warning "counted by reason in the summary"
+    pointed at nothing, so lines dropped past the first five went unreported."""
+    from bertkit.data import train_vocab_on_corpus
+
+    (tmp_path / "en.txt").write_text("\n\n".join(split_leads[1][:20]), encoding="utf-8")
+    (tmp_path / "fr.txt").write_bytes(b"Le caf\xe9 est tr\xe8s bon.\n" * 30)
+    with caplog.at_level("WARNING", logger="bertkit"):
+        train_vocab_on_corpus(tmp_path, tmp_path / "vocab", vocab_size=300)
+    assert any(r.getMessage().startswith("skipped while reading the corpus: 30 line with bytes "
+                                         "that are not UTF-8") for r in caplog.records)

@@ -9,24 +9,30 @@ whole sentences). Four input formats give them:
   sentences are found by `sentencex`, an offline rule-based splitter (Wikimedia's).
 * ``jsonl`` — one JSON object per line; its text field (``text`` unless told) is a document of
   raw prose.
-* ``auto`` — ``jsonl`` for ``*.jsonl[.gz]`` files, ``text`` for everything else.
+* ``auto`` — ``jsonl`` for ``*.jsonl[.gz|.bz2|.xz]`` files, ``text`` for everything else.
 
-Inputs are files, directories (read recursively, in sorted order), globs, any of them ``.gz``,
-or the name of a built-in corpus (see ``BUILTIN_CORPORA``). Reading streams: memory holds one
-document at a time, however large the corpus. Bad input is skipped and counted by reason in
-``Corpus.skipped`` rather than stopping a long run, at the smallest grain that keeps the rest: a
-line that is not UTF-8 is dropped from its document, a compressed file damaged part-way gives the
-lines before the damage. The first few skipped files and lines are named in a logged warning
-(and in ``Corpus.skipped_named``). A JSONL corpus none of whose records has the text field is an
-error, not a skip per line.
+Inputs are files, directories (read recursively, in sorted order, symbolic links followed, hidden
+entries left out), globs, any of them ``.gz``, ``.bz2`` or ``.xz``, or the name of a built-in
+corpus (see ``BUILTIN_CORPORA``). A file reached by several links or glob matches is read once.
+Text is UTF-8 (a byte-order mark is ignored), or UTF-16/UTF-32 with a byte-order mark. Reading
+streams: memory holds one document at a time, however large the corpus. Bad input is skipped and
+counted by reason in ``Corpus.skipped`` rather than stopping a long run, at the smallest grain
+that keeps the rest: a line that is not UTF-8 is dropped from its document, a compressed file
+damaged part-way gives the lines before the damage. The first few skipped files and lines are
+named in a logged warning (and in ``Corpus.skipped_named``), and so is each file with many lines
+that are not UTF-8. A JSONL corpus none of whose records has the text field is an error, not a
+skip per line.
 """
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import glob
 import gzip
 import json
 import logging
+import lzma
 import os
 import re
 import zlib
@@ -52,14 +58,28 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # A document grows in memory until it ends; past this size it is cut at the next paragraph (or,
 # in `lines` format, sentence) boundary and goes on as a new document.
 MAX_DOCUMENT_CHARS = 4_000_000
+# A JSONL record is parsed whole, which takes about 20 times its size in memory: a longer line
+# (a JSON array or a whole dump on one line) is skipped unread rather than held.
+MAX_RECORD_BYTES = 4 * MAX_DOCUMENT_CHARS
+# Compressed files are read as their contents, chosen by the name's ending.
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# Starts of compressed files and archives: named, not read as text, unless an opener reads them.
+# (bzip2's "BZh" could start a text: a .bz2 file not named so is skipped as binary.)
+_PACKED_FORMATS = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz",
+                   b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip",
+                   b"7z\xbc\xaf\x27\x1c": "7-Zip"}
+# Byte-order marks of text that is not UTF-8 (UTF-32's first: UTF-16 LE's mark starts it).
+_WIDE_ENCODINGS = {codecs.BOM_UTF32_LE: "utf-32", codecs.BOM_UTF32_BE: "utf-32",
+                   codecs.BOM_UTF16_LE: "utf-16", codecs.BOM_UTF16_BE: "utf-16"}
 # Bytes sniffed at the start of a file to tell binary junk from text.
 SNIFF_BYTES = 8192
 READ_BYTES = 1 << 20
 # Skipped files and lines named one by one (in a warning each); the rest are only counted.
 NAMED_SKIPS = 5
 _HAS_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
-# What reading a file raises where it cannot go on: an I/O error, a corrupt or cut-short .gz.
-_DAMAGE = (OSError, EOFError, zlib.error)
+# What reading a file raises where it cannot go on: an I/O error, corrupt or cut-short compressed
+# data.
+_DAMAGE = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 logger = logging.getLogger("bertkit")
 
@@ -69,12 +89,17 @@ class Skip:
 
     EMPTY_FILE = "empty file"
     BINARY_FILE = "binary file (NUL bytes)"
-    UNREADABLE_FILE = "unreadable file (corrupt gzip or I/O error)"
+    PACKED_FILE = ("compressed file or archive bertkit does not read (it reads .gz, .bz2 and .xz "
+                   "by name): unpack it")
+    BROKEN_LINK = "symbolic link to nothing"
+    UNREADABLE_FILE = "unreadable file (corrupt compressed data or I/O error)"
     DAMAGED_FILE = "file cut short or corrupt part-way (the lines before the damage were used)"
     NOT_UTF8 = "line with bytes that are not UTF-8 (dropped; the rest of its document kept)"
     EMPTY_DOCUMENT = "empty document"
     ONE_SENTENCE = "document of one sentence (a sentence pair needs two)"
     LONG_SENTENCE = f"document with a sentence over {MAX_SENTENCE_CHARS:,} characters"
+    LONG_RECORD = (f"JSONL line over {MAX_RECORD_BYTES // 10**6} MB (not read: give one JSON "
+                   "object a line, a long document split over several)")
     BAD_JSON = "JSONL line that is not a JSON object"
     NO_TEXT_FIELD = "JSONL record without a string text field"
     ALONE = "only document of its split (no other to draw a random next segment from)"
@@ -129,9 +154,55 @@ def _decoded_line(line: bytes) -> str | None:
         return None
 
 
+def _as_utf8(blocks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
+    """Text in ``encoding`` (UTF-16 or UTF-32, byte-order mark first) as UTF-8 blocks. Half a
+    surrogate pair becomes U+FFFD, which BERT's cleaning drops, as in JSONL's escapes."""
+    decoder = codecs.getincrementaldecoder(encoding)("replace")
+    for block in chain(blocks, [b""]):
+        if text := decoder.decode(block, final=not block):  # a block may end mid-character
+            yield text.encode("utf-8")
+
+
 def _raising(error: BaseException) -> Iterator[bytes]:
     raise error
     yield  # a generator: it raises when read
+
+
+def is_compressed(path: Path) -> bool:
+    """Whether ``path`` is read through a decompressor (its name ends .gz, .bz2 or .xz)."""
+    return path.suffix in _OPENERS
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files in ``folder`` and its subfolders, sorted, symbolic links followed (each folder
+    once, so a link loop ends) and broken ones kept to be named; hidden files and folders (.git/,
+    .DS_Store) left out."""
+    paths, folders_seen = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        info = os.stat(root)
+        if (info.st_dev, info.st_ino) in folders_seen:
+            folders[:] = []
+            continue
+        folders_seen.add((info.st_dev, info.st_ino))
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        paths += [path for path in (Path(root, name) for name in names
+                                    if not name.startswith(".")) if _is_file_or_broken(path)]
+    return _once_each(paths)
+
+
+def _is_file_or_broken(path: Path) -> bool:
+    """A file to read, or a broken link to name; not a folder, pipe or device."""
+    return path.is_file() or not path.exists()
+
+
+def _once_each(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` sorted, each file once, by the shortest of the paths that lead to it (the file's
+    own path before a link's, where they are as short)."""
+    chosen: dict[str, Path] = {}
+    for path in sorted(paths, key=lambda path: (
+            len(path.parts), os.path.realpath(path) != os.path.abspath(path), path)):
+        chosen.setdefault(os.path.realpath(path), path)
+    return sorted(chosen.values())
 
 
 def split_sentences(text: str, language: str = "en") -> list[str]:
@@ -182,13 +253,12 @@ class Corpus:
             return [(path, corpus.format) for path in sorted(folder.glob(corpus.pattern))]
         path = Path(source)
         if path.is_dir():
-            paths = sorted(p for p in path.rglob("*") if p.is_file() and not any(
-                part.startswith(".") for part in p.relative_to(path).parts))  # .git/ too
+            paths = _files_under(path)
         elif path.is_file():
             paths = [path]
-        else:
-            paths = sorted(Path(p) for p in glob.glob(str(source), recursive=True)
-                           if Path(p).is_file())
+        else:  # a link loop repeats matches down to the system's limit on link depth
+            paths = _once_each(Path(p) for p in glob.glob(str(source), recursive=True)
+                               if _is_file_or_broken(Path(p)))
         if not paths:
             raise FileNotFoundError(
                 f"{source} matches no file: give text files, folders, globs (quoted) or a "
@@ -198,12 +268,13 @@ class Corpus:
     def _format_of(self, path: Path) -> str:
         if self.format != "auto":
             return self.format
-        return "jsonl" if path.name.removesuffix(".gz").endswith(".jsonl") else "text"
+        return "jsonl" if path.name.removesuffix(path.suffix if is_compressed(path) else ""
+                                                 ).endswith(".jsonl") else "text"
 
     @property
     def input_bytes(self) -> int:
-        """Size of the inputs on disk (compressed size for .gz files)."""
-        return sum(path.stat().st_size for path, _ in self.files)
+        """Size of the inputs on disk (compressed size for compressed files)."""
+        return sum(path.stat().st_size for path, _ in self.files if path.exists())
 
     def __iter__(self) -> Iterator[list[str]]:
         self.skipped, self.skipped_named = Counter(), []
@@ -214,18 +285,31 @@ class Corpus:
         readers = {"lines": self._read_lines, "text": self._read_text,
                    "jsonl": self._read_jsonl, "wiki": self._read_wiki}
         for path, format in self.files:
-            blocks = self._blocks(path)
+            if path.is_symlink() and not path.exists():
+                self._skip(Skip.BROKEN_LINK, path, f"to {os.readlink(path)}")
+                continue
             try:
-                head, blocks = self._head(blocks)
+                head, blocks = self._head(self._blocks(path))
+                start = b"".join(head)[:SNIFF_BYTES]
+                encoding = next((name for mark, name in _WIDE_ENCODINGS.items()
+                                 if start.startswith(mark)), None)
+                if encoding:
+                    head, blocks = self._head(_as_utf8(chain(head, blocks), encoding))
+                    start = b"".join(head)[:SNIFF_BYTES]
             except _DAMAGE as error:
                 self._skip(Skip.UNREADABLE_FILE, path, error)
                 continue
-            if not head or b"\x00" in b"".join(head)[:SNIFF_BYTES]:
+            packed = next((name for magic, name in _PACKED_FORMATS.items()
+                           if start.startswith(magic)), None)
+            if not head or packed or b"\x00" in start:
                 blocks.close()
-                self._skip(Skip.BINARY_FILE if head else Skip.EMPTY_FILE, path)
+                self._skip(Skip.PACKED_FILE if packed else
+                           Skip.BINARY_FILE if head else Skip.EMPTY_FILE, path, packed)
                 continue
             lines = self._lines(path, chain(head, blocks), numbered=format == "jsonl",
-                                whole_lines=format in ("jsonl", "wiki"))
+                                whole_lines=format in ("jsonl", "wiki"),
+                                longest=MAX_RECORD_BYTES if format == "jsonl" else None)
+            not_utf8_before = self.skipped[Skip.NOT_UTF8]
             # A reader counts a cut as it yields the part before it; the next part goes on with
             # that document (within this file).
             cuts, goes_on = self.documents_cut, False
@@ -242,6 +326,7 @@ class Corpus:
                 self.documents += 1
                 self.sentences += len(document)
                 yield document
+            self._warn_of_another_encoding(path, self.skipped[Skip.NOT_UTF8] - not_utf8_before)
         self._check_text_field()
         unnamed = self.skipped.total() - len(self.skipped_named)
         if unnamed > 0:
@@ -255,6 +340,15 @@ class Corpus:
             self.skipped_named.append(f"{where}: {reason}")
             logger.warning("skipped %s: %s%s", where, reason, f" ({detail})" if detail else "")
 
+    def _warn_of_another_encoding(self, path: Path, not_utf8: int) -> None:
+        """Name a file with many lines that are not UTF-8: it is in another encoding, and the
+        warnings per line name only the corpus's first few."""
+        if not_utf8 and 10 * not_utf8 >= self._lines_read:
+            logger.warning(
+                "%s: %s of its %s lines are not UTF-8 and were dropped; it is likely in another "
+                "encoding (Latin-1, Windows-1252): convert it to UTF-8 (e.g. iconv -f CP1252 -t "
+                "UTF-8) and replace it", path, f"{not_utf8:,}", f"{self._lines_read:,}")
+
     def _check_text_field(self) -> None:
         """A JSONL corpus in which no record has the text field was read with the wrong one."""
         if self._records and not self._with_field:
@@ -266,14 +360,10 @@ class Corpus:
 
     # -- reading bytes -------------------------------------------------------------------------
 
-    @staticmethod
-    def _open(path: Path):
-        return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
-
     def _blocks(self, path: Path) -> Iterator[bytes]:
         """A file's bytes (decompressed), a block at a time. ``read1`` hands over what a damaged
-        .gz holds up to the damage before it raises there."""
-        with self._open(path) as file:
+        compressed file holds up to the damage before it raises there."""
+        with _OPENERS.get(path.suffix, open)(path, "rb") as file:
             while block := file.read1(READ_BYTES):
                 yield block
 
@@ -293,17 +383,21 @@ class Corpus:
         return head, blocks
 
     def _lines(self, path: Path, blocks: Iterable[bytes], numbered: bool = False,
-               whole_lines: bool = False) -> Iterator[str | None]:
+               whole_lines: bool = False, longest: int | None = None) -> Iterator[str | None]:
         """Decoded lines of a file; None stands for a line that is not UTF-8 (counted and named
         here). With ``numbered``, ``self._where`` names the line last given (which costs time:
         only the JSONL reader, which names bad records, asks for it).
 
         A line longer than MAX_LINE_BYTES comes in pieces (cut after a space, else between
         characters), each long enough to be rejected as a sentence if no punctuation splits it;
-        with ``whole_lines`` (a JSON record each) every line comes whole. When the file turns
-        out damaged part-way, the lines before the damage are given and the rest is skipped.
+        with ``whole_lines`` (a JSON record each) every line comes whole, and one longer than
+        ``longest`` bytes is skipped as it is read (named, and given as a blank line).
+        ``self._lines_read`` counts the lines given. When the file turns out damaged part-way,
+        the lines before the damage are given and the rest is skipped.
         """
         pending, number = b"", 0  # number: the lines given whole so far
+        skipping = False  # pending is the rest of a line skipped for its length
+        self._lines_read = 0
         blocks = iter(blocks)
         while True:
             try:
@@ -315,8 +409,16 @@ class Corpus:
                 break
             self.bytes_read += len(block)
             lines = (pending + block).split(b"\n")
+            if skipping:
+                if len(lines) == 1:
+                    pending = b""
+                    continue
+                lines[0], skipping = b"", False
             pending = lines.pop()
             whole = len(lines)
+            if longest and len(pending) > longest:
+                self._skip(Skip.LONG_RECORD, f"{path}:{number + whole + 1}")
+                pending, skipping = b"", True
             while not whole_lines and len(pending) > MAX_LINE_BYTES:
                 cut = pending.rfind(b" ", 0, MAX_LINE_BYTES) + 1  # words stay whole
                 if not cut:
@@ -327,8 +429,10 @@ class Corpus:
                 pending = pending[cut or MAX_LINE_BYTES:]
             yield from self._numbered(path, lines, number, whole, numbered)
             number += whole
+            self._lines_read = number
         if pending:
             yield from self._numbered(path, [pending], number, 0, numbered)
+            self._lines_read += 1
 
     def _numbered(self, path: Path, lines: list[bytes], number: int, whole: int,
                   numbered: bool) -> Iterable[str | None]:

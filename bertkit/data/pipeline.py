@@ -35,7 +35,7 @@ from tqdm import tqdm
 from ..files import atomic_path
 from ..tokenizer import BertTokenizer
 from ..version import __version__
-from .corpora import Corpus, Skip
+from .corpora import Corpus, Skip, is_compressed
 from .pretraining import PretrainingConfig, Vocabulary, create_examples_from_document, mask_tokens
 from .shards import (
     FORMAT_NAME,
@@ -166,7 +166,7 @@ def _write_examples(corpus: Corpus, config: PretrainingConfig, vocab: Vocabulary
                     progress: bool) -> Counter:
     """Stream the workers' examples into the shard writers, with a progress bar; the totals."""
     totals: Counter = Counter()
-    bar = tqdm(total=None if any(p.name.endswith(".gz") for p, _ in corpus.files)
+    bar = tqdm(total=None if any(is_compressed(path) for path, _ in corpus.files)
                else corpus.input_bytes, unit="B", unit_scale=True, unit_divisor=1000,
                desc="bertkit data", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
@@ -472,7 +472,11 @@ def train_vocab_on_corpus(corpus: Corpus | str | os.PathLike | Iterable[str | os
     from ..tokenizer import train_vocab
 
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
-    return train_vocab(texts=_sentences_or_refusal(corpus), out_dir=out_dir, **options)
+    tokenizer = train_vocab(texts=_sentences_or_refusal(corpus), out_dir=out_dir, **options)
+    if corpus.skipped:  # the reader's warnings name only the first few
+        logger.warning("skipped while reading the corpus: %s.", "; ".join(
+            f"{count:,} {reason}" for reason, count in sorted(corpus.skipped.items())))
+    return tokenizer
 
 
 def _sentences_or_refusal(corpus: Corpus) -> Iterator[str]:

@@ -20,6 +20,7 @@ import gzip
 import json
 import logging
 import os
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -120,6 +121,9 @@ def json_object(line: str, where: str, hint: str = "") -> dict:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise DataError(f"{where}: not valid JSON ({error.msg}){hint}.") from None
+    except ValueError:  # json reads integers with int(), which stops at that many digits
+        raise DataError(f"{where}: a number of more than {sys.get_int_max_str_digits()} "
+                        f"digits{hint}; no task reads one: fix or remove the line.") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}{hint}.")
     return record

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,10 +258,12 @@ class Regression(Classification):
             raise DataError(f"{where}: regression label {json.dumps(value)} is not a number.")
         try:
             number = float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            number = math.inf
         except (TypeError, ValueError):
             raise DataError(f"{where}: regression label {value!r} is not a number.") from None
         if not math.isfinite(number):
-            raise DataError(f"{where}: regression label {value!r} is not finite.")
+            raise DataError(f"{where}: regression label {reprlib.repr(value)} is not finite.")
         return number
 
     def label_names(self, examples) -> list[str]:
