@@ -414,12 +414,12 @@ class _NpyWriter(_StagedFiles):
     def _fits(self, room: int):
         """Whether each next index record's rows are all in the file (``room`` rows long):
         gives the rows up to that record, or None."""
-        counted = [0]
+        rows = 0
 
         def rows_up_to(record) -> int | None:
-            counted[0] = (record["first_row"] + len(record["tokens"]) if self.per_token
-                          else counted[0] + 1)
-            return counted[0] if counted[0] <= room else None
+            nonlocal rows
+            rows = record["first_row"] + len(record["tokens"]) if self.per_token else rows + 1
+            return rows if rows <= room else None
         return rows_up_to
 
     def _write_header(self):
